@@ -1,1 +1,33 @@
-"""fiftyone-ssa."""
+"""Semantic Segment Anything (SSA and SSA-engine) for FiftyOne.
+
+The public functions are imported lazily so that ``import fiftyone_ssa`` loads neither FiftyOne
+nor any model library.
+"""
+
+from importlib import import_module
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "apply_ssa": "fiftyone_ssa.pipeline",
+    "apply_ssa_engine": "fiftyone_ssa.engine",
+    "evaluate_miou": "fiftyone_ssa.evaluation",
+    "import_sa1b": "fiftyone_ssa.sa1b",
+    "export_sa1b": "fiftyone_ssa.sa1b",
+    "list_branches": "fiftyone_ssa.models.registry",
+    "create_branch": "fiftyone_ssa.models.registry",
+    "register_branch": "fiftyone_ssa.models.registry",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'fiftyone_ssa' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

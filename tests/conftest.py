@@ -13,7 +13,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-pytest_plugins = ["tests.fixtures.models", "tests.fixtures.datasets"]
+pytest_plugins = [
+    "tests.fixtures.models",
+    "tests.fixtures.datasets",
+    "tests.fixtures.sam",
+    "tests.fixtures.sa1b",
+    "tests.fixtures.engine",
+]
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,0 +1,56 @@
+"""The ``fiftyone-ssa`` command line: one module per subcommand, each thin over the library.
+
+Each subcommand module exposes ``add_parser(subparsers)``, which registers its parser and sets
+``func`` to a callable taking the parsed ``argparse.Namespace`` and returning an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Subcommand modules, in the order ``--help`` lists them.
+_COMMAND_MODULES = ["run", "engine", "eval", "sa1b", "models", "demo"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fiftyone-ssa",
+        description="Semantic Segment Anything for FiftyOne: semantic labels for SAM masks.",
+    )
+    parser.add_argument(
+        "--models-dir",
+        default=None,
+        help="directory holding model weights (default: $FIFTYONE_SSA_MODELS_DIR, else "
+        "FiftyOne's model zoo directory)",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"fiftyone_ssa.cli.{name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"fiftyone_ssa.cli.{name}":
+                continue  # subcommand not shipped yet
+            raise
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        sys.exit(2)
+    if args.models_dir:
+        from fiftyone_ssa.models.weights import set_models_dir
+
+        set_models_dir(args.models_dir)
+    try:
+        code = args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as err:
+        # Wrong use and missing weights end with one clear line, not a traceback.
+        print(f"fiftyone-ssa {args.command}: error: {err}", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(code or 0)

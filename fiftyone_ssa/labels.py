@@ -1,0 +1,152 @@
+"""Conversions between FiftyOne labels and the tensors the core works on."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import fiftyone as fo
+import numpy as np
+import torch
+from PIL import Image
+
+from fiftyone_ssa.core.mask_set import MaskSet
+
+
+def segmentation_to_tensor(label: fo.Segmentation, device: torch.device) -> torch.Tensor:
+    """The class-id map of a Segmentation (``mask`` or ``mask_path``).
+
+    Returns:
+        (H, W) int64 on ``device``.
+
+    Raises:
+        ValueError: the label has no mask, or an RGB mask.
+    """
+    mask = label.get_mask() if hasattr(label, "get_mask") else label.mask
+    if mask is None:
+        raise ValueError("the Segmentation has neither a mask nor a readable mask_path")
+    mask = np.asarray(mask)
+    if mask.ndim == 3:
+        raise ValueError("RGB segmentation masks are not supported; use integer class ids")
+    return torch.from_numpy(mask.astype(np.int64)).to(device)
+
+
+def detections_to_mask_set(
+    label: fo.Detections | None, size: tuple[int, int], device: torch.device
+) -> MaskSet:
+    """Full-image masks of instance Detections, rendered the way FiftyOne renders them.
+
+    Detections without a mask are skipped.
+
+    Args:
+        label: the Detections (None counts as empty).
+        size: (H, W) of the image.
+        device: where the masks go.
+
+    Returns:
+        The masks (N, H, W) bool with the detections' ``predicted_iou`` and
+        ``stability_score`` attributes (NaN where absent).
+    """
+    height, width = size
+    masks, ious, stabilities = [], [], []
+    for det in label.detections if label is not None else []:
+        if det.mask is None and det.mask_path is None:
+            continue
+        if det.mask is None:
+            det = det.copy()
+            det.mask = det.get_mask()
+        full = det.to_segmentation(frame_size=(width, height), target=1).mask
+        masks.append(full.astype(bool))
+        ious.append(_float_attr(det, "predicted_iou"))
+        stabilities.append(_float_attr(det, "stability_score"))
+    if not masks:
+        return MaskSet.from_masks(torch.zeros((0, height, width), dtype=torch.bool, device=device))
+    return MaskSet(
+        masks=torch.from_numpy(np.stack(masks)).to(device),
+        predicted_iou=torch.tensor(ious, dtype=torch.float32, device=device),
+        stability_score=torch.tensor(stabilities, dtype=torch.float32, device=device),
+    )
+
+
+def _float_attr(det: fo.Detection, name: str) -> float:
+    value = det.get_field(name) if det.has_field(name) else None
+    return float(value) if value is not None else float("nan")
+
+
+def class_map_to_numpy(class_map: torch.Tensor) -> np.ndarray:
+    """A class-id map as the smallest unsigned dtype FiftyOne stores: uint8 or uint16."""
+    top = int(class_map.max()) if class_map.numel() else 0
+    if top > 65535:
+        raise ValueError(f"Expected class ids <= 65535, but got {top}")
+    dtype = np.uint8 if top <= 255 else np.uint16
+    return class_map.cpu().numpy().astype(dtype)
+
+
+def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """Tight pixel boxes of masks, inclusive: (N, 4) int64 ``[x0, y0, x1, y1]``.
+
+    Empty masks get ``[0, 0, -1, -1]``.
+
+    Args:
+        masks: (N, H, W) bool.
+    """
+    n, h, w = masks.shape
+    if n == 0:
+        return torch.zeros((0, 4), dtype=torch.int64, device=masks.device)
+    cols = masks.any(dim=1)  # (N, W)
+    rows = masks.any(dim=2)  # (N, H)
+    xs = torch.arange(w, device=masks.device)
+    ys = torch.arange(h, device=masks.device)
+    x0 = torch.where(cols, xs, w).amin(dim=1)
+    x1 = torch.where(cols, xs, -1).amax(dim=1)
+    y0 = torch.where(rows, ys, h).amin(dim=1)
+    y1 = torch.where(rows, ys, -1).amax(dim=1)
+    empty = x1 < 0
+    x0[empty] = 0
+    y0[empty] = 0
+    return torch.stack([x0, y0, x1, y1], dim=1)
+
+
+def build_detections(
+    masks: torch.Tensor,
+    labels: Sequence[str],
+    attributes: Sequence[dict],
+    mask_dir: str | None = None,
+) -> fo.Detections:
+    """Detections with masks cropped to their boxes, one per non-empty mask.
+
+    Args:
+        masks: (N, H, W) bool, any device.
+        labels: N class names.
+        attributes: N dicts of extra attributes (confidence goes to the ``confidence`` field).
+        mask_dir: when given, masks are written there as PNGs and referenced by ``mask_path``
+            (keeps large sample documents small).
+    """
+    n, height, width = masks.shape
+    boxes = mask_boxes(masks).cpu().tolist()
+    detections = []
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        if x1 < 0:
+            continue
+        crop = masks[i, y0 : y1 + 1, x0 : x1 + 1].cpu().numpy()
+        attrs = dict(attributes[i])
+        det = fo.Detection(
+            label=labels[i],
+            bounding_box=[x0 / width, y0 / height, (x1 - x0 + 1) / width, (y1 - y0 + 1) / height],
+            confidence=attrs.pop("confidence", None),
+            **attrs,
+        )
+        if mask_dir is None:
+            det.mask = crop
+        else:
+            det.mask_path = write_mask_png(crop, os.path.join(mask_dir, f"{i:05d}.png"))
+        detections.append(det)
+    return fo.Detections(detections=detections)
+
+
+def write_mask_png(mask: np.ndarray, path: str) -> str:
+    """Writes a bool or integer mask as a PNG (bool as 0/255) and returns the path."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    array = mask.astype(np.uint8) * 255 if mask.dtype == bool else mask
+    Image.fromarray(array).save(path)
+    return path

@@ -1,0 +1,193 @@
+"""Mask branches: class-agnostic masks per image, from SAM or from an existing field."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fiftyone_ssa.core.mask_set import MaskSet
+from fiftyone_ssa.models.semantic import default_device
+
+# The original SSA's automatic mask generation settings (the rest at segment-anything's defaults).
+SSA_MASK_GENERATOR_DEFAULTS: dict = {
+    "points_per_side": 64,
+    "pred_iou_thresh": 0.86,
+    "stability_score_thresh": 0.92,
+    "crop_n_layers": 1,
+    "crop_n_points_downscale_factor": 2,
+    "min_mask_region_area": 100,
+}
+
+# segment-anything's SamAutomaticMaskGenerator arguments a user may override.
+MASK_GENERATOR_OPTIONS = (
+    "points_per_side",
+    "points_per_batch",
+    "pred_iou_thresh",
+    "stability_score_thresh",
+    "stability_score_offset",
+    "box_nms_thresh",
+    "crop_n_layers",
+    "crop_nms_thresh",
+    "crop_overlap_ratio",
+    "crop_n_points_downscale_factor",
+    "min_mask_region_area",
+)
+
+
+class MaskBranch:
+    """Base class of mask branches.
+
+    Attributes:
+        name: how the branch was asked for.
+        device: where the masks are returned.
+    """
+
+    name: str = ""
+    device: torch.device = torch.device("cpu")
+
+    def generate(self, image: np.ndarray) -> MaskSet:
+        """The masks of one image.
+
+        Args:
+            image: (H, W, 3) uint8 RGB.
+
+        Returns:
+            The image's masks, (N, H, W) bool on ``self.device``, with their scores.
+        """
+        raise NotImplementedError
+
+
+class FieldMaskBranch(MaskBranch):
+    """The instance masks of an existing ``fo.Detections`` field; the pipeline reads them."""
+
+    def __init__(self, field: str, device: str | torch.device | None = None):
+        if not field:
+            raise ValueError("Expected a field name after 'field:', but got an empty name")
+        self.field = field
+        self.name = f"field:{field}"
+        self.device = torch.device(device) if device else torch.device("cpu")
+
+    def generate(self, image):
+        raise RuntimeError(f"{self.name} reads its masks from the samples, not from images")
+
+
+def _check_options(options: dict) -> dict:
+    unknown = sorted(set(options) - set(MASK_GENERATOR_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"Expected mask generator options among {', '.join(MASK_GENERATOR_OPTIONS)}, but got "
+            f"{', '.join(unknown)}"
+        )
+    return {**SSA_MASK_GENERATOR_DEFAULTS, **options}
+
+
+class SamMaskBranch(MaskBranch):
+    """SAM's automatic mask generation, with the original SSA's settings by default.
+
+    Args:
+        model: a loaded ``segment_anything.modeling.Sam``.
+        name: display name.
+        fast: use the project's batched on-device generator instead of segment-anything's.
+        **options: ``SamAutomaticMaskGenerator`` settings overriding
+            :data:`SSA_MASK_GENERATOR_DEFAULTS`.
+    """
+
+    def __init__(self, model, name: str = "sam", fast: bool = True, **options):
+        self.options = _check_options(options)
+        self.model = model
+        self.name = name
+        self.device = next(model.parameters()).device
+        self.fast = fast
+        self._generator = None
+
+    def _get_generator(self):
+        if self._generator is None:
+            if self.fast:
+                from fiftyone_ssa.models.fast_mask_generator import FastMaskGenerator
+
+                self._generator = FastMaskGenerator(self.model, **self.options)
+            else:
+                from segment_anything import SamAutomaticMaskGenerator
+
+                self._generator = SamAutomaticMaskGenerator(
+                    self.model, output_mode="binary_mask", **self.options
+                )
+        return self._generator
+
+    @torch.no_grad()
+    def generate(self, image: np.ndarray) -> MaskSet:
+        generator = self._get_generator()
+        if self.fast:
+            out = generator.generate(image)
+            return MaskSet(
+                masks=out.masks.to(self.device),
+                predicted_iou=out.predicted_iou.float().to(self.device),
+                stability_score=out.stability_score.float().to(self.device),
+            )
+        records = generator.generate(image)
+        h, w = image.shape[:2]
+        if not records:
+            return MaskSet.from_masks(torch.zeros((0, h, w), dtype=torch.bool, device=self.device))
+        masks = torch.from_numpy(np.stack([r["segmentation"] for r in records]))
+        return MaskSet(
+            masks=masks.to(self.device),
+            predicted_iou=torch.tensor([r["predicted_iou"] for r in records],
+                                       dtype=torch.float32, device=self.device),
+            stability_score=torch.tensor([r["stability_score"] for r in records],
+                                         dtype=torch.float32, device=self.device),
+        )
+
+
+def _guess_sam_architecture(checkpoint: Path) -> str:
+    """vit_b / vit_l / vit_h from the width of a checkpoint's patch embedding."""
+    try:
+        state = torch.load(checkpoint, map_location="meta", weights_only=True, mmap=True)
+    except Exception as err:  # pickle, zip and format errors of every kind
+        raise ValueError(f"cannot read SAM checkpoint {checkpoint}: {err}") from None
+    weight = state.get("image_encoder.patch_embed.proj.weight") if isinstance(state, dict) else None
+    widths = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
+    if weight is None or weight.shape[0] not in widths:
+        raise ValueError(
+            f"cannot tell the SAM architecture of {checkpoint}; pass model_type=vit_b|vit_l|vit_h"
+        )
+    return widths[weight.shape[0]]
+
+
+def load_sam_branch(
+    source: str | os.PathLike,
+    model_type: str | None = None,
+    device=None,
+    fast: bool = True,
+    name: str | None = None,
+    **options,
+) -> SamMaskBranch:
+    """A SAM mask branch from a checkpoint file or a directory with ``sam_config.json``.
+
+    Args:
+        source: a ``.pth`` state dict, or a directory saved by ``save_sam``.
+        model_type: ``vit_b``, ``vit_l`` or ``vit_h`` for a checkpoint file (guessed from the
+            checkpoint when omitted).
+        device: torch device; CUDA when available by default.
+        fast: use the batched on-device generator.
+        name: display name.
+        **options: mask generator settings.
+    """
+    from fiftyone_ssa.models import sam_loader
+
+    options = _check_options(options)  # fail on a bad option before loading weights
+    source = Path(source)
+    device = torch.device(device) if device else default_device()
+    if source.is_dir():
+        config_path = source / "sam_config.json"
+        if not config_path.is_file():
+            raise FileNotFoundError(f"{source} has no sam_config.json: not a saved SAM directory")
+        model = sam_loader.load_sam_dir(source, device=device)
+    else:
+        if not source.is_file():
+            raise FileNotFoundError(f"missing SAM checkpoint {source}")
+        arch = model_type or _guess_sam_architecture(source)
+        model = sam_loader.load_sam(source, arch, device=device)
+    return SamMaskBranch(model, name=name or str(source), fast=fast, **options)

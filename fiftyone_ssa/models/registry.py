@@ -1,0 +1,198 @@
+"""The branch registry: names -> factories, for semantic and mask branches.
+
+``create_branch(name)`` accepts a registered name (a preset), ``field:<name>`` (labels already
+on the samples), a local directory or checkpoint, a Hugging Face id (its weights fetched
+beforehand with ``fiftyone-ssa models download``), a branch instance, or, for semantic branches,
+any callable ``image -> (class map, id -> name)``. Unknown names raise ``ValueError`` listing
+the valid ones.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fiftyone_ssa.models import weights
+from fiftyone_ssa.models.masks import FieldMaskBranch, MaskBranch, load_sam_branch
+from fiftyone_ssa.models.semantic import (
+    CallableSemanticBranch,
+    CLIPSegSemanticBranch,
+    FieldSemanticBranch,
+    OneFormerSemanticBranch,
+    SemanticBranch,
+    TransformersSemanticBranch,
+)
+
+KINDS = ("semantic", "mask")
+
+
+@dataclass(frozen=True)
+class BranchEntry:
+    """A registered branch.
+
+    Attributes:
+        name: the registered name.
+        kind: ``"semantic"`` or ``"mask"``.
+        factory: called with keyword options (``device`` among them); returns the branch.
+        description: one line for listings.
+        weights: the preset whose weights the branch needs, if any.
+    """
+
+    name: str
+    kind: str
+    factory: Callable[..., Any]
+    description: str = ""
+    weights: str | None = None
+
+
+_REGISTRY: dict[str, BranchEntry] = {}
+
+
+def register_branch(
+    name: str, *, kind: str = "semantic", description: str = "", weights: str | None = None
+) -> Callable:
+    """Decorator registering a branch factory under ``name``.
+
+    Example::
+
+        @register_branch("my-model", description="our street-scene model")
+        def my_model(device=None, **kwargs):
+            return CallableSemanticBranch(predict_fn, device=device)
+
+    Args:
+        name: the name users pass to ``create_branch`` / ``--semantic-branch``.
+        kind: ``"semantic"`` or ``"mask"``.
+        description: one line for ``list_branches``-based listings.
+        weights: the preset whose weights the factory needs (for ``models list``).
+    """
+    if kind not in KINDS:
+        raise ValueError(f"Expected `kind` to be one of {KINDS}, but got {kind!r}")
+    if not name or name.startswith("field:"):
+        raise ValueError(f"Expected a branch name not starting with 'field:', but got {name!r}")
+
+    def decorator(factory: Callable) -> Callable:
+        _REGISTRY[name] = BranchEntry(name, kind, factory, description, weights)
+        return factory
+
+    return decorator
+
+
+def list_branches(filter: str | None = None, kind: str | None = None) -> list[str]:
+    """Names of the registered branches.
+
+    Args:
+        filter: an optional glob pattern, e.g. ``"segformer-*"``.
+        kind: ``"semantic"`` or ``"mask"`` to list one kind only.
+    """
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"Expected `kind` to be one of {KINDS}, but got {kind!r}")
+    names = [n for n, e in _REGISTRY.items() if kind is None or e.kind == kind]
+    if filter:
+        names = fnmatch.filter(names, filter)
+    return sorted(names)
+
+
+def get_entry(name: str) -> BranchEntry | None:
+    """The registry entry of ``name``, or None."""
+    return _REGISTRY.get(name)
+
+
+def _semantic_from_dir(path: Path, **kwargs) -> SemanticBranch:
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise ValueError(
+            f"{path} has no config.json: not a transformers model saved with save_pretrained"
+        )
+    try:
+        model_type = json.loads(config_path.read_text()).get("model_type", "")
+    except json.JSONDecodeError as err:
+        raise ValueError(f"corrupt config {config_path}: {err}") from None
+    if model_type == "oneformer":
+        kwargs.pop("classes", None)
+        return OneFormerSemanticBranch(path, **kwargs)
+    if model_type == "clipseg":
+        return CLIPSegSemanticBranch(path, **kwargs)
+    kwargs.pop("classes", None)
+    return TransformersSemanticBranch(path, **kwargs)
+
+
+def _unknown(name: str, kind: str) -> ValueError:
+    valid = ", ".join(list_branches(kind=kind))
+    return ValueError(
+        f"unknown {kind} branch {name!r}: expected one of {valid}, 'field:<name>', a local "
+        "path or a Hugging Face id"
+    )
+
+
+def create_branch(name: Any, kind: str = "semantic", **kwargs) -> SemanticBranch | MaskBranch:
+    """Builds a semantic or mask branch from a name, path, id, field, instance or callable.
+
+    Args:
+        name: see the module docstring.
+        kind: ``"semantic"`` or ``"mask"``.
+        **kwargs: branch options (``device``; ``classes`` for CLIPSeg; mask generator settings
+            for SAM).
+
+    Returns:
+        The branch, its model loaded.
+
+    Raises:
+        ValueError: unknown name, or files that are not a model of the expected kind.
+        FileNotFoundError: a known model whose weights are not in the models directory.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"Expected `kind` to be one of {KINDS}, but got {kind!r}")
+    base = SemanticBranch if kind == "semantic" else MaskBranch
+    if isinstance(name, base):
+        return name
+    if kind == "semantic" and callable(name) and not isinstance(name, str):
+        return CallableSemanticBranch(name, device=kwargs.get("device"))
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"Expected a {kind} branch name, but got {name!r}")
+    if name.startswith("field:"):
+        field_cls = FieldSemanticBranch if kind == "semantic" else FieldMaskBranch
+        return field_cls(name[len("field:") :], device=kwargs.get("device"))
+    entry = _REGISTRY.get(name)
+    if entry is not None:
+        if entry.kind != kind:
+            raise ValueError(f"{name!r} is a {entry.kind} branch, not a {kind} branch")
+        return entry.factory(**kwargs)
+    path = Path(name).expanduser()
+    if path.exists():
+        if kind == "mask":
+            return load_sam_branch(path, **kwargs)
+        return _semantic_from_dir(path, **kwargs)
+    if weights.looks_like_hf_id(name) and kind == "semantic":
+        return _semantic_from_dir(weights.resolve(name), **kwargs)
+    raise _unknown(name, kind)
+
+
+def _register_presets() -> None:
+    for preset in weights.PRESETS.values():
+        if preset.task == "mask":
+
+            def sam_factory(_preset=preset, **kwargs):
+                kwargs.setdefault("model_type", _preset.architecture)
+                kwargs.setdefault("name", _preset.name)
+                return load_sam_branch(weights.resolve(_preset.name), **kwargs)
+
+            register_branch(
+                preset.name, kind="mask", description=preset.description, weights=preset.name
+            )(sam_factory)
+        elif preset.task == "semantic":
+
+            def semantic_factory(_preset=preset, **kwargs):
+                branch = _semantic_from_dir(weights.resolve(_preset.name), **kwargs)
+                branch.name = _preset.name
+                return branch
+
+            register_branch(
+                preset.name, kind="semantic", description=preset.description, weights=preset.name
+            )(semantic_factory)
+
+
+_register_presets()

@@ -1,0 +1,444 @@
+"""SSA close-set over a FiftyOne collection: masks + semantic branch + voting -> label fields."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import fiftyone as fo
+import fiftyone.core.utils as fou
+import numpy as np
+import torch
+
+from fiftyone_ssa import runs
+from fiftyone_ssa.core.images import read_rgb
+from fiftyone_ssa.core.mask_set import MaskSet
+from fiftyone_ssa.core.voting import paint_masks, painting_order, vote_mask_classes
+from fiftyone_ssa.labels import (
+    build_detections,
+    class_map_to_numpy,
+    detections_to_mask_set,
+    segmentation_to_tensor,
+)
+from fiftyone_ssa.models.masks import FieldMaskBranch, MaskBranch
+from fiftyone_ssa.models.registry import create_branch
+from fiftyone_ssa.models.semantic import FieldSemanticBranch, SemanticBranch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SEMANTIC_BRANCH = "segformer-b5-ade20k"
+DEFAULT_MASK_BRANCH = "sam-vit-h"
+# Above this many mask pixels per sample, instance masks go to disk (``mask_path``).
+MAX_INLINE_MASK_PIXELS = 8_000_000
+
+
+@dataclass
+class SampleSummary:
+    """What one sample got."""
+
+    sample_id: str
+    filepath: str
+    num_masks: int = 0
+    classes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class SSARunSummary:
+    """The outcome of a run: per-sample summaries, skipped samples and their reasons."""
+
+    label_field: str
+    samples: list[SampleSummary] = field(default_factory=list)
+    skipped_existing: int = 0
+
+    @property
+    def failures(self) -> list[SampleSummary]:
+        return [s for s in self.samples if s.error]
+
+    @property
+    def num_labelled(self) -> int:
+        return sum(1 for s in self.samples if not s.error)
+
+    def __str__(self) -> str:
+        text = (
+            f"{self.num_labelled} samples labelled into '{self.label_field}', "
+            f"{len(self.failures)} failed, {self.skipped_existing} skipped (already labelled)"
+        )
+        for failure in self.failures[:20]:
+            text += f"\n  {failure.filepath}: {failure.error}"
+        if len(self.failures) > 20:
+            text += f"\n  ... and {len(self.failures) - 20} more (filter on '{self.label_field}_error')"
+        return text
+
+
+def output_fields(label_field: str, write_branch: bool = True) -> list[str]:
+    """The fields ``apply_ssa`` writes for ``label_field``."""
+    fields = [label_field, f"{label_field}_masks"]
+    if write_branch:
+        fields.append(f"{label_field}_branch")
+    return fields
+
+
+def _check_field(samples, name: str, label_type: type, role: str) -> None:
+    schema = samples.get_field_schema(flat=True)
+    if name not in schema:
+        raise ValueError(f"{role} field {name!r} does not exist on the dataset")
+    doc_type = getattr(schema[name], "document_type", None)
+    if doc_type is None or not issubclass(doc_type, label_type):
+        got = doc_type.__name__ if doc_type else type(schema[name]).__name__
+        raise ValueError(f"{role} field {name!r} holds {got}, expected {label_type.__name__}")
+
+
+def _field_classes(samples, name: str) -> dict[int, str]:
+    dataset = samples._dataset
+    targets = dataset.mask_targets.get(name) or dataset.default_mask_targets or {}
+    return {int(k): str(v) for k, v in targets.items()}
+
+
+def validate_ssa_request(
+    samples,
+    label_field: str,
+    semantic: SemanticBranch,
+    masks: MaskBranch,
+    write_branch: bool,
+    skip_existing: bool,
+    overwrite: bool,
+) -> None:
+    """Checks everything that can be checked before any work; raises ValueError with one line."""
+    if len(samples) == 0:
+        raise ValueError("the view is empty: nothing to label")
+    if not label_field or "." in label_field or label_field.startswith("_"):
+        raise ValueError(f"Expected a top-level field name for `label_field`, but got {label_field!r}")
+    if isinstance(semantic, FieldSemanticBranch):
+        _check_field(samples, semantic.field, fo.Segmentation, "semantic branch")
+    if isinstance(masks, FieldMaskBranch):
+        _check_field(samples, masks.field, fo.Detections, "mask branch")
+    inputs = {getattr(semantic, "field", None), getattr(masks, "field", None)}
+    outputs = output_fields(label_field, write_branch)
+    clash = inputs.intersection(outputs)
+    if clash:
+        raise ValueError(f"output field {clash.pop()!r} is also an input; choose another label_field")
+    schema = samples._dataset.get_field_schema()
+    existing = [f for f in outputs if f in schema]
+    if existing and not (overwrite or skip_existing):
+        raise ValueError(
+            f"field {existing[0]!r} already exists; pass overwrite=True (--overwrite) to replace "
+            "it or skip_existing=True (--skip-existing) to label only the samples without it"
+        )
+
+
+def _prefetch(samples_batches, read: Callable, num_workers: int):
+    """Yields (batch, images) with the next batch's images decoding in the background."""
+    if num_workers <= 0:
+        for batch in samples_batches:
+            yield batch, [read(s) for s in batch]
+        return
+    with ThreadPoolExecutor(num_workers) as pool:
+        pending = None
+        for batch in samples_batches:
+            future = [pool.submit(read, s) for s in batch]
+            if pending is not None:
+                yield pending[0], [f for f in pending[1]]
+            pending = (batch, future)
+        if pending is not None:
+            yield pending[0], [f for f in pending[1]]
+
+
+def _result(item):
+    """Resolves a prefetched image: the array, or the exception reading it raised."""
+    if hasattr(item, "result"):
+        try:
+            return item.result()
+        except Exception as err:  # reported per sample
+            return err
+    return item
+
+
+def _safe_read(needs_image: bool):
+    def read(sample):
+        if not needs_image:
+            return None
+        try:
+            return read_rgb(sample.filepath)
+        except Exception as err:  # reported per sample
+            return err
+
+    return read
+
+
+def label_one_image(
+    image: np.ndarray | None,
+    class_map: torch.Tensor,
+    mask_set: MaskSet,
+    classes: dict[int, str],
+    top_k: int = 3,
+) -> dict[str, Any]:
+    """SSA on one image, from its branch class map and masks to the painted map.
+
+    Args:
+        image: unused here (kept for symmetry with the engine); may be None.
+        class_map: (H, W) int64 class ids of the semantic branch.
+        mask_set: the image's N masks on the same device.
+        classes: class id -> name.
+        top_k: proposals per mask.
+
+    Returns:
+        ``painted`` (H, W) int64, ``labels`` (N,) ids, ``vote`` the VoteResult,
+        ``proposals`` N lists of ids.
+    """
+    num_classes = max(int(class_map.max()) + 1 if class_map.numel() else 1, max(classes, default=-1) + 1)
+    vote = vote_mask_classes(mask_set.masks, class_map, num_classes)
+    painted = paint_masks(class_map, mask_set.masks, vote.labels, painting_order(vote.areas))
+    return {"painted": painted, "labels": vote.labels, "vote": vote, "proposals": vote.proposals(top_k)}
+
+
+def apply_ssa(
+    samples,
+    label_field: str = "ssa",
+    semantic_branch: Any = DEFAULT_SEMANTIC_BRANCH,
+    mask_branch: Any = DEFAULT_MASK_BRANCH,
+    device: str | None = None,
+    batch_size: int = 1,
+    num_workers: int = 2,
+    skip_existing: bool = False,
+    overwrite: bool = False,
+    write_branch: bool = True,
+    top_k: int = 3,
+    classes: list[str] | None = None,
+    skip_failures: bool = True,
+    output_dir: str | None = None,
+    progress: bool | Callable | None = None,
+    progress_callback: Callable[[int, int], None] | None = None,
+    **mask_generator_options,
+) -> SSARunSummary:
+    """Runs SSA close-set over a collection and writes its label fields.
+
+    For every sample: the mask branch gives N masks, the semantic branch a class map S; each
+    mask takes the class most of its pixels have in S (ties: lowest id), and the masks are
+    painted onto a copy of S largest first so smaller masks win overlaps.
+
+    Writes ``<label_field>`` (``fo.Segmentation``, mask targets from the branch's classes),
+    ``<label_field>_masks`` (``fo.Detections``, one per mask: ``label``, ``confidence`` = vote
+    share, ``class_proposals``, ``predicted_iou``, ``stability_score``, ``area``) and, unless
+    ``write_branch=False``, ``<label_field>_branch`` (the semantic branch alone). Each sample is
+    written in one update, so an interrupted run leaves samples fully labelled or untouched.
+
+    Args:
+        samples: a FiftyOne dataset or view.
+        label_field: the output field name.
+        semantic_branch: preset, Hugging Face id, local directory, ``field:<name>`` (an existing
+            Segmentation field), a callable ``image -> (class map, id -> name)`` or a
+            ``SemanticBranch``.
+        mask_branch: ``sam-vit-b|l|h``, a SAM checkpoint or saved directory, ``field:<name>``
+            (an existing Detections field with instance masks) or a ``MaskBranch``.
+        device: torch device (default: CUDA when available).
+        batch_size: images per semantic-branch call.
+        num_workers: threads decoding images ahead of the models.
+        skip_existing: label only samples whose ``label_field`` is empty.
+        overwrite: replace existing output fields.
+        write_branch: also write ``<label_field>_branch``.
+        top_k: class proposals per mask.
+        classes: class names for an open-vocabulary (CLIPSeg) semantic branch.
+        skip_failures: record a failing sample in ``<label_field>_error`` and go on; False
+            raises at the first failure.
+        output_dir: where large instance masks are written (default: FiftyOne's dataset
+            directory).
+        progress: FiftyOne's progress argument (True/False/None or a callable).
+        progress_callback: called with (done, total) after each sample (used by operators).
+        **mask_generator_options: SAM automatic mask generation settings overriding SSA's
+            defaults (points_per_side=64, pred_iou_thresh=0.86, ...).
+
+    Returns:
+        A summary of the run.
+    """
+    if batch_size < 1:
+        raise ValueError(f"Expected `batch_size` to be >= 1, but got {batch_size}")
+    if top_k < 1:
+        raise ValueError(f"Expected `top_k` to be >= 1, but got {top_k}")
+    branch_kwargs = {"device": device}
+    if classes:
+        branch_kwargs["classes"] = list(classes)
+    semantic = create_branch(semantic_branch, kind="semantic", **branch_kwargs)
+    masks = create_branch(mask_branch, kind="mask", device=device, **mask_generator_options)
+    validate_ssa_request(samples, label_field, semantic, masks, write_branch, skip_existing,
+                         overwrite)
+    dataset = samples._dataset
+    if isinstance(semantic, FieldSemanticBranch):
+        semantic.classes = _field_classes(samples, semantic.field)
+    work_device = torch.device(device) if device else semantic.device
+    if isinstance(semantic, FieldSemanticBranch) and not isinstance(masks, FieldMaskBranch):
+        work_device = masks.device
+
+    summary = SSARunSummary(label_field)
+    view = samples
+    if skip_existing and label_field in dataset.get_field_schema():
+        view = samples.exists(label_field, False)
+        summary.skipped_existing = len(samples) - len(view)
+    total = len(view)
+    mask_root = output_dir or os.path.join(fo.config.default_dataset_dir, "fiftyone-ssa", dataset.name)
+
+    needs_image = not (isinstance(semantic, FieldSemanticBranch) and isinstance(masks, FieldMaskBranch))
+    read = _safe_read(needs_image)
+    fields = [f for f in (getattr(semantic, "field", None), getattr(masks, "field", None)) if f]
+    select = view.select_fields(fields) if fields else view.select_fields()
+    seen_classes: dict[int, str] = {}
+
+    def batches():
+        batch = []
+        for sample in select.iter_samples(progress=False):
+            batch.append(sample)
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    done = 0
+    with fou.ProgressBar(total=total, progress=progress) as pbar:
+        for batch, images in _prefetch(batches(), read, num_workers if needs_image else 0):
+            images = [_result(i) for i in images]
+            results = _label_batch(batch, images, semantic, masks, work_device, top_k,
+                                   skip_failures)
+            for sample, (outcome, seconds) in zip(batch, results):
+                entry = SampleSummary(sample.id, sample.filepath, seconds=seconds)
+                if isinstance(outcome, Exception):
+                    if not skip_failures:
+                        raise outcome
+                    entry.error = f"{type(outcome).__name__}: {outcome}"
+                    runs.record_failure(dataset, sample.id, label_field, entry.error)
+                    logger.warning("skipping %s: %s", sample.filepath, entry.error)
+                else:
+                    _write_sample(dataset, sample.id, label_field, outcome, semantic.classes,
+                                  write_branch, mask_root, seen_classes)
+                    entry.num_masks = len(outcome["mask_set"])
+                    entry.classes = sorted({semantic.classes.get(int(c), str(int(c)))
+                                            for c in outcome["painted"].unique().tolist()})
+                summary.samples.append(entry)
+                done += 1
+                pbar.update()
+                if progress_callback is not None:
+                    progress_callback(done, total)
+
+    _finalize_schema(dataset, label_field, semantic.classes, seen_classes, write_branch)
+    return summary
+
+
+def _label_batch(batch, images, semantic, masks, device, top_k, skip_failures):
+    """SSA for a batch of samples; returns (outcome or exception, seconds) per sample."""
+    start = time.perf_counter()
+    n = len(batch)
+    outcomes: list[Any] = [None] * n
+    class_maps: list[Any] = [None] * n
+    for i, image in enumerate(images):
+        if isinstance(image, Exception):
+            outcomes[i] = image
+    # Semantic branch: one batched call for the readable images.
+    try:
+        if isinstance(semantic, FieldSemanticBranch):
+            for i, sample in enumerate(batch):
+                if outcomes[i] is None:
+                    label = sample[semantic.field]
+                    if label is None:
+                        outcomes[i] = ValueError(f"sample has no {semantic.field!r} label")
+                    else:
+                        class_maps[i] = _guard(lambda lb=label: segmentation_to_tensor(lb, device))
+        else:
+            live = [i for i in range(n) if outcomes[i] is None]
+            if live:
+                for i, class_map in zip(live, semantic.predict([images[i] for i in live])):
+                    class_maps[i] = class_map.to(device)
+    except Exception as err:
+        if not skip_failures or len(batch) == 1:
+            raise err if not skip_failures else err
+        # Retry one by one so a single bad image does not fail its batch-mates.
+        return [_label_batch([s], [im], semantic, masks, device, top_k, skip_failures)[0]
+                for s, im in zip(batch, images)]
+    per_sample_seconds = (time.perf_counter() - start) / n
+    results = []
+    for i, sample in enumerate(batch):
+        t0 = time.perf_counter()
+        if outcomes[i] is None and isinstance(class_maps[i], Exception):
+            outcomes[i] = class_maps[i]
+        if outcomes[i] is None:
+            outcomes[i] = _guard(lambda i=i, sample=sample: _label_sample(
+                sample, images[i], class_maps[i], semantic, masks, device, top_k))
+        results.append((outcomes[i], per_sample_seconds + time.perf_counter() - t0))
+    return results
+
+
+def _guard(fn):
+    try:
+        return fn()
+    except Exception as err:  # reported per sample
+        return err
+
+
+def _label_sample(sample, image, class_map, semantic, masks, device, top_k):
+    size = tuple(class_map.shape)
+    if image is not None and tuple(image.shape[:2]) != size:
+        raise ValueError(f"semantic map is {size[1]}x{size[0]} but the image is "
+                         f"{image.shape[1]}x{image.shape[0]}")
+    if isinstance(masks, FieldMaskBranch):
+        mask_set = detections_to_mask_set(sample[masks.field], size, device)
+    else:
+        mask_set = masks.generate(image)
+        mask_set = MaskSet(mask_set.masks.to(device), mask_set.predicted_iou.to(device),
+                           mask_set.stability_score.to(device))
+        if tuple(mask_set.masks.shape[1:]) != size:
+            raise ValueError(f"mask branch returned {tuple(mask_set.masks.shape[1:])} masks for "
+                             f"a {size} image")
+    result = label_one_image(image, class_map, mask_set, semantic.classes, top_k)
+    result["mask_set"] = mask_set
+    result["class_map"] = class_map
+    return result
+
+
+def _write_sample(dataset, sample_id, label_field, result, classes, write_branch, mask_root,
+                  seen_classes):
+    """Writes one sample's output fields in a single update."""
+    mask_set: MaskSet = result["mask_set"]
+    vote = result["vote"]
+    labels = vote.labels.cpu().tolist()
+    for c in set(labels) | set(result["painted"].unique().cpu().tolist()):
+        seen_classes.setdefault(int(c), classes.get(int(c), str(int(c))))
+    names = [classes.get(c, str(c)) for c in labels]
+    confidence = vote.confidence.cpu().tolist()
+    areas = vote.areas.cpu().tolist()
+    ious = mask_set.predicted_iou.cpu().tolist()
+    stabilities = mask_set.stability_score.cpu().tolist()
+    attributes = [
+        {
+            "confidence": confidence[i],
+            "class_proposals": [classes.get(c, str(c)) for c in result["proposals"][i]],
+            "predicted_iou": None if np.isnan(ious[i]) else ious[i],
+            "stability_score": None if np.isnan(stabilities[i]) else stabilities[i],
+            "area": int(areas[i]),
+        }
+        for i in range(len(labels))
+    ]
+    mask_dir = None
+    if sum(areas) > MAX_INLINE_MASK_PIXELS:
+        mask_dir = os.path.join(mask_root, f"{label_field}_masks", str(sample_id))
+    values = {
+        label_field: fo.Segmentation(mask=class_map_to_numpy(result["painted"])),
+        f"{label_field}_masks": build_detections(mask_set.masks, names, attributes, mask_dir),
+    }
+    if write_branch:
+        values[f"{label_field}_branch"] = fo.Segmentation(mask=class_map_to_numpy(result["class_map"]))
+    runs.write_sample_fields(dataset, sample_id, values, clear=[f"{label_field}_error"])
+
+
+def _finalize_schema(dataset, label_field, classes, seen_classes, write_branch):
+    """Mask targets for the Segmentation fields."""
+    targets = dict(classes) if classes else dict(seen_classes)
+    if targets:
+        dataset.mask_targets[label_field] = targets
+        if write_branch:
+            dataset.mask_targets[f"{label_field}_branch"] = targets
+        dataset.save()
