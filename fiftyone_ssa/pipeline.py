@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from fiftyone_ssa import runs
-from fiftyone_ssa.core.images import read_rgb
+from fiftyone_ssa.core.images import read_rgb, read_size
 from fiftyone_ssa.core.mask_set import MaskSet
 from fiftyone_ssa.core.voting import paint_masks, painting_order, vote_mask_classes
 from fiftyone_ssa.labels import (
@@ -161,11 +161,11 @@ def _result(item):
 
 
 def _safe_read(needs_image: bool):
+    """Reads a sample's image, or only its size when no model needs the pixels."""
+
     def read(sample):
-        if not needs_image:
-            return None
         try:
-            return read_rgb(sample.filepath)
+            return read_rgb(sample.filepath) if needs_image else read_size(sample.filepath)
         except Exception as err:  # reported per sample
             return err
 
@@ -301,7 +301,7 @@ def apply_ssa(
 
     done = 0
     with fou.ProgressBar(total=total, progress=progress) as pbar:
-        for batch, images in _prefetch(batches(), read, num_workers if needs_image else 0):
+        for batch, images in _prefetch(batches(), read, num_workers):
             images = [_result(i) for i in images]
             results = _label_batch(batch, images, semantic, masks, work_device, top_k,
                                    skip_failures)
@@ -380,10 +380,13 @@ def _guard(fn):
 
 
 def _label_sample(sample, image, class_map, semantic, masks, device, top_k):
+    """SSA for one sample; ``image`` is the RGB array, or only its (H, W) for field branches."""
     size = tuple(class_map.shape)
-    if image is not None and tuple(image.shape[:2]) != size:
+    image_size = tuple(image) if isinstance(image, tuple) else tuple(image.shape[:2])
+    if image_size != size:
         raise ValueError(f"semantic map is {size[1]}x{size[0]} but the image is "
-                         f"{image.shape[1]}x{image.shape[0]}")
+                         f"{image_size[1]}x{image_size[0]}")
+    image = None if isinstance(image, tuple) else image
     if isinstance(masks, FieldMaskBranch):
         mask_set = detections_to_mask_set(sample[masks.field], size, device)
     else:

@@ -57,3 +57,22 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
             return to_rgb_array(image)
     except (OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot read image {path}: {err}") from err
+
+
+def read_size(path: str | os.PathLike) -> tuple[int, int]:
+    """The upright (H, W) of an image file, reading only its header.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not a readable image.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            orientation = image.getexif().get(0x0112, 1)
+    except (OSError, SyntaxError) as err:
+        raise ValueError(f"cannot read image {path}: {err}") from err
+    # EXIF orientations 5-8 rotate by 90 degrees.
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)

@@ -28,6 +28,7 @@ import torch
 
 __all__ = [
     "SegmentationMetrics",
+    "ClassMatcher",
     "StreamingConfusionMatrix",
     "pixel_confusion_matrix",
     "reduce_zero_label",
@@ -277,3 +278,109 @@ def resize_nearest(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     rows = torch.arange(h, device=mask.device) * height // h
     cols = torch.arange(w, device=mask.device) * width // w
     return mask[rows[:, None], cols[None, :]]
+
+
+class ClassMatcher:
+    """Maps the ids of two id maps (ground truth, prediction) to shared class indices BY NAME.
+
+    Each side names its ids through its own targets (``{id: name}``); equal names share one class
+    index. Classes are numbered as they are met: first the ground truth's declared names (by id),
+    then the prediction's other declared names (by id), then, while ids are looked up, values a
+    side does not name, as classes named after the value (``"7"``; an unnamed 7 on both sides is
+    one class). With no targets on either side, every class is such a value, so ids match
+    directly. :meth:`final_order` sorts the value-named classes numerically.
+
+    Lookups go through a per-side table indexed by id (grown on demand), so mapping an image costs
+    one gather.
+
+    Args:
+        gt_targets: ground-truth ``{id: name}``, or None.
+        pred_targets: prediction ``{id: name}``, or None.
+        max_id: the largest id accepted (bounds the lookup tables).
+    """
+
+    def __init__(
+        self,
+        gt_targets: dict[int, str] | None,
+        pred_targets: dict[int, str] | None,
+        max_id: int = 2**24,
+    ) -> None:
+        self.names: list[str] = []
+        self._index: dict[str, int] = {}
+        self._declared = 0
+        self._max_id = max_id
+        self._targets = {"gt": dict(gt_targets or {}), "pred": dict(pred_targets or {})}
+        self._tables = {side: torch.full((0,), -1, dtype=torch.long) for side in self._targets}
+        self._unnamed: dict[str, set[int]] = {side: set() for side in self._targets}
+        for side in ("gt", "pred"):
+            for _, name in sorted(self._targets[side].items()):
+                self._class_index(str(name))
+        self._declared = len(self.names)
+        gt_names = {str(n) for n in self._targets["gt"].values()}
+        pred_names = {str(n) for n in self._targets["pred"].values()}
+        both = bool(gt_names) and bool(pred_names)
+        self.unmatched_gt = [n for n in self.names if both and n in gt_names and n not in pred_names]
+        self.unmatched_pred = [
+            n for n in self.names if both and n in pred_names and n not in gt_names
+        ]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> str:
+        return self.names[index]
+
+    @property
+    def unnamed_gt_values(self) -> list[int]:
+        """Ground-truth values met that the ground-truth targets do not name (if it has any)."""
+        return sorted(self._unnamed["gt"]) if self._targets["gt"] else []
+
+    @property
+    def unnamed_pred_values(self) -> list[int]:
+        """Predicted values met that the prediction targets do not name (if it has any)."""
+        return sorted(self._unnamed["pred"]) if self._targets["pred"] else []
+
+    def gt_classes(self, ids: torch.Tensor) -> torch.Tensor:
+        """Class indices of ground-truth ids: (...) int ids >= 0 -> (...) int64 indices."""
+        return self._lookup("gt", ids)
+
+    def pred_classes(self, ids: torch.Tensor) -> torch.Tensor:
+        """Class indices of predicted ids: (...) int ids >= 0 -> (...) int64 indices."""
+        return self._lookup("pred", ids)
+
+    def final_order(self) -> list[int]:
+        """Class indices in reporting order: declared names, then value-named classes by value."""
+        declared = list(range(self._declared))
+        rest = range(self._declared, len(self.names))
+        return declared + sorted(rest, key=lambda k: int(self.names[k]))
+
+    def _class_index(self, name: str) -> int:
+        if name not in self._index:
+            self._index[name] = len(self.names)
+            self.names.append(name)
+        return self._index[name]
+
+    def _lookup(self, side: str, ids: torch.Tensor) -> torch.Tensor:
+        _check_integer("ids", ids)
+        ids = ids.long().cpu()
+        if ids.numel() == 0:
+            return ids
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high > self._max_id:
+            raise ValueError(f"Expected ids in [0, {self._max_id}], but got {low} to {high}")
+        table = self._tables[side]
+        if high >= len(table):
+            grown = torch.full((high + 1,), -1, dtype=torch.long)
+            grown[: len(table)] = table
+            table = self._tables[side] = grown
+        classes = table[ids]
+        if bool((classes < 0).any()):
+            targets = self._targets[side]
+            for value in torch.unique(ids[classes < 0]).tolist():
+                name = targets.get(value)
+                if name is None:
+                    name = str(value)
+                    self._unnamed[side].add(value)
+                table[value] = self._class_index(str(name))
+            classes = table[ids]
+        return classes

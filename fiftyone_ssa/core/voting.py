@@ -108,7 +108,7 @@ def count_votes(masks: torch.Tensor, class_map: torch.Tensor, num_classes: int) 
             f"Expected `class_map` ids in [0, {num_classes}), but got ids in "
             f"[{int(flat_classes.min())}, {int(flat_classes.max())}]"
         )
-    flat_masks = masks.reshape(n, -1).bool()
+    flat_masks = masks.reshape(n, class_map.numel()).bool()
     votes = torch.zeros((n, num_classes), dtype=torch.int64, device=masks.device)
     if n == 0:
         return votes
@@ -192,7 +192,7 @@ def paint_masks(
     out = class_map.clone()
     if n == 0:
         return out
-    flat_masks = masks.reshape(n, -1).bool()
+    flat_masks = masks.reshape(n, class_map.numel()).bool()
     if order is None:
         order = painting_order(flat_masks.sum(dim=1))
     # rank[i] = 1 + position of mask i in the painting order; the topmost mask has the largest.

@@ -1,0 +1,719 @@
+"""SA-1B import and export: ``sa_<id>.jpg`` + ``sa_<id>.json`` (COCO RLE masks) <-> FiftyOne.
+
+Import: each image becomes a sample whose ``label_field`` holds one ``fo.Detection`` per
+annotation: the mask decoded from its RLE and cropped to the box (written as a PNG and referenced
+by ``mask_path``, so that no sample document nears MongoDB's 16 MB limit), ``bounding_box`` from
+the annotation's ``bbox`` (relative ``[x, y, w, h]``), and the attributes ``predicted_iou``,
+``stability_score``, ``point_coords``, ``crop_box``, ``area``, ``sa1b_id`` (the annotation's
+``id``; ``id`` is FiftyOne's own), ``sa1b_bbox`` and ``rle_counts`` (the original ``bbox`` and
+``counts``, which make an unchanged mask export byte-exact). SSA-engine output (annotations
+carrying ``class_name`` / ``class_proposals``) imports with ``label`` = ``class_name``.
+
+Export: one ``<image stem>.json`` per sample in SA-1B's schema, each annotation with
+``class_name`` (the detection's label) and ``class_proposals``. A mask is written back with its
+stored ``counts``, ``bbox`` and ``area`` exactly when its current pixels equal the stored RLE's;
+edited masks (pixels or box) are re-encoded. A ``fo.Segmentation`` field exports as the
+original SSA's close-set files instead (:func:`export_semantic_rles`).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import itertools
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import fiftyone as fo
+import fiftyone.core.utils as fou
+import numpy as np
+import torch
+from PIL import Image
+
+from fiftyone_ssa.core.rle import (
+    compress_counts,
+    decompress_counts,
+    encode_counts,
+    masks_to_rles,
+    rle_area,
+    rle_to_bbox,
+    rle_to_mask,
+)
+
+logger = logging.getLogger(__name__)
+
+IMAGE_ID_FIELD = "sa1b_image_id"
+"""Sample field holding the ``image_id`` of the SA-1B ``image`` record."""
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+# Detection attributes declared on the schema so the App sidebar can filter on them.
+_FILTERABLE_ATTRIBUTES = {
+    "predicted_iou": (fo.FloatField, None),
+    "stability_score": (fo.FloatField, None),
+    "area": (fo.IntField, None),
+    "class_proposals": (fo.ListField, fo.StringField),
+}
+_ADD_BATCH_SIZE = 16
+
+
+class SA1BFileError(Exception):
+    """One file of an SA-1B directory that cannot be imported (reported, not raised)."""
+
+
+@dataclass
+class _ImageResult:
+    """What a worker read for one image (``sample`` None when the file failed)."""
+
+    key: str
+    sample: fo.Sample | None = None
+    has_json: bool = True
+    error: str | None = None
+
+
+@dataclass
+class SA1BImportSummary:
+    """Counts and per-file errors of one import (also stored in ``dataset.info["sa1b_import"]``)."""
+
+    num_samples: int = 0
+    num_annotations: int = 0
+    num_without_json: int = 0
+    errors: dict[str, str] = field(default_factory=dict)
+    mask_dir: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+# ---------------------------------------------------------------------------------------------
+# Import
+
+
+def import_sa1b(
+    dataset_dir: str,
+    name: str | None = None,
+    label_field: str = "sa1b",
+    mask_dir: str | None = None,
+    num_workers: int | None = None,
+    overwrite: bool = False,
+    progress: bool | Callable | None = None,
+    persistent: bool = False,
+) -> fo.Dataset:
+    """Imports an SA-1B-format directory (``sa_<id>.jpg`` + ``sa_<id>.json``) as a new dataset.
+
+    Images without a JSON are imported without masks (counted in the summary). Files that
+    cannot be imported (malformed JSON, a JSON whose image is missing, an RLE or ``image``
+    record whose size disagrees with the image) are skipped and reported per file; the summary
+    is logged and stored in ``dataset.info["sa1b_import"]``.
+
+    Args:
+        dataset_dir: directory holding the images and JSON files (not searched recursively).
+        name: name of the new dataset (default: FiftyOne picks one).
+        label_field: the ``fo.Detections`` field to write.
+        mask_dir: where the mask PNGs go, as ``<mask_dir>/<image stem>/<index>.png``. Default:
+            ``<fo.config.default_dataset_dir>/<dataset slug>/<label_field>``.
+        num_workers: threads decoding files (default: FiftyOne's recommendation).
+        overwrite: delete an existing dataset called ``name`` first.
+        progress: show a progress bar (None: FiftyOne's default), or a progress callback.
+        persistent: make the dataset persistent (the CLI does).
+
+    Returns:
+        The new dataset.
+
+    Raises:
+        ValueError: ``dataset_dir`` is not a directory or holds no images / JSON files, or the
+            dataset exists and ``overwrite`` is False.
+        RuntimeError: no file could be imported (the dataset is deleted again).
+    """
+    if not os.path.isdir(dataset_dir):
+        raise ValueError(f"Expected `dataset_dir` to be a directory, but got {dataset_dir!r}")
+    items = _pair_files(dataset_dir)
+    if not items:
+        raise ValueError(f"Expected `dataset_dir` to hold SA-1B images or JSON, but {dataset_dir!r} has none")
+    if name is not None and fo.dataset_exists(name):
+        if not overwrite:
+            raise ValueError(f"Dataset {name!r} already exists; pass overwrite=True to replace it")
+        fo.delete_dataset(name)
+
+    dataset = fo.Dataset(name)
+    if persistent:
+        dataset.persistent = True
+    if mask_dir is None:
+        mask_dir = os.path.join(fo.config.default_dataset_dir, dataset.slug, label_field)
+    mask_dir = os.path.abspath(mask_dir)
+    summary = SA1BImportSummary(mask_dir=mask_dir)
+
+    workers = max(1, fou.recommend_thread_pool_workers(num_workers))
+
+    def read(item):
+        return _read_image(item, dataset_dir, mask_dir, label_field)
+
+    batch: list[fo.Sample] = []
+    with fou.ProgressBar(total=len(items), progress=progress, iters_str="images") as pbar:
+        for result in pbar(_ordered_map(read, items, workers)):
+            if result.error is not None:
+                summary.errors[result.key] = result.error
+                continue
+            summary.num_samples += 1
+            if not result.has_json:
+                summary.num_without_json += 1
+            else:
+                summary.num_annotations += len(result.sample[label_field].detections)
+            batch.append(result.sample)
+            if len(batch) >= _ADD_BATCH_SIZE:
+                dataset.add_samples(batch, progress=False)
+                batch = []
+    if batch:
+        dataset.add_samples(batch, progress=False)
+
+    if summary.num_samples == 0:
+        dataset.delete()
+        raise RuntimeError(
+            f"No file of {dataset_dir!r} could be imported:\n" + _format_errors(summary.errors)
+        )
+    declare_detection_attributes(dataset, label_field)
+    dataset.info["sa1b_import"] = summary.to_dict()
+    dataset.save()
+    _log_summary(summary, label_field)
+    return dataset
+
+
+def declare_detection_attributes(dataset: fo.Dataset, label_field: str) -> None:
+    """Declares the Detection attributes the App sidebar filters on.
+
+    ``class_proposals`` (list of str), ``predicted_iou``, ``stability_score`` and ``area`` are
+    declared explicitly (even before any sample has them); every other attribute present on
+    the samples is added through ``add_dynamic_sample_fields``.
+
+    Args:
+        dataset: the dataset.
+        label_field: a ``fo.Detections`` field of it.
+    """
+    schema = dataset.get_field_schema(flat=True)
+    for attr, (ftype, subfield) in _FILTERABLE_ATTRIBUTES.items():
+        path = f"{label_field}.detections.{attr}"
+        if path not in schema:
+            kwargs = {"subfield": subfield} if subfield is not None else {}
+            dataset.add_sample_field(path, ftype, **kwargs)
+    dataset.add_dynamic_sample_fields(fields=label_field)
+
+
+def _pair_files(dataset_dir: str) -> list[tuple[str, str | None, str | None]]:
+    """``(stem, image path, json path)`` per stem, sorted; either path may be None."""
+    images: dict[str, str] = {}
+    jsons: dict[str, str] = {}
+    for entry in sorted(os.scandir(dataset_dir), key=lambda e: e.name):
+        if not entry.is_file():
+            continue
+        stem, ext = os.path.splitext(entry.name)
+        if ext.lower() == ".json":
+            jsons[stem] = entry.path
+        elif ext.lower() in IMAGE_EXTENSIONS and stem not in images:
+            images[stem] = entry.path
+    stems = sorted(set(images) | set(jsons))
+    return [(s, images.get(s), jsons.get(s)) for s in stems]
+
+
+def _ordered_map(fn: Callable, items: Iterable, num_workers: int) -> Iterator:
+    """``map(fn, items)`` on a thread pool, in order, with a bounded number of pending items."""
+    items = iter(items)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=num_workers) as pool:
+        pending = collections.deque(pool.submit(fn, x) for x in itertools.islice(items, 2 * num_workers))
+        while pending:
+            result = pending.popleft().result()
+            for x in itertools.islice(items, 1):
+                pending.append(pool.submit(fn, x))
+            yield result
+
+
+def _read_image(
+    item: tuple[str, str | None, str | None], dataset_dir: str, mask_dir: str, label_field: str
+) -> _ImageResult:
+    """Reads one image and its JSON into a sample (never raises; errors are returned)."""
+    stem, image_path, json_path = item
+    key = os.path.basename(json_path or image_path)
+    try:
+        if json_path is None:
+            width, height = _image_size(image_path)
+            sample = fo.Sample(filepath=image_path, metadata=_metadata(image_path, width, height))
+            return _ImageResult(key, sample, has_json=False)
+        record = _load_json(json_path)
+        image_path = image_path or _image_from_record(record, dataset_dir, stem)
+        width, height = _image_size(image_path)
+        image_id = _check_image_record(record, width, height)
+        detections = [
+            _annotation_to_detection(ann, k, width, height, os.path.join(mask_dir, stem))
+            for k, ann in enumerate(record["annotations"])
+        ]
+        sample = fo.Sample(filepath=image_path, metadata=_metadata(image_path, width, height))
+        sample[label_field] = fo.Detections(detections=detections)
+        if image_id is not None:
+            sample[IMAGE_ID_FIELD] = image_id
+        return _ImageResult(key, sample)
+    except SA1BFileError as err:
+        return _ImageResult(key, error=str(err))
+    except Exception as err:  # any unexpected failure is still one file's problem
+        return _ImageResult(key, error=f"{type(err).__name__}: {err}")
+
+
+def _load_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise SA1BFileError(f"malformed JSON: {err}") from err
+    if not isinstance(record, dict) or not isinstance(record.get("annotations"), list):
+        raise SA1BFileError("malformed SA-1B JSON: expected an object with an 'annotations' list")
+    return record
+
+
+def _image_from_record(record: dict, dataset_dir: str, stem: str) -> str:
+    image = record.get("image") if isinstance(record.get("image"), dict) else {}
+    file_name = image.get("file_name")
+    if isinstance(file_name, str) and os.path.basename(file_name) == file_name:
+        path = os.path.join(dataset_dir, file_name)
+        if os.path.isfile(path):
+            return path
+    expected = file_name if isinstance(file_name, str) else f"{stem}.jpg"
+    raise SA1BFileError(f"missing image: {expected!r} not found in {dataset_dir!r}")
+
+
+def _image_size(path: str) -> tuple[int, int]:
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except OSError as err:
+        raise SA1BFileError(f"unreadable image {os.path.basename(path)!r}: {err}") from err
+
+
+def _metadata(path: str, width: int, height: int) -> fo.ImageMetadata:
+    return fo.ImageMetadata(width=width, height=height, size_bytes=os.path.getsize(path))
+
+
+def _check_image_record(record: dict, width: int, height: int) -> Any:
+    """Validates the ``image`` record against the image file; returns its ``image_id``."""
+    image = record.get("image")
+    if image is None:
+        return None
+    if not isinstance(image, dict):
+        raise SA1BFileError("malformed SA-1B JSON: 'image' is not an object")
+    declared = (image.get("width", width), image.get("height", height))
+    if declared != (width, height):
+        raise SA1BFileError(
+            f"image record says {declared[0]}x{declared[1]} (width x height), but the image "
+            f"file is {width}x{height}"
+        )
+    return image.get("image_id")
+
+
+def _annotation_to_detection(
+    ann: dict, index: int, width: int, height: int, mask_dir: str
+) -> fo.Detection:
+    """One SA-1B annotation as a Detection whose mask (cropped to its box) is a PNG on disk."""
+    ann_id = ann.get("id", index) if isinstance(ann, dict) else index
+    where = f"annotation {index} (id {ann_id})"
+    if not isinstance(ann, dict) or not isinstance(ann.get("segmentation"), dict):
+        raise SA1BFileError(f"{where}: no 'segmentation' RLE")
+    seg = ann["segmentation"]
+    size = list(seg.get("size", []))
+    if size != [height, width]:
+        raise SA1BFileError(
+            f"{where}: RLE size {size} (height, width) disagrees with the image size "
+            f"[{height}, {width}]"
+        )
+    counts = seg.get("counts")
+    try:
+        if not isinstance(counts, str):  # uncompressed RLE: keep it as COCO's string form
+            counts = compress_counts(counts)
+        rle = {"size": size, "counts": counts}
+        x0, y0, x1, y1 = _pixel_box(ann.get("bbox"), rle_to_bbox(rle), width, height)
+        crop = rle_to_mask(rle, box=(x0, y0, x1, y1))
+    except (ValueError, TypeError) as err:
+        raise SA1BFileError(f"{where}: invalid RLE: {err}") from err
+
+    det = fo.Detection(
+        label=_optional_str(ann.get("class_name")),
+        bounding_box=[x0 / width, y0 / height, (x1 - x0) / width, (y1 - y0) / height],
+    )
+    if x1 > x0 and y1 > y0:
+        det.mask_path = _write_mask_png(crop, os.path.join(mask_dir, f"{index:05d}.png"))
+    attrs = {
+        "sa1b_id": ann.get("id"),
+        "area": int(ann["area"]) if "area" in ann else rle_area(rle),
+        "predicted_iou": _optional_float(ann.get("predicted_iou")),
+        "stability_score": _optional_float(ann.get("stability_score")),
+        "point_coords": ann.get("point_coords"),
+        "crop_box": ann.get("crop_box"),
+        "sa1b_bbox": ann.get("bbox"),
+        "rle_counts": counts,
+        "class_proposals": _proposals(ann.get("class_proposals")),
+    }
+    for attr, value in attrs.items():
+        if value is not None:
+            det[attr] = value
+    return det
+
+
+def _pixel_box(
+    bbox: Any, tight: list[float], width: int, height: int
+) -> tuple[int, int, int, int]:
+    """Integer box ``(x0, y0, x1, y1)`` (end exclusive): the annotation's ``bbox`` grown to hold
+    every mask pixel (its tight box, ``tight``) and clipped to the image."""
+    boxes = []
+    if isinstance(bbox, list | tuple) and len(bbox) == 4 and bbox[2] > 0 and bbox[3] > 0:
+        x, y, w, h = (float(v) for v in bbox)
+        boxes.append((math.floor(x), math.floor(y), math.ceil(x + w), math.ceil(y + h)))
+    if tight[2] > 0:
+        x, y, w, h = (int(v) for v in tight)
+        boxes.append((x, y, x + w, y + h))
+    if not boxes:
+        return 0, 0, 0, 0
+    x0 = min(max(0, min(b[0] for b in boxes)), width)
+    y0 = min(max(0, min(b[1] for b in boxes)), height)
+    x1 = max(x0, min(width, max(b[2] for b in boxes)))
+    y1 = max(y0, min(height, max(b[3] for b in boxes)))
+    return x0, y0, x1, y1
+
+
+def _write_mask_png(mask: np.ndarray, path: str) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(path, compress_level=1)
+    return path
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _optional_str(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _proposals(value: Any) -> list[str] | None:
+    """``class_proposals`` as a list (the original close-set SSA wrote a bare string)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]
+
+
+def _format_errors(errors: dict[str, str]) -> str:
+    return "\n".join(f"  {key}: {message}" for key, message in sorted(errors.items()))
+
+
+def _log_summary(summary: SA1BImportSummary, label_field: str) -> None:
+    logger.info(
+        "Imported %d images with %d masks into field %r (mask PNGs under %s)",
+        summary.num_samples,
+        summary.num_annotations,
+        label_field,
+        summary.mask_dir,
+    )
+    if summary.num_without_json:
+        logger.warning(
+            "%d image(s) had no SA-1B JSON and were imported without masks",
+            summary.num_without_json,
+        )
+    if summary.errors:
+        logger.warning(
+            "%d file(s) could not be imported:\n%s",
+            len(summary.errors),
+            _format_errors(summary.errors),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Export
+
+
+def export_sa1b(
+    samples: fo.core.collections.SampleCollection,
+    export_dir: str,
+    label_field: str,
+    overwrite: bool = False,
+    progress: bool | Callable | None = None,
+    masks_field: str | None = None,
+) -> list[str]:
+    """Writes one SA-1B JSON per sample, ``<export_dir>/<image stem>.json``.
+
+    Each ``fo.Detection`` of ``label_field`` becomes an annotation (``id``, ``segmentation``
+    with a string ``counts``, ``area``, ``bbox``, ``predicted_iou``, ``point_coords``,
+    ``crop_box``, ``stability_score``, ``class_name`` = the label or ``""``,
+    ``class_proposals`` = the attribute or ``[]``). A mask whose pixels equal its stored
+    ``rle_counts`` is written with the stored ``counts``, ``bbox`` and ``area`` (byte-exact);
+    otherwise it is re-encoded. Missing scores are written as null, a missing ``crop_box`` as
+    the whole image and missing ``point_coords`` as ``[]``; a detection without a mask counts
+    as its filled box.
+
+    When ``label_field`` is a ``fo.Segmentation``, this writes the close-set SSA files instead
+    (see :func:`export_semantic_rles`; ``masks_field`` is passed on).
+
+    Args:
+        samples: the samples to export.
+        export_dir: output directory (created if needed).
+        label_field: a ``fo.Detections`` (or ``fo.Segmentation``) field.
+        overwrite: replace JSON files that already exist.
+        progress: show a progress bar (None: FiftyOne's default), or a progress callback.
+        masks_field: only for a Segmentation field, see :func:`export_semantic_rles`.
+
+    Returns:
+        The paths written, one per sample.
+
+    Raises:
+        ValueError: the field is missing or of another type, an image stem would escape
+            ``export_dir`` or is shared by two samples, or a file exists and ``overwrite`` is
+            False.
+    """
+    label_type = _label_type(samples, label_field)
+    if label_type is fo.Segmentation:
+        return export_semantic_rles(
+            samples, export_dir, label_field, masks_field, overwrite=overwrite, progress=progress
+        )
+    if label_type is not fo.Detections:
+        raise ValueError(
+            f"Expected `label_field` to be a Detections or Segmentation field, but "
+            f"{label_field!r} holds {label_type.__name__}"
+        )
+
+    def record(sample: fo.Sample, stem: str, index: int) -> dict:
+        width, height = _sample_size(sample)
+        return {
+            "image": _image_record(sample, stem, index, width, height),
+            "annotations": _annotations(sample[label_field], width, height),
+        }
+
+    return _export(samples, export_dir, [label_field], ".json", overwrite, progress, record)
+
+
+def export_semantic_rles(
+    samples: fo.core.collections.SampleCollection,
+    export_dir: str,
+    label_field: str,
+    masks_field: str | None = None,
+    overwrite: bool = False,
+    progress: bool | Callable | None = None,
+) -> list[str]:
+    """Writes the close-set SSA output as the original did: ``<image stem>_semantic.json``.
+
+    Each file holds ``image`` (image_id, width, height, file_name), ``semantic_mask`` mapping
+    every class id present in the Segmentation (as a string) to the RLE of its pixels,
+    ``id2label`` mapping those ids to class names (from ``mask_targets``, else the id), and
+    ``annotations``: the SA-1B annotations of ``masks_field`` (e.g. ``ssa_masks``), or ``[]``.
+
+    Args:
+        samples: the samples to export.
+        export_dir: output directory (created if needed).
+        label_field: a ``fo.Segmentation`` field with integer class ids.
+        masks_field: optional ``fo.Detections`` field exported as ``annotations``.
+        overwrite: replace files that already exist.
+        progress: show a progress bar (None: FiftyOne's default), or a progress callback.
+
+    Returns:
+        The paths written, one per sample.
+    """
+    if _label_type(samples, label_field) is not fo.Segmentation:
+        raise ValueError(f"Expected `label_field` to be a Segmentation field, but got {label_field!r}")
+    fields = [label_field]
+    if masks_field is not None:
+        if _label_type(samples, masks_field) is not fo.Detections:
+            raise ValueError(f"Expected `masks_field` to be a Detections field, but got {masks_field!r}")
+        fields.append(masks_field)
+    targets = samples.mask_targets.get(label_field) or samples.default_mask_targets or {}
+
+    def record(sample: fo.Sample, stem: str, index: int) -> dict:
+        seg = sample[label_field]
+        class_map = seg.get_mask() if seg is not None else None
+        if class_map is None or np.asarray(class_map).ndim != 2:
+            raise ValueError(f"Expected {stem!r} to have a 2-D integer mask in {label_field!r}")
+        class_map = torch.from_numpy(np.asarray(class_map).astype(np.int64))
+        height, width = class_map.shape
+        out = {"image": _image_record(sample, stem, index, width, height)}
+        dets = sample[masks_field] if masks_field is not None else None
+        out["annotations"] = _annotations(dets, width, height)
+        ids = torch.unique(class_map)
+        rles = masks_to_rles(class_map[None] == ids[:, None, None])
+        out["semantic_mask"] = {str(int(i)): rle for i, rle in zip(ids, rles)}
+        out["id2label"] = {str(int(i)): str(targets.get(int(i), int(i))) for i in ids}
+        return out
+
+    return _export(samples, export_dir, fields, "_semantic.json", overwrite, progress, record)
+
+
+def _label_type(samples: fo.core.collections.SampleCollection, label_field: str) -> type:
+    field_ = samples.get_field(label_field)
+    if field_ is None:
+        raise ValueError(f"Expected `label_field` to be a field of the samples, but got {label_field!r}")
+    return getattr(field_, "document_type", None) or type(field_)
+
+
+def _export(
+    samples: fo.core.collections.SampleCollection,
+    export_dir: str,
+    fields: list[str],
+    suffix: str,
+    overwrite: bool,
+    progress: bool | Callable | None,
+    make_record: Callable[[fo.Sample, str, int], dict],
+) -> list[str]:
+    """Checks every output path first, then writes one JSON per sample."""
+    export_dir = os.path.realpath(export_dir)
+    paths = [_output_path(export_dir, fp, suffix) for fp in samples.values("filepath")]
+    seen: dict[str, int] = collections.Counter(paths)
+    duplicates = sorted(os.path.basename(p) for p, n in seen.items() if n > 1)
+    if duplicates:
+        raise ValueError(f"Expected unique image stems, but several samples map to {duplicates[:5]}")
+    existing = [p for p in paths if os.path.exists(p)]
+    if existing and not overwrite:
+        raise ValueError(
+            f"{len(existing)} file(s) already exist in {export_dir!r} (e.g. "
+            f"{os.path.basename(existing[0])!r}); pass overwrite=True to replace them"
+        )
+    os.makedirs(export_dir, exist_ok=True)
+    extra = [IMAGE_ID_FIELD] if samples.has_field(IMAGE_ID_FIELD) else []
+    view = samples.select_fields(fields + extra)
+    written = []
+    for index, (sample, path) in enumerate(
+        zip(view.iter_samples(progress=progress), paths, strict=True)
+    ):
+        stem = os.path.basename(path)[: -len(suffix)]
+        record = make_record(sample, stem, index)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(record, f)
+        written.append(path)
+    return written
+
+
+def _output_path(export_dir: str, filepath: str, suffix: str) -> str:
+    """``<export_dir>/<stem><suffix>``, refusing stems that would leave ``export_dir``."""
+    stem = os.path.splitext(os.path.basename(filepath))[0]
+    path = os.path.realpath(os.path.join(export_dir, stem + suffix))
+    if not stem or stem in (".", "..") or os.path.dirname(path) != export_dir:
+        raise ValueError(
+            f"Expected image stems that name a file inside `export_dir`, but {filepath!r} "
+            f"would write {path!r}"
+        )
+    return path
+
+
+def _sample_size(sample: fo.Sample) -> tuple[int, int]:
+    """(width, height) from the metadata, else from the image file."""
+    md = sample.metadata
+    if md is not None and md.width and md.height:
+        return int(md.width), int(md.height)
+    with Image.open(sample.filepath) as img:
+        return img.size
+
+
+def _image_record(sample: fo.Sample, stem: str, index: int, width: int, height: int) -> dict:
+    image_id = sample[IMAGE_ID_FIELD] if sample.has_field(IMAGE_ID_FIELD) else None
+    if image_id is None:
+        match = re.fullmatch(r"sa_(\d+)", stem)
+        image_id = int(match.group(1)) if match else index + 1
+    return {
+        "image_id": image_id,
+        "width": width,
+        "height": height,
+        "file_name": os.path.basename(sample.filepath),
+    }
+
+
+def _annotations(dets: fo.Detections | None, width: int, height: int) -> list[dict]:
+    detections = dets.detections if dets is not None else []
+    known = [d.get_field("sa1b_id") for d in detections if d.has_field("sa1b_id")]
+    next_id = max([int(i) for i in known if isinstance(i, int)], default=0) + 1
+    out = []
+    for det in detections:
+        ann_id = det.get_field("sa1b_id") if det.has_field("sa1b_id") else None
+        if ann_id is None:
+            ann_id, next_id = next_id, next_id + 1
+        out.append(_detection_to_annotation(det, ann_id, width, height))
+    return out
+
+
+def _attr(det: fo.Detection, name: str) -> Any:
+    return det.get_field(name) if det.has_field(name) else None
+
+
+def _detection_to_annotation(det: fo.Detection, ann_id: Any, width: int, height: int) -> dict:
+    """One Detection as an SA-1B annotation; stored RLE fields reused when the mask is unchanged."""
+    runs = encode_counts(detection_full_mask(det, width, height))
+    stored = _attr(det, "rle_counts")
+    unchanged = False
+    if isinstance(stored, str):
+        try:
+            unchanged = np.array_equal(decompress_counts(stored), runs)
+        except ValueError:
+            unchanged = False
+    if unchanged:
+        counts = stored
+        rle = {"size": [height, width], "counts": counts}
+        bbox = _attr(det, "sa1b_bbox")
+        bbox = bbox if bbox is not None else rle_to_bbox(rle)
+        area = _attr(det, "area")
+        area = area if area is not None else rle_area(rle)
+    else:
+        counts = compress_counts(runs)
+        rle = {"size": [height, width], "counts": counts}
+        bbox, area = rle_to_bbox(rle), rle_area(rle)
+    crop_box = _attr(det, "crop_box")
+    point_coords = _attr(det, "point_coords")
+    proposals = _attr(det, "class_proposals")
+    return {
+        "id": ann_id,
+        "segmentation": {"size": [height, width], "counts": counts},
+        "area": area,
+        "bbox": bbox,
+        "predicted_iou": _attr(det, "predicted_iou"),
+        "point_coords": point_coords if point_coords is not None else [],
+        "crop_box": crop_box if crop_box is not None else [0, 0, width, height],
+        "stability_score": _attr(det, "stability_score"),
+        "class_name": det.label if det.label is not None else "",
+        "class_proposals": list(proposals) if proposals is not None else [],
+    }
+
+
+def detection_full_mask(det: fo.Detection, width: int, height: int) -> np.ndarray:
+    """The image-size mask of a Detection: its mask pasted into its box (a filled box if none).
+
+    The box is rounded to pixels (FiftyOne's renderer truncates, which shifts boxes whose
+    relative coordinates are not exact binary fractions); a mask whose shape differs from the
+    box is resized with nearest neighbours; parts outside the image are dropped.
+
+    Args:
+        det: the Detection (``mask`` or ``mask_path``).
+        width: image width.
+        height: image height.
+
+    Returns:
+        (height, width) bool.
+    """
+    full = np.zeros((height, width), dtype=bool)
+    x, y, w, h = det.bounding_box or (0.0, 0.0, 0.0, 0.0)
+    x0, y0 = round(x * width), round(y * height)
+    x1, y1 = round((x + w) * width), round((y + h) * height)
+    if x1 <= x0 or y1 <= y0:
+        return full
+    mask = det.get_mask()
+    if mask is None:
+        patch = np.ones((y1 - y0, x1 - x0), dtype=bool)
+    else:
+        mask = np.asarray(mask)
+        if mask.ndim == 3:
+            mask = mask[..., 0]
+        patch = mask.astype(bool)
+        if patch.shape != (y1 - y0, x1 - x0):
+            rows = (np.arange(y1 - y0) + 0.5) * patch.shape[0] // (y1 - y0)
+            cols = (np.arange(x1 - x0) + 0.5) * patch.shape[1] // (x1 - x0)
+            patch = patch[rows.astype(int)][:, cols.astype(int)]
+    cx0, cy0 = max(x0, 0), max(y0, 0)
+    cx1, cy1 = min(x1, width), min(y1, height)
+    if cx1 > cx0 and cy1 > cy0:
+        full[cy0:cy1, cx0:cx1] = patch[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+    return full

@@ -1,0 +1,156 @@
+"""SSA end to end with field branches (no model run), and the oracle experiment."""
+
+import fiftyone as fo
+import numpy as np
+import pytest
+from PIL import Image
+
+from fiftyone_ssa import apply_ssa
+from tests.scenes import SCENE_CLASSES, coarsen, make_scene, miou
+
+
+def _instances_to_detections(instances):
+    dets = []
+    h, w = instances.shape[1:]
+    for inst in instances:
+        ys, xs = np.nonzero(inst)
+        y0, y1, x0, x1 = ys.min(), ys.max(), xs.min(), xs.max()
+        dets.append(
+            fo.Detection(
+                label="object",
+                bounding_box=[x0 / w, y0 / h, (x1 - x0 + 1) / w, (y1 - y0 + 1) / h],
+                mask=inst[y0 : y1 + 1, x0 : x1 + 1],
+            )
+        )
+    return fo.Detections(detections=dets)
+
+
+@pytest.fixture
+def scene_dataset(make_dataset, tmp_path):
+    """Samples with ground truth, a coarse semantic field and the true instance masks."""
+
+    def _build(n=4, noise=0.05, factor=8, perfect=False, seed=0):
+        rng = np.random.default_rng(seed)
+        ds = make_dataset()
+        samples = []
+        for i in range(n):
+            image, gt, instances = make_scene(rng)
+            path = tmp_path / f"scene_{seed}_{i}.png"
+            Image.fromarray(image).save(path)
+            coarse = gt.copy() if perfect else coarsen(gt, rng, factor=factor, noise=noise)
+            samples.append(
+                fo.Sample(
+                    filepath=str(path),
+                    ground_truth=fo.Segmentation(mask=gt),
+                    coarse=fo.Segmentation(mask=coarse),
+                    instances=_instances_to_detections(instances),
+                )
+            )
+        ds.add_samples(samples)
+        ds.mask_targets = {"ground_truth": SCENE_CLASSES, "coarse": SCENE_CLASSES}
+        ds.save()
+        return ds
+
+    return _build
+
+
+def _dataset_miou(ds, field):
+    preds = [s[field].mask for s in ds]
+    gts = [s.ground_truth.mask for s in ds]
+    return miou(np.concatenate([p.ravel() for p in preds]),
+                np.concatenate([g.ravel() for g in gts]), len(SCENE_CLASSES))
+
+
+def test_oracle_ssa_beats_coarse_branch(scene_dataset):
+    ds = scene_dataset(n=5, noise=0.05, factor=8)
+    summary = apply_ssa(ds, semantic_branch="field:coarse", mask_branch="field:instances")
+    assert summary.num_labelled == 5 and not summary.failures
+    branch, ssa = _dataset_miou(ds, "ssa_branch"), _dataset_miou(ds, "ssa")
+    assert ssa > branch + 0.05, (branch, ssa)
+    assert _dataset_miou(ds, "coarse") == pytest.approx(branch)
+
+
+def test_oracle_perfect_branch_loses_at_most_a_sliver(scene_dataset):
+    ds = scene_dataset(n=3, perfect=True, seed=1)
+    apply_ssa(ds, semantic_branch="field:coarse", mask_branch="field:instances")
+    assert _dataset_miou(ds, "ssa") >= 0.99
+
+
+def test_output_schema(scene_dataset):
+    ds = scene_dataset(n=2)
+    apply_ssa(ds, semantic_branch="field:coarse", mask_branch="field:instances", top_k=2)
+    assert ds.mask_targets["ssa"] == SCENE_CLASSES
+    assert ds.mask_targets["ssa_branch"] == SCENE_CLASSES
+    sample = ds.first()
+    assert isinstance(sample.ssa, fo.Segmentation) and sample.ssa.mask.dtype == np.uint8
+    assert sample.ssa.mask.shape == sample.ground_truth.mask.shape
+    dets = sample.ssa_masks.detections
+    assert len(dets) == len(sample.instances.detections)
+    for det in dets:
+        assert det.label in SCENE_CLASSES.values()
+        assert 0 < det.confidence <= 1
+        assert 1 <= len(det.class_proposals) <= 2
+        assert det.class_proposals[0] == det.label
+        assert det.area == int(det.mask.sum())
+        assert det.predicted_iou is None
+    # the declared attributes let the App filter on them
+    schema = ds.get_field_schema(flat=True)
+    assert "ssa_masks.detections.class_proposals" in schema
+    assert "ssa_masks.detections.area" in schema
+    # filtering by predicted class narrows the view
+    label = dets[0].label
+    view = ds.filter_labels("ssa_masks", fo.ViewField("label") == label)
+    assert 0 < view.count("ssa_masks.detections") < ds.count("ssa_masks.detections")
+
+
+def test_refuses_existing_field_unless_overwrite_and_skip_existing(scene_dataset):
+    ds = scene_dataset(n=3)
+    apply_ssa(ds[:1], semantic_branch="field:coarse", mask_branch="field:instances")
+    with pytest.raises(ValueError, match="already exists"):
+        apply_ssa(ds, semantic_branch="field:coarse", mask_branch="field:instances")
+    summary = apply_ssa(ds, semantic_branch="field:coarse", mask_branch="field:instances",
+                        skip_existing=True)
+    assert summary.skipped_existing == 1 and summary.num_labelled == 2
+    assert ds.count("ssa") == 3
+    summary = apply_ssa(ds, semantic_branch="field:coarse", mask_branch="field:instances",
+                        overwrite=True, write_branch=False)
+    assert summary.num_labelled == 3
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"semantic_branch": "field:nope"}, "does not exist"),
+        ({"semantic_branch": "field:instances"}, "expected Segmentation"),
+        ({"mask_branch": "field:coarse"}, "expected Detections"),
+        ({"semantic_branch": "no-such-branch"}, "unknown semantic branch"),
+        ({"label_field": "coarse"}, "also an input"),
+        ({"batch_size": 0}, "batch_size"),
+    ],
+)
+def test_wrong_use_is_one_clear_error_before_any_work(scene_dataset, kwargs, match):
+    ds = scene_dataset(n=1)
+    args = {"semantic_branch": "field:coarse", "mask_branch": "field:instances", **kwargs}
+    with pytest.raises(ValueError, match=match):
+        apply_ssa(ds, **args)
+    assert "ssa" not in ds.get_field_schema()
+
+
+def test_empty_view_is_refused(scene_dataset):
+    ds = scene_dataset(n=1)
+    with pytest.raises(ValueError, match="empty"):
+        apply_ssa(ds.limit(0), semantic_branch="field:coarse", mask_branch="field:instances")
+
+
+def test_size_mismatch_is_a_recorded_skip(scene_dataset):
+    ds = scene_dataset(n=2)
+    bad = ds.first()
+    bad.coarse = fo.Segmentation(mask=np.zeros((10, 10), dtype=np.uint8))
+    bad.save()
+    summary = apply_ssa(ds, semantic_branch="field:coarse", mask_branch="field:instances")
+    assert summary.num_labelled == 1 and len(summary.failures) == 1
+    assert ds.count("ssa_error") == 1
+    assert ds.first().ssa is None
+    with pytest.raises(ValueError):
+        apply_ssa(ds, label_field="ssa2", semantic_branch="field:coarse",
+                  mask_branch="field:instances", skip_failures=False)
