@@ -73,7 +73,9 @@ class SSARunSummary:
         for failure in self.failures[:20]:
             text += f"\n  {failure.filepath}: {failure.error}"
         if len(self.failures) > 20:
-            text += f"\n  ... and {len(self.failures) - 20} more (filter on '{self.label_field}_error')"
+            text += (
+                f"\n  ... and {len(self.failures) - 20} more (filter on '{self.label_field}_error')"
+            )
         return text
 
 
@@ -114,7 +116,9 @@ def validate_ssa_request(
     if len(samples) == 0:
         raise ValueError("the view is empty: nothing to label")
     if not label_field or "." in label_field or label_field.startswith("_"):
-        raise ValueError(f"Expected a top-level field name for `label_field`, but got {label_field!r}")
+        raise ValueError(
+            f"Expected a top-level field name for `label_field`, but got {label_field!r}"
+        )
     if isinstance(semantic, FieldSemanticBranch):
         _check_field(samples, semantic.field, fo.Segmentation, "semantic branch")
     if isinstance(masks, FieldMaskBranch):
@@ -123,7 +127,9 @@ def validate_ssa_request(
     outputs = output_fields(label_field, write_branch)
     clash = inputs.intersection(outputs)
     if clash:
-        raise ValueError(f"output field {clash.pop()!r} is also an input; choose another label_field")
+        raise ValueError(
+            f"output field {clash.pop()!r} is also an input; choose another label_field"
+        )
     schema = samples._dataset.get_field_schema()
     existing = [f for f in outputs if f in schema]
     if existing and not (overwrite or skip_existing):
@@ -192,10 +198,17 @@ def label_one_image(
         ``painted`` (H, W) int64, ``labels`` (N,) ids, ``vote`` the VoteResult,
         ``proposals`` N lists of ids.
     """
-    num_classes = max(int(class_map.max()) + 1 if class_map.numel() else 1, max(classes, default=-1) + 1)
+    num_classes = max(
+        int(class_map.max()) + 1 if class_map.numel() else 1, max(classes, default=-1) + 1
+    )
     vote = vote_mask_classes(mask_set.masks, class_map, num_classes)
     painted = paint_masks(class_map, mask_set.masks, vote.labels, painting_order(vote.areas))
-    return {"painted": painted, "labels": vote.labels, "vote": vote, "proposals": vote.proposals(top_k)}
+    return {
+        "painted": painted,
+        "labels": vote.labels,
+        "vote": vote,
+        "proposals": vote.proposals(top_k),
+    }
 
 
 def apply_ssa(
@@ -266,8 +279,9 @@ def apply_ssa(
         branch_kwargs["classes"] = list(classes)
     semantic = create_branch(semantic_branch, kind="semantic", **branch_kwargs)
     masks = create_branch(mask_branch, kind="mask", device=device, **mask_generator_options)
-    validate_ssa_request(samples, label_field, semantic, masks, write_branch, skip_existing,
-                         overwrite)
+    validate_ssa_request(
+        samples, label_field, semantic, masks, write_branch, skip_existing, overwrite
+    )
     dataset = samples._dataset
     if isinstance(semantic, FieldSemanticBranch):
         semantic.classes = _field_classes(samples, semantic.field)
@@ -281,9 +295,13 @@ def apply_ssa(
         view = samples.exists(label_field, False)
         summary.skipped_existing = len(samples) - len(view)
     total = len(view)
-    mask_root = output_dir or os.path.join(fo.config.default_dataset_dir, "fiftyone-ssa", dataset.name)
+    mask_root = output_dir or os.path.join(
+        fo.config.default_dataset_dir, "fiftyone-ssa", dataset.name
+    )
 
-    needs_image = not (isinstance(semantic, FieldSemanticBranch) and isinstance(masks, FieldMaskBranch))
+    needs_image = not (
+        isinstance(semantic, FieldSemanticBranch) and isinstance(masks, FieldMaskBranch)
+    )
     read = _safe_read(needs_image)
     fields = [f for f in (getattr(semantic, "field", None), getattr(masks, "field", None)) if f]
     select = view.select_fields(fields) if fields else view.select_fields()
@@ -303,8 +321,9 @@ def apply_ssa(
     with fou.ProgressBar(total=total, progress=progress) as pbar:
         for batch, images in _prefetch(batches(), read, num_workers):
             images = [_result(i) for i in images]
-            results = _label_batch(batch, images, semantic, masks, work_device, top_k,
-                                   skip_failures)
+            results = _label_batch(
+                batch, images, semantic, masks, work_device, top_k, skip_failures
+            )
             for sample, (outcome, seconds) in zip(batch, results):
                 entry = SampleSummary(sample.id, sample.filepath, seconds=seconds)
                 if isinstance(outcome, Exception):
@@ -314,11 +333,23 @@ def apply_ssa(
                     runs.record_failure(dataset, sample.id, label_field, entry.error)
                     logger.warning("skipping %s: %s", sample.filepath, entry.error)
                 else:
-                    _write_sample(dataset, sample.id, label_field, outcome, semantic.classes,
-                                  write_branch, mask_root, seen_classes)
+                    _write_sample(
+                        dataset,
+                        sample.id,
+                        label_field,
+                        outcome,
+                        semantic.classes,
+                        write_branch,
+                        mask_root,
+                        seen_classes,
+                    )
                     entry.num_masks = len(outcome["mask_set"])
-                    entry.classes = sorted({semantic.classes.get(int(c), str(int(c)))
-                                            for c in outcome["painted"].unique().tolist()})
+                    entry.classes = sorted(
+                        {
+                            semantic.classes.get(int(c), str(int(c)))
+                            for c in outcome["painted"].unique().tolist()
+                        }
+                    )
                 summary.samples.append(entry)
                 done += 1
                 pbar.update()
@@ -357,8 +388,10 @@ def _label_batch(batch, images, semantic, masks, device, top_k, skip_failures):
         if not skip_failures or len(batch) == 1:
             raise err if not skip_failures else err
         # Retry one by one so a single bad image does not fail its batch-mates.
-        return [_label_batch([s], [im], semantic, masks, device, top_k, skip_failures)[0]
-                for s, im in zip(batch, images)]
+        return [
+            _label_batch([s], [im], semantic, masks, device, top_k, skip_failures)[0]
+            for s, im in zip(batch, images)
+        ]
     per_sample_seconds = (time.perf_counter() - start) / n
     results = []
     for i, sample in enumerate(batch):
@@ -366,8 +399,11 @@ def _label_batch(batch, images, semantic, masks, device, top_k, skip_failures):
         if outcomes[i] is None and isinstance(class_maps[i], Exception):
             outcomes[i] = class_maps[i]
         if outcomes[i] is None:
-            outcomes[i] = _guard(lambda i=i, sample=sample: _label_sample(
-                sample, images[i], class_maps[i], semantic, masks, device, top_k))
+            outcomes[i] = _guard(
+                lambda i=i, sample=sample: _label_sample(
+                    sample, images[i], class_maps[i], semantic, masks, device, top_k
+                )
+            )
         results.append((outcomes[i], per_sample_seconds + time.perf_counter() - t0))
     return results
 
@@ -384,26 +420,32 @@ def _label_sample(sample, image, class_map, semantic, masks, device, top_k):
     size = tuple(class_map.shape)
     image_size = tuple(image) if isinstance(image, tuple) else tuple(image.shape[:2])
     if image_size != size:
-        raise ValueError(f"semantic map is {size[1]}x{size[0]} but the image is "
-                         f"{image_size[1]}x{image_size[0]}")
+        raise ValueError(
+            f"semantic map is {size[1]}x{size[0]} but the image is {image_size[1]}x{image_size[0]}"
+        )
     image = None if isinstance(image, tuple) else image
     if isinstance(masks, FieldMaskBranch):
         mask_set = detections_to_mask_set(sample[masks.field], size, device)
     else:
         mask_set = masks.generate(image)
-        mask_set = MaskSet(mask_set.masks.to(device), mask_set.predicted_iou.to(device),
-                           mask_set.stability_score.to(device))
+        mask_set = MaskSet(
+            mask_set.masks.to(device),
+            mask_set.predicted_iou.to(device),
+            mask_set.stability_score.to(device),
+        )
         if tuple(mask_set.masks.shape[1:]) != size:
-            raise ValueError(f"mask branch returned {tuple(mask_set.masks.shape[1:])} masks for "
-                             f"a {size} image")
+            raise ValueError(
+                f"mask branch returned {tuple(mask_set.masks.shape[1:])} masks for a {size} image"
+            )
     result = label_one_image(image, class_map, mask_set, semantic.classes, top_k)
     result["mask_set"] = mask_set
     result["class_map"] = class_map
     return result
 
 
-def _write_sample(dataset, sample_id, label_field, result, classes, write_branch, mask_root,
-                  seen_classes):
+def _write_sample(
+    dataset, sample_id, label_field, result, classes, write_branch, mask_root, seen_classes
+):
     """Writes one sample's output fields in a single update."""
     mask_set: MaskSet = result["mask_set"]
     vote = result["vote"]
@@ -433,7 +475,9 @@ def _write_sample(dataset, sample_id, label_field, result, classes, write_branch
         f"{label_field}_masks": build_detections(mask_set.masks, names, attributes, mask_dir),
     }
     if write_branch:
-        values[f"{label_field}_branch"] = fo.Segmentation(mask=class_map_to_numpy(result["class_map"]))
+        values[f"{label_field}_branch"] = fo.Segmentation(
+            mask=class_map_to_numpy(result["class_map"])
+        )
     runs.write_sample_fields(dataset, sample_id, values, clear=[f"{label_field}_error"])
 
 

@@ -57,8 +57,11 @@ def scene_dataset(make_dataset, tmp_path):
 def _dataset_miou(ds, field):
     preds = [s[field].mask for s in ds]
     gts = [s.ground_truth.mask for s in ds]
-    return miou(np.concatenate([p.ravel() for p in preds]),
-                np.concatenate([g.ravel() for g in gts]), len(SCENE_CLASSES))
+    return miou(
+        np.concatenate([p.ravel() for p in preds]),
+        np.concatenate([g.ravel() for g in gts]),
+        len(SCENE_CLASSES),
+    )
 
 
 def test_oracle_ssa_beats_coarse_branch(scene_dataset):
@@ -108,12 +111,18 @@ def test_refuses_existing_field_unless_overwrite_and_skip_existing(scene_dataset
     apply_ssa(ds[:1], semantic_branch="field:coarse", mask_branch="field:instances")
     with pytest.raises(ValueError, match="already exists"):
         apply_ssa(ds, semantic_branch="field:coarse", mask_branch="field:instances")
-    summary = apply_ssa(ds, semantic_branch="field:coarse", mask_branch="field:instances",
-                        skip_existing=True)
+    summary = apply_ssa(
+        ds, semantic_branch="field:coarse", mask_branch="field:instances", skip_existing=True
+    )
     assert summary.skipped_existing == 1 and summary.num_labelled == 2
     assert ds.count("ssa") == 3
-    summary = apply_ssa(ds, semantic_branch="field:coarse", mask_branch="field:instances",
-                        overwrite=True, write_branch=False)
+    summary = apply_ssa(
+        ds,
+        semantic_branch="field:coarse",
+        mask_branch="field:instances",
+        overwrite=True,
+        write_branch=False,
+    )
     assert summary.num_labelled == 3
 
 
@@ -152,5 +161,10 @@ def test_size_mismatch_is_a_recorded_skip(scene_dataset):
     assert ds.count("ssa_error") == 1
     assert ds.first().ssa is None
     with pytest.raises(ValueError):
-        apply_ssa(ds, label_field="ssa2", semantic_branch="field:coarse",
-                  mask_branch="field:instances", skip_failures=False)
+        apply_ssa(
+            ds,
+            label_field="ssa2",
+            semantic_branch="field:coarse",
+            mask_branch="field:instances",
+            skip_failures=False,
+        )

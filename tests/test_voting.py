@@ -101,7 +101,9 @@ def test_chunked_counting_equals_single_pass(monkeypatch):
     chunked = count_votes(torch.from_numpy(masks), torch.from_numpy(class_map), 5)
     assert torch.equal(full, chunked)
     ref_labels, ref_out = naive_ssa(masks, class_map, 5)
-    out = paint_masks(torch.from_numpy(class_map), torch.from_numpy(masks), torch.from_numpy(ref_labels))
+    out = paint_masks(
+        torch.from_numpy(class_map), torch.from_numpy(masks), torch.from_numpy(ref_labels)
+    )
     np.testing.assert_array_equal(out.numpy(), ref_out)
 
 
@@ -151,6 +153,7 @@ def test_cuda_equals_cpu():
     gpu = vote_mask_classes(torch.from_numpy(masks).cuda(), torch.from_numpy(class_map).cuda(), 20)
     assert torch.equal(cpu.votes, gpu.votes.cpu())
     out_cpu = paint_masks(torch.from_numpy(class_map), torch.from_numpy(masks), cpu.labels)
-    out_gpu = paint_masks(torch.from_numpy(class_map).cuda(), torch.from_numpy(masks).cuda(),
-                          gpu.labels)
+    out_gpu = paint_masks(
+        torch.from_numpy(class_map).cuda(), torch.from_numpy(masks).cuda(), gpu.labels
+    )
     assert torch.equal(out_cpu, out_gpu.cpu())

@@ -251,9 +251,10 @@ def rle_area(rle: RLE) -> int:
 def rle_to_bbox(rle: RLE) -> list[float]:
     """Bounding box ``[x, y, w, h]`` of a COCO RLE, computed exactly as pycocotools ``toBbox``.
 
-    An empty mask gives ``[0, 0, 0, 0]``. pycocotools' quirks are kept: a trailing run of zeros
-    is ignored, and a run of ones that wraps from one column into the next makes the box span
-    the full height.
+    An empty mask gives ``[0, 0, 0, 0]``. pycocotools' rules (2.0.8 and later) are kept: a
+    trailing run of zeros is ignored, zero-length runs of ones are skipped, a run of ones that
+    wraps from one column into the next makes the box span the full height, and the width and
+    height are computed in 32-bit unsigned arithmetic.
 
     Args:
         rle: ``{"size": [h, w], "counts": str | bytes | list[int]}``.
@@ -263,22 +264,25 @@ def rle_to_bbox(rle: RLE) -> list[float]:
     """
     h, w, runs = _rle_runs(rle)
     m = (len(runs) // 2) * 2
-    if m == 0 or h == 0:
+    if m == 0:
         return [0.0, 0.0, 0.0, 0.0]
-    # pycocotools computes in 32-bit unsigned integers.
-    cc = np.cumsum(runs[:m]) % (1 << 32)
-    j = np.arange(m)
-    t = (cc - j % 2) % (1 << 32)
-    y = t % h
-    x = (t - y) // h
-    xs = min(w, int(x.min()))
-    xe = max(0, int(x.max()))
-    if (x[0::2] < x[1::2]).any():
-        ys, ye = 0, h - 1
-    else:
-        ys = min(h, int(y.min()))
-        ye = max(0, int(y.max()))
-    return [float(xs), float(ys), float(xe - xs + 1), float(ye - ys + 1)]
+    ends = np.cumsum(runs[:m])
+    fg = np.arange(1, m, 2)
+    fg = fg[runs[fg] > 0]  # runs of ones, zero-length ones skipped
+    xs, ys, xe, ye = w, h, 0, 0
+    if len(fg) and h > 0:
+        start = ends[fg] - runs[fg]
+        last = ends[fg] - 1
+        x_start, x_end = start // h, last // h
+        xs = min(xs, int(x_start.min()))
+        xe = max(xe, int(x_end.max()))
+        if (x_start < x_end).any():
+            ys, ye = 0, h - 1
+        else:
+            ys = min(ys, int((start % h).min()))
+            ye = max(ye, int((last % h).max()))
+    wrap = 1 << 32
+    return [float(xs), float(ys), float((xe - xs + 1) % wrap), float((ye - ys + 1) % wrap)]
 
 
 # ---------------------------------------------------------------------------------------------

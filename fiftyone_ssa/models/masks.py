@@ -134,10 +134,12 @@ class SamMaskBranch(MaskBranch):
         masks = torch.from_numpy(np.stack([r["segmentation"] for r in records]))
         return MaskSet(
             masks=masks.to(self.device),
-            predicted_iou=torch.tensor([r["predicted_iou"] for r in records],
-                                       dtype=torch.float32, device=self.device),
-            stability_score=torch.tensor([r["stability_score"] for r in records],
-                                         dtype=torch.float32, device=self.device),
+            predicted_iou=torch.tensor(
+                [r["predicted_iou"] for r in records], dtype=torch.float32, device=self.device
+            ),
+            stability_score=torch.tensor(
+                [r["stability_score"] for r in records], dtype=torch.float32, device=self.device
+            ),
         )
 
 

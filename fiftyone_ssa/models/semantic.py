@@ -98,8 +98,9 @@ class CallableSemanticBranch(SemanticBranch):
         maps = []
         for image in images:
             class_map, classes = self.fn(image)
-            class_map = torch.as_tensor(np.asarray(class_map) if not torch.is_tensor(class_map)
-                                        else class_map).to(self.device, torch.int64)
+            class_map = torch.as_tensor(
+                np.asarray(class_map) if not torch.is_tensor(class_map) else class_map
+            ).to(self.device, torch.int64)
             if tuple(class_map.shape) != image.shape[:2]:
                 raise ValueError(
                     f"Expected the callable's class map to be {image.shape[:2]}, but got "
@@ -150,8 +151,9 @@ class TransformersSemanticBranch(SemanticBranch):
         pixels = inputs["pixel_values"].to(self.device)
         with torch.autocast(self.device.type, self.dtype, enabled=self.dtype != torch.float32):
             logits = self.model(pixel_values=pixels).logits
-        return [upsample_argmax(logits[i].float(), image.shape[:2]) for i, image in
-                enumerate(images)]
+        return [
+            upsample_argmax(logits[i].float(), image.shape[:2]) for i, image in enumerate(images)
+        ]
 
 
 class OneFormerSemanticBranch(SemanticBranch):
@@ -190,9 +192,11 @@ class OneFormerSemanticBranch(SemanticBranch):
         inputs = self.processor(images=[image], task_inputs=["semantic"], return_tensors="pt")
         inputs = {k: v.to(self.device) for k, v in inputs.items() if torch.is_tensor(v)}
         with torch.autocast(self.device.type, self.dtype, enabled=self.dtype != torch.float32):
-            out = self.model(pixel_values=inputs["pixel_values"],
-                             pixel_mask=inputs.get("pixel_mask"),
-                             task_inputs=inputs["task_inputs"])
+            out = self.model(
+                pixel_values=inputs["pixel_values"],
+                pixel_mask=inputs.get("pixel_mask"),
+                task_inputs=inputs["task_inputs"],
+            )
         classes = out.class_queries_logits[0].float().softmax(-1)[:, :-1]
         masks = out.masks_queries_logits[0].float().sigmoid()
         return torch.einsum("qc,qhw->chw", classes, masks)
@@ -211,8 +215,9 @@ class CLIPSegSemanticBranch(SemanticBranch):
         half: run in bfloat16 on CUDA.
     """
 
-    def __init__(self, path: str | os.PathLike, classes: Sequence[str], device=None,
-                 half: bool = True):
+    def __init__(
+        self, path: str | os.PathLike, classes: Sequence[str], device=None, half: bool = True
+    ):
         from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
         names = [str(c).strip() for c in (classes or [])]
@@ -250,10 +255,10 @@ class CLIPSegSemanticBranch(SemanticBranch):
         maps = []
         for i, image in enumerate(images):
             batch = pixels[i : i + 1].expand(len(names), -1, -1, -1)
-            with torch.autocast(self.device.type, self.dtype,
-                                enabled=self.dtype != torch.float32):
-                logits = self.model(pixel_values=batch,
-                                    conditional_embeddings=self.text_embeds).logits
+            with torch.autocast(self.device.type, self.dtype, enabled=self.dtype != torch.float32):
+                logits = self.model(
+                    pixel_values=batch, conditional_embeddings=self.text_embeds
+                ).logits
             logits = logits.float().reshape(len(names), *logits.shape[-2:])
             maps.append(upsample_argmax(logits, image.shape[:2]))
         return maps

@@ -51,9 +51,7 @@ class Preset:
 
 
 def _sam(name: str, arch: str, filename: str, size: str) -> Preset:
-    return Preset(
-        name, "sam", _SAM_URL + filename, "mask", f"SAM {size} ({arch})", filename, arch
-    )
+    return Preset(name, "sam", _SAM_URL + filename, "mask", f"SAM {size} ({arch})", filename, arch)
 
 
 def _hf(name: str, repo: str, task: str, description: str) -> Preset:

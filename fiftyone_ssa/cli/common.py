@@ -1,0 +1,58 @@
+"""Argument helpers shared by the subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def load_samples(dataset_name: str, view_tag: list[str] | None = None, limit: int | None = None):
+    """The dataset (or its tagged subset) named on the command line."""
+    import fiftyone as fo
+
+    if not fo.dataset_exists(dataset_name):
+        raise ValueError(f"no dataset named {dataset_name!r}; `fiftyone datasets list` lists them")
+    samples = fo.load_dataset(dataset_name)
+    if view_tag:
+        samples = samples.match_tags(view_tag)
+    if limit:
+        samples = samples.limit(limit)
+    return samples
+
+
+def add_target_arguments(parser: argparse.ArgumentParser) -> None:
+    """DATASET plus the options selecting which of its samples to process."""
+    parser.add_argument("dataset", help="name of a FiftyOne dataset")
+    parser.add_argument("--view-tag", action="append", help="only samples with this tag")
+    parser.add_argument("--limit", type=int, default=None, help="at most this many samples")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, default_field: str) -> None:
+    """Options every labelling run shares."""
+    parser.add_argument("--label-field", default=default_field, help="output field")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if any)")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--num-workers", type=int, default=2, help="image decoding threads")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--overwrite", action="store_true", help="replace existing output fields")
+    group.add_argument(
+        "--skip-existing", action="store_true", help="label only samples without the output field"
+    )
+    parser.add_argument(
+        "--fail-fast",
+        action="store_true",
+        help="stop at the first failing sample instead of recording it",
+    )
+
+
+def parse_mask_options(pairs: list[str] | None) -> dict:
+    """``KEY=VALUE`` mask generator options, values as int or float."""
+    options = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"Expected a mask option as KEY=VALUE, but got {pair!r}")
+        number = float(value)
+        options[key.replace("-", "_")] = (
+            int(number) if number.is_integer() and "." not in value else number
+        )
+    return options

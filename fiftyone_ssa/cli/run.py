@@ -1,0 +1,71 @@
+"""``fiftyone-ssa run``: SSA close-set over a dataset."""
+
+from __future__ import annotations
+
+import argparse
+
+from fiftyone_ssa.cli.common import (
+    add_run_arguments,
+    add_target_arguments,
+    load_samples,
+    parse_mask_options,
+)
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="label SAM masks with a semantic branch (SSA close-set)",
+        description="Run SSA close-set: every mask of the mask branch gets the class most of "
+        "its pixels have in the semantic branch; writes <label-field>, <label-field>_masks and "
+        "<label-field>_branch.",
+    )
+    add_target_arguments(parser)
+    parser.add_argument(
+        "--semantic-branch",
+        default="segformer-b5-ade20k",
+        help="preset, Hugging Face id, local directory or field:<name>",
+    )
+    parser.add_argument(
+        "--mask-branch",
+        default="sam-vit-h",
+        help="sam-vit-b|l|h, a SAM checkpoint/directory or field:<name>",
+    )
+    parser.add_argument("--classes", nargs="+", help="class names for a CLIPSeg branch")
+    parser.add_argument(
+        "--no-branch-field", action="store_true", help="do not write <label-field>_branch"
+    )
+    parser.add_argument("--top-k", type=int, default=3, help="class proposals per mask")
+    parser.add_argument(
+        "--mask-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="SAM mask generator setting, e.g. points_per_side=32 (repeatable)",
+    )
+    add_run_arguments(parser, "ssa")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fiftyone_ssa.pipeline import apply_ssa
+
+    samples = load_samples(args.dataset, args.view_tag, args.limit)
+    summary = apply_ssa(
+        samples,
+        label_field=args.label_field,
+        semantic_branch=args.semantic_branch,
+        mask_branch=args.mask_branch,
+        device=args.device,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        skip_existing=args.skip_existing,
+        overwrite=args.overwrite,
+        write_branch=not args.no_branch_field,
+        top_k=args.top_k,
+        classes=args.classes,
+        skip_failures=not args.fail_fast,
+        progress=True,
+        **parse_mask_options(args.mask_option),
+    )
+    print(summary)
+    return 1 if summary.failures and not summary.num_labelled else 0
