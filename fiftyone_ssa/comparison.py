@@ -108,7 +108,7 @@ def _format_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
     def line(cells: list[str]) -> str:
         first = cells[0].ljust(widths[0])
-        return "  ".join([first] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])])
+        return "  ".join([first] + [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]).rstrip()
 
     rule = "-" * len(line(header))
     return [line(header), rule] + [line(r) if r else rule for r in rows]
@@ -126,22 +126,33 @@ def _notes(field: str, results: MIoUResults) -> list[str]:
             f"{field}: predicted classes the ground truth does not name: "
             + ", ".join(results.unmatched_pred_classes)
         )
-    for side, values in (("ground-truth", results.unnamed_gt_values), ("predicted", results.unnamed_pred_values)):
+    for side, values in (
+        ("ground-truth", results.unnamed_gt_values),
+        ("predicted", results.unnamed_pred_values),
+    ):
         if values:
             notes.append(f"{field}: {side} mask values without a name: {values}")
     if results.num_resized:
-        notes.append(f"{field}: {results.num_resized} prediction(s) resized (nearest) to the ground truth")
+        notes.append(
+            f"{field}: {results.num_resized} prediction(s) resized (nearest) to the ground truth"
+        )
     if results.num_skipped:
         notes.append(f"{field}: {results.num_skipped} sample(s) skipped for a missing mask")
     return notes
 
 
-def format_report(results: MIoUResults, classes: Sequence[str] | None = None, digits: int = 2) -> str:
+def format_report(
+    results: MIoUResults, classes: Sequence[str] | None = None, digits: int = 2
+) -> str:
     """One evaluation's per-class IoU and accuracy and its mIoU, mAcc, aAcc, in percent."""
     report = results.report(classes=classes)
     rows = [
-        [name, _percent(report[name]["iou"], digits), _percent(report[name]["accuracy"], digits),
-         str(report[name]["support"])]
+        [
+            name,
+            _percent(report[name]["iou"], digits),
+            _percent(report[name]["accuracy"], digits),
+            str(report[name]["support"]),
+        ]
         for name in results.class_names
         if name in report
     ]
@@ -160,9 +171,7 @@ def _class_union(results_by_field: Mapping[str, MIoUResults]) -> list[str]:
     return list(names)
 
 
-def format_comparison_table(
-    results_by_field: Mapping[str, MIoUResults], digits: int = 2
-) -> str:
+def format_comparison_table(results_by_field: Mapping[str, MIoUResults], digits: int = 2) -> str:
     """mIoU, mAcc, aAcc and per-class IoU of several fields side by side, in percent.
 
     Each field after the first is followed by a ``diff`` column: its value minus the first
@@ -206,10 +215,12 @@ def format_comparison_table(
             continue
         rows.append(row(name, values))
     gt_field = first.config.gt_field if first.config is not None else "ground truth"
-    lines = [f"mIoU against {gt_field!r} (percent; diff: field minus {fields[0]!r}, in points)"]
+    lines = [f"ground truth {gt_field!r}; values in %; diff = field minus {fields[0]!r}, in points"]
     lines += _format_table(header, rows)
     if omitted:
-        lines.append(f"{omitted} class(es) absent from every field's predictions and ground truth not shown")
+        lines.append(
+            f"{omitted} class(es) absent from every field's predictions and ground truth not shown"
+        )
     for field, results in results_by_field.items():
         lines.extend(_notes(field, results))
     return "\n".join(lines)
@@ -246,11 +257,15 @@ def plot_per_class_iou(
     classes = [
         name
         for name in _class_union(results_by_field)
-        if not all(math.isnan(r.per_class_iou.get(name, math.nan)) for r in results_by_field.values())
+        if not all(
+            math.isnan(r.per_class_iou.get(name, math.nan)) for r in results_by_field.values()
+        )
     ]
     num_fields = len(results_by_field)
     width = 0.8 / num_fields
-    figure = Figure(figsize=(min(100.0, max(6.0, 0.3 * len(classes) * (1 + 0.5 * num_fields))), 4.5))
+    figure = Figure(
+        figsize=(min(100.0, max(6.0, 0.3 * len(classes) * (1 + 0.5 * num_fields))), 4.5)
+    )
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
     positions = list(range(len(classes)))

@@ -69,7 +69,8 @@ def evaluate_miou(
     supported. Samples missing either mask are skipped (with a warning).
 
     With ``eval_key``, the run is saved on the dataset and every sample gets ``<eval_key>_miou``
-    and ``<eval_key>_aacc`` (None where the sample has no valid pixel), to sort the worst first.
+    and ``<eval_key>_aacc``: the same definition applied to that sample alone (None where it has
+    no valid pixel or was skipped), to sort the worst samples first.
 
     Args:
         samples: a FiftyOne dataset or view (not grouped; sample-level fields).
@@ -205,10 +206,11 @@ class MIoUEvaluation(SegmentationEvaluation):
                 image_metrics = segmentation_metrics(image)
                 sample[miou_field] = _float_or_none(image_metrics.miou)
                 sample[aacc_field] = _float_or_none(image_metrics.aacc)
-            for i, j in torch.nonzero(image).tolist():
-                matches.append(
-                    (names[i], names[j], int(image[i, j]), gt_seg.id, pred_seg.id)
-                )
+            # FiftyOne's (gt, pred, pixels, gt id, pred id) per cell: the App's panel reads them.
+            counts = image.numpy()
+            rows, cols = np.nonzero(counts)
+            for i, j, n in zip(rows.tolist(), cols.tolist(), counts[rows, cols].tolist()):
+                matches.append((names[i], names[j], n, gt_seg.id, pred_seg.id))
 
         if num_skipped:
             warnings.warn(
@@ -239,9 +241,14 @@ class MIoUEvaluation(SegmentationEvaluation):
             num_skipped=num_skipped,
             backend=self,
         )
-        for side, unmatched in (("ground-truth", names.unmatched_gt), ("predicted", names.unmatched_pred)):
+        for side, unmatched in (
+            ("ground-truth", names.unmatched_gt),
+            ("predicted", names.unmatched_pred),
+        ):
             if unmatched:
-                logger.warning("%s class names with no match on the other side: %s", side, unmatched)
+                logger.warning(
+                    "%s class names with no match on the other side: %s", side, unmatched
+                )
         return results
 
 
@@ -279,7 +286,9 @@ class MIoUResults(SegmentationResults):
         num_skipped: int = 0,
     ) -> None:
         classes = [str(c) for c in classes]
-        matrix = np.asarray(pixel_confusion_matrix, dtype=np.int64).reshape(len(classes), len(classes))
+        matrix = np.asarray(pixel_confusion_matrix, dtype=np.int64).reshape(
+            len(classes), len(classes)
+        )
         super().__init__(
             samples,
             config,
@@ -363,7 +372,9 @@ class MIoUResults(SegmentationResults):
         for k, name in enumerate(self.class_names):
             if wanted is not None and name not in wanted:
                 continue
-            inter, gt_area, pred_area = (int(t[k]) for t in (m.intersection, m.gt_area, m.pred_area))
+            inter, gt_area, pred_area = (
+                int(t[k]) for t in (m.intersection, m.gt_area, m.pred_area)
+            )
             precision = inter / pred_area if pred_area else 0.0
             recall = inter / gt_area if gt_area else 0.0
             f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0

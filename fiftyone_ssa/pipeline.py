@@ -140,7 +140,7 @@ def validate_ssa_request(
 
 
 def _prefetch(samples_batches, read: Callable, num_workers: int):
-    """Yields (batch, images) with the next batch's images decoding in the background."""
+    """Yields (batch, images), decoding the next batch's images in the background."""
     if num_workers <= 0:
         for batch in samples_batches:
             yield batch, [read(s) for s in batch]
@@ -148,22 +148,12 @@ def _prefetch(samples_batches, read: Callable, num_workers: int):
     with ThreadPoolExecutor(num_workers) as pool:
         pending = None
         for batch in samples_batches:
-            future = [pool.submit(read, s) for s in batch]
+            futures = [pool.submit(read, s) for s in batch]
             if pending is not None:
-                yield pending[0], [f for f in pending[1]]
-            pending = (batch, future)
+                yield pending[0], [f.result() for f in pending[1]]
+            pending = (batch, futures)
         if pending is not None:
-            yield pending[0], [f for f in pending[1]]
-
-
-def _result(item):
-    """Resolves a prefetched image: the array, or the exception reading it raised."""
-    if hasattr(item, "result"):
-        try:
-            return item.result()
-        except Exception as err:  # reported per sample
-            return err
-    return item
+            yield pending[0], [f.result() for f in pending[1]]
 
 
 def _safe_read(needs_image: bool):
@@ -320,7 +310,6 @@ def apply_ssa(
     done = 0
     with fou.ProgressBar(total=total, progress=progress) as pbar:
         for batch, images in _prefetch(batches(), read, num_workers):
-            images = [_result(i) for i in images]
             results = _label_batch(
                 batch, images, semantic, masks, work_device, top_k, skip_failures
             )
@@ -360,57 +349,58 @@ def apply_ssa(
     return summary
 
 
+def _class_maps(batch, images, semantic, device) -> list:
+    """The branch class map of every readable image (an exception where there is none)."""
+    maps: list = [image if isinstance(image, Exception) else None for image in images]
+    if isinstance(semantic, FieldSemanticBranch):
+        for i, sample in enumerate(batch):
+            if maps[i] is None:
+                label = sample[semantic.field]
+                maps[i] = (
+                    ValueError(f"sample has no {semantic.field!r} label")
+                    if label is None
+                    else _guard(segmentation_to_tensor, label, device)
+                )
+        return maps
+    live = [i for i in range(len(batch)) if maps[i] is None]
+    if live:  # one batched call for the readable images
+        for i, class_map in zip(live, semantic.predict([images[i] for i in live])):
+            maps[i] = class_map.to(device)
+    return maps
+
+
 def _label_batch(batch, images, semantic, masks, device, top_k, skip_failures):
     """SSA for a batch of samples; returns (outcome or exception, seconds) per sample."""
     start = time.perf_counter()
-    n = len(batch)
-    outcomes: list[Any] = [None] * n
-    class_maps: list[Any] = [None] * n
-    for i, image in enumerate(images):
-        if isinstance(image, Exception):
-            outcomes[i] = image
-    # Semantic branch: one batched call for the readable images.
     try:
-        if isinstance(semantic, FieldSemanticBranch):
-            for i, sample in enumerate(batch):
-                if outcomes[i] is None:
-                    label = sample[semantic.field]
-                    if label is None:
-                        outcomes[i] = ValueError(f"sample has no {semantic.field!r} label")
-                    else:
-                        class_maps[i] = _guard(lambda lb=label: segmentation_to_tensor(lb, device))
-        else:
-            live = [i for i in range(n) if outcomes[i] is None]
-            if live:
-                for i, class_map in zip(live, semantic.predict([images[i] for i in live])):
-                    class_maps[i] = class_map.to(device)
+        class_maps = _class_maps(batch, images, semantic, device)
     except Exception as err:
-        if not skip_failures or len(batch) == 1:
-            raise err if not skip_failures else err
+        if not skip_failures:
+            raise
+        if len(batch) == 1:
+            return [(err, time.perf_counter() - start)]
         # Retry one by one so a single bad image does not fail its batch-mates.
         return [
             _label_batch([s], [im], semantic, masks, device, top_k, skip_failures)[0]
             for s, im in zip(batch, images)
         ]
-    per_sample_seconds = (time.perf_counter() - start) / n
+    shared_seconds = (time.perf_counter() - start) / len(batch)
     results = []
-    for i, sample in enumerate(batch):
+    for sample, image, class_map in zip(batch, images, class_maps):
         t0 = time.perf_counter()
-        if outcomes[i] is None and isinstance(class_maps[i], Exception):
-            outcomes[i] = class_maps[i]
-        if outcomes[i] is None:
-            outcomes[i] = _guard(
-                lambda i=i, sample=sample: _label_sample(
-                    sample, images[i], class_maps[i], semantic, masks, device, top_k
-                )
+        outcome = class_map
+        if not isinstance(class_map, Exception):
+            outcome = _guard(
+                _label_sample, sample, image, class_map, semantic, masks, device, top_k
             )
-        results.append((outcomes[i], per_sample_seconds + time.perf_counter() - t0))
+        results.append((outcome, shared_seconds + time.perf_counter() - t0))
     return results
 
 
-def _guard(fn):
+def _guard(fn, *args):
+    """``fn(*args)``, or the exception it raised (reported per sample)."""
     try:
-        return fn()
+        return fn(*args)
     except Exception as err:  # reported per sample
         return err
 

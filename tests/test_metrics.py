@@ -92,7 +92,9 @@ def test_metrics_match_naive_reference_with_absent_classes():
     assert got.macc == pytest.approx(macc, abs=1e-9)
     assert got.aacc == pytest.approx(aacc, abs=1e-9)
     # mIoU is the ratio of sums, not the mean of per-image mIoUs.
-    per_image = np.mean([segmentation_metrics(pixel_confusion_matrix(p, g, 8)).miou for p, g in pairs])
+    per_image = np.mean(
+        [segmentation_metrics(pixel_confusion_matrix(p, g, 8)).miou for p, g in pairs]
+    )
     assert abs(per_image - got.miou) > 1e-6
 
 
@@ -185,7 +187,11 @@ def test_property_all_ignored_ground_truth_is_nan(height, width, num_classes):
 
 def test_resize_nearest_matches_reference():
     rng = np.random.default_rng(4)
-    for (src_h, src_w), (dst_h, dst_w) in [((5, 7), (13, 4)), ((16, 9), (16, 9)), ((8, 6), (3, 17))]:
+    for (src_h, src_w), (dst_h, dst_w) in [
+        ((5, 7), (13, 4)),
+        ((16, 9), (16, 9)),
+        ((8, 6), (3, 17)),
+    ]:
         mask = torch.from_numpy(rng.integers(0, 300, size=(src_h, src_w)))
         got = resize_nearest(mask, (dst_h, dst_w))
         expected = np.empty((dst_h, dst_w), dtype=np.int64)
@@ -203,7 +209,9 @@ def test_resize_nearest_matches_reference():
 
 
 def test_class_matcher_matches_names_across_id_spaces():
-    matcher = ClassMatcher({0: "bg", 1: "cat", 2: "dog", 3: "bird"}, {0: "bg", 4: "dog", 7: "cat", 9: "fish"})
+    matcher = ClassMatcher(
+        {0: "bg", 1: "cat", 2: "dog", 3: "bird"}, {0: "bg", 4: "dog", 7: "cat", 9: "fish"}
+    )
     assert matcher.names == ["bg", "cat", "dog", "bird", "fish"]
     assert matcher.unmatched_gt == ["bird"] and matcher.unmatched_pred == ["fish"]
     gt = matcher.gt_classes(torch.tensor([0, 1, 2, 3, 5]))
@@ -211,7 +219,15 @@ def test_class_matcher_matches_names_across_id_spaces():
     assert [matcher[k] for k in gt.tolist()] == ["bg", "cat", "dog", "bird", "5"]
     assert [matcher[k] for k in pred.tolist()] == ["bg", "cat", "dog", "fish", "12", "5"]
     assert matcher.unnamed_gt_values == [5] and matcher.unnamed_pred_values == [5, 12]
-    assert [matcher[k] for k in matcher.final_order()] == ["bg", "cat", "dog", "bird", "fish", "5", "12"]
+    assert [matcher[k] for k in matcher.final_order()] == [
+        "bg",
+        "cat",
+        "dog",
+        "bird",
+        "fish",
+        "5",
+        "12",
+    ]
     with pytest.raises(ValueError, match="ids"):
         matcher.gt_classes(torch.tensor([-1]))
 

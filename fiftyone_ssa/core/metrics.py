@@ -41,7 +41,9 @@ def _check_integer(name: str, tensor: torch.Tensor) -> None:
     if not isinstance(tensor, torch.Tensor):
         raise ValueError(f"Expected `{name}` to be a torch.Tensor, but got {type(tensor).__name__}")
     if tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool:
-        raise ValueError(f"Expected `{name}` to hold integer class ids, but got dtype {tensor.dtype}")
+        raise ValueError(
+            f"Expected `{name}` to hold integer class ids, but got dtype {tensor.dtype}"
+        )
 
 
 def reduce_zero_label(gt: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
@@ -110,7 +112,9 @@ def pixel_confusion_matrix(
                 f"Expected `{name}` ids (ignored pixels aside) in [0, {num_classes}), but got ids "
                 f"from {int(values.min())} to {int(values.max())}"
             )
-    counts = torch.bincount(gt_valid * num_classes + pred_valid, minlength=num_classes * num_classes)
+    counts = torch.bincount(
+        gt_valid * num_classes + pred_valid, minlength=num_classes * num_classes
+    )
     return counts.reshape(num_classes, num_classes)
 
 
@@ -319,7 +323,9 @@ class ClassMatcher:
         gt_names = {str(n) for n in self._targets["gt"].values()}
         pred_names = {str(n) for n in self._targets["pred"].values()}
         both = bool(gt_names) and bool(pred_names)
-        self.unmatched_gt = [n for n in self.names if both and n in gt_names and n not in pred_names]
+        self.unmatched_gt = [
+            n for n in self.names if both and n in gt_names and n not in pred_names
+        ]
         self.unmatched_pred = [
             n for n in self.names if both and n in pred_names and n not in gt_names
         ]

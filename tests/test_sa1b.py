@@ -1,0 +1,444 @@
+"""SA-1B import / export against files written with PIL and pycocotools (tests/fixtures/sa1b.py)."""
+
+import json
+import logging
+import os
+import shutil
+
+import bson
+import fiftyone as fo
+import numpy as np
+import pycocotools.mask as mask_utils
+import pytest
+from fiftyone import ViewField as F
+from PIL import Image
+
+from fiftyone_ssa import cli
+from fiftyone_ssa.sa1b import (
+    IMAGE_ID_FIELD,
+    detection_full_mask,
+    export_sa1b,
+    export_semantic_rles,
+    import_sa1b,
+)
+
+ANNOTATION_KEYS = (
+    "id",
+    "segmentation",
+    "area",
+    "bbox",
+    "predicted_iou",
+    "point_coords",
+    "crop_box",
+    "stability_score",
+)
+
+
+@pytest.fixture
+def imported(make_sa1b_dir, tmp_path):
+    """Factory: write an SA-1B dir, import it; the dataset is deleted after the test."""
+    datasets = []
+
+    def _import(**kwargs):
+        files = make_sa1b_dir(**kwargs)
+        dataset = import_sa1b(
+            str(files.root), mask_dir=str(tmp_path / "masks"), num_workers=3, progress=False
+        )
+        datasets.append(dataset)
+        return files, dataset
+
+    yield _import
+    for ds in datasets:
+        if not ds.deleted:
+            ds.delete()
+
+
+def by_stem(dataset):
+    return {os.path.splitext(os.path.basename(s.filepath))[0]: s for s in dataset}
+
+
+def paste_png(det, width, height):
+    """Naive reference: the detection's PNG pasted at its rounded pixel box."""
+    x, y, w, h = (round(v * s) for v, s in zip(det.bounding_box, (width, height, width, height)))
+    full = np.zeros((height, width), bool)
+    if det.mask_path is not None:
+        full[y : y + h, x : x + w] = np.asarray(Image.open(det.mask_path)) > 0
+    return full
+
+
+def load_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def test_import_builds_detections_with_masks_on_disk(imported, tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="fiftyone_ssa.sa1b"):
+        files, dataset = imported(num_images=4, num_masks=[5, 3, 0, 6], without_json=[2])
+    assert len(dataset) == 4
+    samples = by_stem(dataset)
+    for stem in files.stems:
+        sample = samples[stem]
+        assert (sample.metadata.width, sample.metadata.height) == (64, 48)
+        if stem not in files.records:
+            assert sample["sa1b"] is None
+            continue
+        record, masks = files.records[stem], files.masks[stem]
+        assert sample[IMAGE_ID_FIELD] == record["image"]["image_id"]
+        dets = sample["sa1b"].detections
+        assert len(dets) == len(record["annotations"])
+        for det, ann, mask in zip(dets, record["annotations"], masks):
+            x, y, w, h = ann["bbox"]
+            assert det.bounding_box == pytest.approx([x / 64, y / 48, w / 64, h / 48])
+            assert det.mask is None and det.mask_path.startswith(str(tmp_path / "masks"))
+            crop = np.asarray(Image.open(det.mask_path)) > 0
+            assert crop.shape == (h, w)
+            np.testing.assert_array_equal(paste_png(det, 64, 48), mask)
+            np.testing.assert_array_equal(detection_full_mask(det, 64, 48), mask)
+            assert det["sa1b_id"] == ann["id"]
+            assert det["area"] == ann["area"] == int(mask.sum())
+            for key in ("predicted_iou", "stability_score", "point_coords", "crop_box"):
+                assert det[key] == ann[key]
+            assert det["rle_counts"] == ann["segmentation"]["counts"]
+            assert det["sa1b_bbox"] == ann["bbox"]
+            assert det.label is None
+    info = dataset.info["sa1b_import"]
+    assert info["num_samples"] == 4 and info["num_without_json"] == 1
+    assert info["num_annotations"] == 5 + 3 + 6 and info["errors"] == {}
+    assert "1 image(s) had no SA-1B JSON" in caplog.text
+
+
+def test_parallel_import_equals_serial_import(make_sa1b_dir, tmp_path):
+    files = make_sa1b_dir(num_images=5, num_masks=3, seed=3)
+    results = []
+    for workers in (1, 4):
+        ds = import_sa1b(
+            str(files.root), mask_dir=str(tmp_path / f"m{workers}"), num_workers=workers,
+            progress=False,
+        )
+        results.append([(s.filepath, [d["rle_counts"] for d in s.sa1b.detections]) for s in ds])
+        ds.delete()
+    assert results[0] == results[1]
+
+
+def test_progress_callback_is_called(make_sa1b_dir, tmp_path):
+    files = make_sa1b_dir(num_images=3, num_masks=1)
+    calls = []
+    ds = import_sa1b(str(files.root), mask_dir=str(tmp_path / "m"), progress=calls.append)
+    ds.delete()
+    assert len(calls) >= 3
+
+
+def test_export_is_byte_exact_and_reimports_identically(imported, tmp_path):
+    files, dataset = imported(num_images=3, num_masks=[6, 1, 4], size=[(48, 64), (30, 20), (50, 50)])
+    out = tmp_path / "export"
+    paths = export_sa1b(dataset, str(out), "sa1b", progress=False)
+    assert sorted(os.path.basename(p) for p in paths) == [f"{s}.json" for s in files.stems]
+    for stem, record in files.records.items():
+        exported = load_json(out / f"{stem}.json")
+        assert exported["image"] == record["image"]
+        assert len(exported["annotations"]) == len(record["annotations"])
+        for got, want in zip(exported["annotations"], record["annotations"]):
+            for key in ANNOTATION_KEYS:
+                assert got[key] == want[key], key
+            assert isinstance(got["segmentation"]["counts"], str)
+            assert got["class_name"] == "" and got["class_proposals"] == []
+
+    # Re-import the exported JSON with the images: the masks are identical.
+    for stem in files.stems:
+        shutil.copy(files.root / f"{stem}.jpg", out / f"{stem}.jpg")
+    again = import_sa1b(str(out), mask_dir=str(tmp_path / "masks2"), progress=False)
+    try:
+        for stem, sample in by_stem(again).items():
+            h, w = sample.metadata.height, sample.metadata.width
+            for det, mask in zip(sample.sa1b.detections, files.masks[stem]):
+                np.testing.assert_array_equal(paste_png(det, w, h), mask)
+    finally:
+        again.delete()
+
+
+def test_edited_masks_are_re_encoded(imported, tmp_path):
+    files, dataset = imported(num_images=1, num_masks=5, seed=7)
+    stem = files.stems[0]
+    sample = dataset.first()
+    dets = sample.sa1b.detections
+    expected = files.masks[stem].copy()
+
+    # 0: pixels flipped inside the box, kept in memory (mask, no mask_path).
+    crop = dets[0].get_mask() > 0
+    crop[0, :] = ~crop[0, :]
+    dets[0].mask, dets[0].mask_path = crop, None
+    x, y, w, h = (int(v) for v in files.records[stem]["annotations"][0]["bbox"])
+    expected[0, y, x : x + w] = ~expected[0, y, x : x + w]
+    # 1: the PNG rewritten in place (same path: only the pixels tell the change).
+    png = np.asarray(Image.open(dets[1].mask_path)).copy()
+    png[:] = 0
+    png[0, 0] = 255
+    Image.fromarray(png).save(dets[1].mask_path)
+    x1, y1 = (int(v) for v in files.records[stem]["annotations"][1]["bbox"][:2])
+    expected[1] = False
+    expected[1, y1, x1] = True
+    # 2: the box moved by one pixel, the mask untouched.
+    dets[2].bounding_box = [dets[2].bounding_box[0] + 1 / 64] + dets[2].bounding_box[1:]
+    expected[2] = np.roll(expected[2], 1, axis=1)
+    expected[2][:, 0] = False  # rolled-in pixels do not exist (box may hit the border)
+    # 3: labelled by a user; the mask is unchanged.
+    dets[3].label = "cat"
+    dets[3]["class_proposals"] = ["cat", "dog"]
+    sample.save()
+
+    export_sa1b(dataset, str(tmp_path / "out"), "sa1b", progress=False)
+    exported = load_json(tmp_path / "out" / f"{stem}.json")["annotations"]
+    original = files.records[stem]["annotations"]
+    for i in range(3):
+        want = mask_utils.encode(np.asfortranarray(expected[i].astype(np.uint8)))
+        got = exported[i]
+        assert got["segmentation"]["counts"] == want["counts"].decode("ascii"), i
+        assert got["segmentation"]["counts"] != original[i]["segmentation"]["counts"], i
+        assert got["bbox"] == mask_utils.toBbox(want).tolist(), i
+        assert got["area"] == int(mask_utils.area(want)), i
+        assert got["id"] == original[i]["id"]
+    for i in (3, 4):
+        for key in ANNOTATION_KEYS:
+            assert exported[i][key] == original[i][key]
+    assert exported[3]["class_name"] == "cat"
+    assert exported[3]["class_proposals"] == ["cat", "dog"]
+
+
+def test_sample_with_500_masks_stays_small(imported):
+    files, dataset = imported(num_images=1, num_masks=500, size=(300, 400), noisy=False)
+    sample = dataset.first()
+    assert len(sample.sa1b.detections) == 500
+    doc = dataset._sample_collection.find_one({"_id": sample._id})
+    size = len(bson.encode(doc))
+    raw_masks = int(files.masks[files.stems[0]].sum())  # what inline crops would at least hold
+    assert size < 2 * 1024**2, size  # 16 MB is MongoDB's limit
+    assert all("mask" not in d for d in doc["sa1b"]["detections"])
+    assert size < raw_masks  # masks on disk, not in the document
+
+
+def test_per_file_errors_are_reported_and_skipped(make_sa1b_dir, tmp_path, caplog):
+    files = make_sa1b_dir(num_images=5, num_masks=2)
+    root = files.root
+    (root / "sa_2.json").write_text('{"annotations": [ {"id": 1,')  # malformed
+    os.remove(root / "sa_3.jpg")  # JSON without its image
+    bad = files.records["sa_4"]
+    bad["annotations"][1]["segmentation"]["size"] = [49, 64]  # disagrees with 48x64
+    (root / "sa_4.json").write_text(json.dumps(bad))
+    bad = files.records["sa_5"]
+    bad["image"]["width"] = 65
+    (root / "sa_5.json").write_text(json.dumps(bad))
+    with caplog.at_level(logging.WARNING, logger="fiftyone_ssa.sa1b"):
+        ds = import_sa1b(str(root), mask_dir=str(tmp_path / "m"), progress=False)
+    try:
+        assert [os.path.basename(s.filepath) for s in ds] == ["sa_1.jpg"]
+        errors = ds.info["sa1b_import"]["errors"]
+        assert set(errors) == {"sa_2.json", "sa_3.json", "sa_4.json", "sa_5.json"}
+        assert errors["sa_2.json"].startswith("malformed JSON")
+        assert errors["sa_3.json"].startswith("missing image") and "sa_3.jpg" in errors["sa_3.json"]
+        assert "annotation 1 (id 4001)" in errors["sa_4.json"]
+        assert "RLE size [49, 64]" in errors["sa_4.json"] and "[48, 64]" in errors["sa_4.json"]
+        assert "65x48" in errors["sa_5.json"] and "64x48" in errors["sa_5.json"]
+        for key in errors:
+            assert key in caplog.text
+    finally:
+        ds.delete()
+
+
+def test_nothing_importable_raises_and_leaves_no_dataset(tmp_path):
+    root = tmp_path / "broken"
+    root.mkdir()
+    (root / "sa_1.json").write_text("not json")
+    name = "ssa-test-sa1b-broken"
+    with pytest.raises(RuntimeError, match="sa_1.json: malformed JSON"):
+        import_sa1b(str(root), name=name, mask_dir=str(tmp_path / "m"), progress=False)
+    assert not fo.dataset_exists(name)
+    with pytest.raises(ValueError, match="Expected `dataset_dir`"):
+        import_sa1b(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="has none"):
+        import_sa1b(str(tmp_path / "empty"))
+
+
+def test_name_clash_needs_overwrite_and_default_mask_dir(make_sa1b_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(fo.config, "default_dataset_dir", str(tmp_path / "fo"))
+    files = make_sa1b_dir(num_images=1, num_masks=2)
+    name = "ssa-test-sa1b-clash"
+    ds = import_sa1b(str(files.root), name=name, progress=False)
+    try:
+        mask_path = ds.first().sa1b.detections[0].mask_path
+        assert mask_path.startswith(str(tmp_path / "fo" / ds.slug / "sa1b"))
+        with pytest.raises(ValueError, match="already exists"):
+            import_sa1b(str(files.root), name=name, progress=False)
+        ds = import_sa1b(str(files.root), name=name, overwrite=True, progress=False)
+        assert len(ds) == 1
+    finally:
+        ds.delete()
+
+
+def test_class_names_from_engine_json_become_labels(make_sa1b_dir, tmp_path, make_dataset):
+    files = make_sa1b_dir(num_images=1, num_masks=2)
+    record = files.records["sa_1"]
+    record["annotations"][0].update(class_name="tree", class_proposals=["tree", "plant"])
+    record["annotations"][1].update(class_name="sky", class_proposals="sky")  # original's form
+    (files.root / "sa_1.json").write_text(json.dumps(record))
+    ds = import_sa1b(str(files.root), mask_dir=str(tmp_path / "m"), progress=False)
+    try:
+        dets = ds.first().sa1b.detections
+        assert [d.label for d in dets] == ["tree", "sky"]
+        assert [d["class_proposals"] for d in dets] == [["tree", "plant"], ["sky"]]
+        assert ds.count_values("sa1b.detections.class_proposals") == {
+            "tree": 1, "plant": 1, "sky": 1,
+        }
+    finally:
+        ds.delete()
+
+
+def test_attributes_are_declared_for_sidebar_filters(imported):
+    files, dataset = imported(num_images=2, num_masks=6, seed=5)
+    schema = dataset.get_field_schema(flat=True)
+    assert isinstance(schema["sa1b.detections.predicted_iou"], fo.FloatField)
+    assert isinstance(schema["sa1b.detections.stability_score"], fo.FloatField)
+    assert isinstance(schema["sa1b.detections.area"], fo.IntField)
+    proposals = schema["sa1b.detections.class_proposals"]
+    assert isinstance(proposals, fo.ListField) and isinstance(proposals.field, fo.StringField)
+    ious = [a["predicted_iou"] for r in files.records.values() for a in r["annotations"]]
+    view = dataset.filter_labels("sa1b", F("predicted_iou") > 0.9)
+    assert view.count("sa1b.detections") == sum(i > 0.9 for i in ious)
+    assert 0 < view.count("sa1b.detections") < len(ious)
+    assert dataset.bounds("sa1b.detections.stability_score")[0] >= 0.9
+
+
+def test_export_paths_are_checked_before_writing(make_dataset, tmp_path):
+    ds = make_dataset()
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        Image.new("RGB", (4, 4)).save(tmp_path / d / "sa_1.jpg")
+    ds.add_samples([fo.Sample(filepath=str(tmp_path / d / "sa_1.jpg")) for d in ("a", "b")])
+    ds.add_sample_field("sa1b", fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections)
+    with pytest.raises(ValueError, match="unique image stems"):
+        export_sa1b(ds, str(tmp_path / "out"), "sa1b", progress=False)
+    assert not (tmp_path / "out").exists()
+
+    ds.delete_samples(ds.last())
+    out = tmp_path / "out"
+    out.mkdir()
+    outside = tmp_path / "outside.json"
+    os.symlink(outside, out / "sa_1.json")  # a link leading out of export_dir
+    with pytest.raises(ValueError, match="inside `export_dir`"):
+        export_sa1b(ds, str(out), "sa1b", overwrite=True, progress=False)
+    assert not outside.exists()
+
+    os.remove(out / "sa_1.json")
+    (out / "sa_1.json").write_text("{}")
+    with pytest.raises(ValueError, match="overwrite=True"):
+        export_sa1b(ds, str(out), "sa1b", progress=False)
+    export_sa1b(ds, str(out), "sa1b", overwrite=True, progress=False)
+    record = load_json(out / "sa_1.json")
+    assert record == {
+        "image": {"image_id": 1, "width": 4, "height": 4, "file_name": "sa_1.jpg"},
+        "annotations": [],
+    }
+    with pytest.raises(ValueError, match="Detections or Segmentation"):
+        ds.add_sample_field("tag", fo.StringField)
+        export_sa1b(ds, str(out), "tag", overwrite=True)
+    with pytest.raises(ValueError, match="field of the samples"):
+        export_sa1b(ds, str(out), "nope", overwrite=True)
+
+
+def test_export_of_new_detections_fills_defaults(make_dataset, tmp_path):
+    Image.new("RGB", (10, 8)).save(tmp_path / "photo.png")
+    ds = make_dataset()
+    mask = np.zeros((4, 5), bool)
+    mask[1:3, 1:4] = True
+    ds.add_sample(
+        fo.Sample(
+            filepath=str(tmp_path / "photo.png"),
+            ssa=fo.Detections(
+                detections=[
+                    fo.Detection(label="road", bounding_box=[0.2, 0.25, 0.5, 0.5], mask=mask),
+                    fo.Detection(label="box", bounding_box=[0.0, 0.0, 0.3, 0.25]),
+                ]
+            ),
+        )
+    )
+    export_sa1b(ds, str(tmp_path / "out"), "ssa", progress=False)
+    record = load_json(tmp_path / "out" / "photo.json")
+    assert record["image"] == {"image_id": 1, "width": 10, "height": 8, "file_name": "photo.png"}
+    full = np.zeros((8, 10), bool)
+    full[2:6, 2:7] = mask
+    boxed = np.zeros((8, 10), bool)
+    boxed[0:2, 0:3] = True  # no mask: the filled box
+    for ann, want, ann_id, label in zip(record["annotations"], (full, boxed), (1, 2), ("road", "box")):
+        ref = mask_utils.encode(np.asfortranarray(want.astype(np.uint8)))
+        assert ann["segmentation"] == {"size": [8, 10], "counts": ref["counts"].decode()}
+        assert ann["bbox"] == mask_utils.toBbox(ref).tolist()
+        assert ann["area"] == int(want.sum())
+        assert ann["id"] == ann_id and ann["class_name"] == label
+        assert ann["class_proposals"] == [] and ann["point_coords"] == []
+        assert ann["crop_box"] == [0, 0, 10, 8]
+        assert ann["predicted_iou"] is None and ann["stability_score"] is None
+
+
+def test_semantic_export_writes_one_rle_per_class(make_dataset, tmp_path):
+    rng = np.random.default_rng(0)
+    Image.new("RGB", (12, 9)).save(tmp_path / "sa_7.jpg")
+    class_map = rng.choice(np.array([0, 3, 7], np.uint8), size=(9, 12))
+    ds = make_dataset()
+    ds.add_sample(
+        fo.Sample(
+            filepath=str(tmp_path / "sa_7.jpg"),
+            ssa=fo.Segmentation(mask=class_map),
+            ssa_masks=fo.Detections(
+                detections=[fo.Detection(label="cat", bounding_box=[0, 0, 0.5, 0.5])]
+            ),
+        )
+    )
+    ds.mask_targets = {"ssa": {0: "background", 3: "cat", 7: "dog"}}
+    ds.save()
+    paths = export_sa1b(ds, str(tmp_path / "out"), "ssa", progress=False)
+    assert [os.path.basename(p) for p in paths] == ["sa_7_semantic.json"]
+    record = load_json(paths[0])
+    assert record["image"]["image_id"] == 7
+    assert record["annotations"] == []
+    assert record["id2label"] == {"0": "background", "3": "cat", "7": "dog"}
+    assert set(record["semantic_mask"]) == {"0", "3", "7"}
+    for key, rle in record["semantic_mask"].items():
+        want = mask_utils.encode(np.asfortranarray((class_map == int(key)).astype(np.uint8)))
+        assert rle == {"size": [9, 12], "counts": want["counts"].decode()}
+
+    paths = export_semantic_rles(
+        ds, str(tmp_path / "out"), "ssa", masks_field="ssa_masks", overwrite=True, progress=False
+    )
+    annotations = load_json(paths[0])["annotations"]
+    assert [a["class_name"] for a in annotations] == ["cat"]
+
+
+def test_cli_round_trip(make_sa1b_dir, tmp_path, capsys):
+    files = make_sa1b_dir(num_images=2, num_masks=3)
+    name = "ssa-test-sa1b-cli"
+    argv = ["import-sa1b", str(files.root), "--name", name, "--mask-dir", str(tmp_path / "m")]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 0
+    try:
+        assert "Imported 2 images with 6 masks" in capsys.readouterr().out
+        assert fo.load_dataset(name).persistent
+        out = tmp_path / "out"
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["export-sa1b", name, str(out), "--label-field", "sa1b"])
+        assert exit_info.value.code == 0
+        for stem, record in files.records.items():
+            exported = load_json(out / f"{stem}.json")
+            for got, want in zip(exported["annotations"], record["annotations"]):
+                assert got["segmentation"] == want["segmentation"]
+                assert got["bbox"] == want["bbox"]
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(["export-sa1b", name, str(out), "--label-field", "sa1b"])
+        assert exit_info.value.code == 1
+        assert "overwrite" in capsys.readouterr().err
+    finally:
+        fo.delete_dataset(name)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["export-sa1b", name, str(tmp_path / "o2"), "--label-field", "sa1b"])
+    assert exit_info.value.code == 1
+    assert "existing dataset" in capsys.readouterr().err
