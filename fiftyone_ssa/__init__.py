@@ -13,6 +13,7 @@ _EXPORTS = {
     "apply_ssa": "fiftyone_ssa.pipeline",
     "apply_ssa_engine": "fiftyone_ssa.engine",
     "evaluate_miou": "fiftyone_ssa.evaluation",
+    "compare_miou": "fiftyone_ssa.comparison",
     "import_sa1b": "fiftyone_ssa.sa1b",
     "export_sa1b": "fiftyone_ssa.sa1b",
     "list_branches": "fiftyone_ssa.models.registry",

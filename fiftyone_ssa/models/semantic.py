@@ -139,7 +139,7 @@ class TransformersSemanticBranch(SemanticBranch):
             self.model = AutoModelForSemanticSegmentation.from_pretrained(
                 self.path, local_files_only=True
             )
-        except (OSError, ValueError, KeyError, RuntimeError) as err:
+        except Exception as err:  # hub, config, safetensors and shape errors alike
             raise _load_error(self.path, err) from None
         self.model.to(self.device).eval()
         self.dtype = torch.bfloat16 if (half and self.device.type == "cuda") else torch.float32
@@ -180,7 +180,7 @@ class OneFormerSemanticBranch(SemanticBranch):
             self.model = OneFormerForUniversalSegmentation.from_pretrained(
                 self.path, local_files_only=True
             )
-        except (OSError, ValueError, KeyError, RuntimeError) as err:
+        except Exception as err:  # hub, config, safetensors and shape errors alike
             raise _load_error(self.path, err) from None
         self.model.to(self.device).eval()
         self.dtype = torch.bfloat16 if (half and self.device.type == "cuda") else torch.float32
@@ -234,7 +234,7 @@ class CLIPSegSemanticBranch(SemanticBranch):
             self.model = CLIPSegForImageSegmentation.from_pretrained(
                 self.path, local_files_only=True
             )
-        except (OSError, ValueError, KeyError, RuntimeError) as err:
+        except Exception as err:  # hub, config, safetensors and shape errors alike
             raise _load_error(self.path, err) from None
         self.model.to(self.device).eval()
         self.dtype = torch.bfloat16 if (half and self.device.type == "cuda") else torch.float32
