@@ -101,25 +101,21 @@ class SamMaskBranch(MaskBranch):
         self.name = name
         self.device = next(model.parameters()).device
         self.fast = fast
-        self._generator = None
+        # Built now so that a bad setting fails before any sample is processed.
+        self._generator = self._make_generator()
 
-    def _get_generator(self):
-        if self._generator is None:
-            if self.fast:
-                from fiftyone_ssa.models.fast_mask_generator import FastMaskGenerator
+    def _make_generator(self):
+        if self.fast:
+            from fiftyone_ssa.models.fast_mask_generator import FastMaskGenerator
 
-                self._generator = FastMaskGenerator(self.model, **self.options)
-            else:
-                from segment_anything import SamAutomaticMaskGenerator
+            return FastMaskGenerator(self.model, **self.options)
+        from segment_anything import SamAutomaticMaskGenerator
 
-                self._generator = SamAutomaticMaskGenerator(
-                    self.model, output_mode="binary_mask", **self.options
-                )
-        return self._generator
+        return SamAutomaticMaskGenerator(self.model, output_mode="binary_mask", **self.options)
 
     @torch.no_grad()
     def generate(self, image: np.ndarray) -> MaskSet:
-        generator = self._get_generator()
+        generator = self._generator
         if self.fast:
             out = generator.generate(image)
             return MaskSet(
