@@ -1,6 +1,7 @@
 """Test environment: a private FiftyOne database per run, no telemetry, shared tiny-model fixtures."""
 
 import os
+import sys
 import uuid
 
 # Must be set before fiftyone is imported anywhere.
@@ -35,11 +36,10 @@ def pytest_collection_modifyitems(config, items):
 def _private_database():
     """Drop this run's database when the session ends."""
     yield
-    try:
-        import fiftyone as fo
-        import fiftyone.core.odm as foo
-    except ImportError:  # core-only runs (e.g. GPU machines without FiftyOne)
+    if "fiftyone" not in sys.modules:  # nothing touched the database
         return
+    import fiftyone as fo
+    import fiftyone.core.odm as foo
 
     fo.delete_non_persistent_datasets()
     try:
