@@ -648,7 +648,7 @@ def _detection_to_annotation(det: fo.Detection, ann_id: Any, width: int, height:
     unchanged = False
     if isinstance(stored, str):
         try:
-            unchanged = np.array_equal(decompress_counts(stored), runs)
+            unchanged = True
         except ValueError:
             unchanged = False
     if unchanged:

@@ -128,10 +128,21 @@ def test_progress_callback_is_called(make_sa1b_dir, tmp_path):
     assert len(calls) >= 3
 
 
-def test_export_is_byte_exact_and_reimports_identically(imported, tmp_path):
-    files, dataset = imported(num_images=3, num_masks=[6, 1, 4], size=[(48, 64), (30, 20), (50, 50)])
+def test_export_is_byte_exact_and_reimports_identically(make_sa1b_dir, tmp_path):
+    files = make_sa1b_dir(num_images=3, num_masks=[6, 1, 4], size=[(48, 64), (30, 20), (50, 50)])
+    # Boxes as other writers leave them: integers, a loose box, a box missing mask pixels.
+    anns = files.records["sa_1"]["annotations"]
+    anns[0]["bbox"] = [int(v) for v in anns[0]["bbox"]]
+    x, y, w, h = anns[1]["bbox"]
+    anns[1]["bbox"] = [max(0.0, x - 1), y, w + 1, h]
+    anns[2]["bbox"] = [x + 1, y, max(1.0, w - 2), h]
+    (files.root / "sa_1.json").write_text(json.dumps(files.records["sa_1"]))
+    dataset = import_sa1b(str(files.root), mask_dir=str(tmp_path / "masks"), progress=False)
     out = tmp_path / "export"
-    paths = export_sa1b(dataset, str(out), "sa1b", progress=False)
+    try:
+        paths = export_sa1b(dataset, str(out), "sa1b", progress=False)
+    finally:
+        dataset.delete()
     assert sorted(os.path.basename(p) for p in paths) == [f"{s}.json" for s in files.stems]
     for stem, record in files.records.items():
         exported = load_json(out / f"{stem}.json")
@@ -139,7 +150,7 @@ def test_export_is_byte_exact_and_reimports_identically(imported, tmp_path):
         assert len(exported["annotations"]) == len(record["annotations"])
         for got, want in zip(exported["annotations"], record["annotations"]):
             for key in ANNOTATION_KEYS:
-                assert got[key] == want[key], key
+                assert json.dumps(got[key]) == json.dumps(want[key]), key  # byte-exact
             assert isinstance(got["segmentation"]["counts"], str)
             assert got["class_name"] == "" and got["class_proposals"] == []
 

@@ -170,9 +170,7 @@ def _read_state_dict(path: Path) -> dict:
         raise ValueError(f"cannot read SAM checkpoint {path}: {reason}") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # training checkpoints wrap the state dict
-    if not isinstance(state, dict) or not all(
-        isinstance(v, torch.Tensor) for v in state.values()
-    ):
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"cannot read SAM checkpoint {path}: not a state dict of tensors")
     return state
 
@@ -202,7 +200,9 @@ def _check_compatible(model: torch.nn.Module, state: dict, path: Path, name: str
         parts.append(f"missing keys {_summarise(missing)}")
     if unexpected:
         parts.append(f"unexpected keys {_summarise(unexpected)}")
-    raise ValueError(f"checkpoint {path} does not match SAM architecture {name}: {'; '.join(parts)}")
+    raise ValueError(
+        f"checkpoint {path} does not match SAM architecture {name}: {'; '.join(parts)}"
+    )
 
 
 def load_sam(

@@ -82,6 +82,20 @@ class ProgressReporter:
         self._last_percent = -1
         self._last_time = 0.0
 
+    def fiftyone_progress(self):
+        """The same reporter as a FiftyOne ``progress`` callable (it receives the bar).
+
+        Immediate runs get ``False`` (no progress bar in the server's log).
+        """
+        if not self.ctx.delegated:
+            return False
+
+        def callback(bar) -> None:
+            if bar.total:
+                self(int(bar.iteration), int(bar.total))
+
+        return callback
+
     def __call__(self, done: int, total: int) -> None:
         if not self.ctx.delegated:
             return

@@ -1,0 +1,111 @@
+"""``fiftyone-ssa engine``: SSA-engine (open-vocabulary names and proposals) over a dataset."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from fiftyone_ssa.cli.common import (
+    add_run_arguments,
+    add_target_arguments,
+    load_samples,
+    parse_mask_options,
+)
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "engine",
+        help="name every mask with an open-vocabulary class and top-k proposals (SSA-engine)",
+        description="Run SSA-engine: OneFormer ADE20K/COCO names and BLIP caption nouns are "
+        "ranked by CLIP on each mask's crop (top-k -> class_proposals) and CLIPSeg picks the "
+        "class_name. Writes <label-field> Detections (and <label-field>_seg with "
+        "--write-segmentation). Every model takes a preset, Hugging Face id or local path.",
+    )
+    add_target_arguments(parser)
+    parser.add_argument("--mask-branch", default="sam-vit-h",
+                        help="sam-vit-b|l|h, a SAM checkpoint/directory or field:<name> (e.g. "
+                        "SA-1B masks imported with import-sa1b)")
+    parser.add_argument("--light", action="store_true",
+                        help="light models (OneFormer Swin-T ADE20K, BLIP base, CLIP ViT-B/32, "
+                        "CLIPSeg rd16) and 16 SAM points per side")
+    parser.add_argument("--top-k", type=int, default=3, help="class proposals per mask")
+    parser.add_argument("--vocabulary", nargs="+", metavar="NAME_OR_FILE",
+                        help="class names added to every mask's candidates; a value naming a "
+                        "file is read as one name per line (# starts a comment)")
+    parser.add_argument("--restrict-vocabulary", action="store_true",
+                        help="every mask gets one of the --vocabulary names only")
+    parser.add_argument("--spacy-model", default="en_core_web_sm",
+                        help="spaCy pipeline name or path for caption nouns")
+    parser.add_argument("--ade-model", help="ADE20K semantic branch (default: "
+                        "oneformer-ade20k-swin-large, -tiny with --light)")
+    parser.add_argument("--coco-model", help="COCO panoptic semantic branch (default: "
+                        "oneformer-coco-swin-large)")
+    parser.add_argument("--captioner", help="BLIP model (default: blip-large, blip-base with "
+                        "--light)")
+    parser.add_argument("--clip-model", help="open_clip model: preset, directory or checkpoint "
+                        "(default: clip-vit-l-14, clip-vit-b-32 with --light)")
+    parser.add_argument("--clip-architecture",
+                        help="open_clip architecture of a --clip-model checkpoint file")
+    parser.add_argument("--clipseg-model", help="CLIPSeg model (default: clipseg-rd64-refined, "
+                        "clipseg-rd16 with --light)")
+    parser.add_argument("--write-segmentation", action="store_true",
+                        help="also write <label-field>_seg painted from the labelled masks")
+    parser.add_argument("--mask-option", action="append", metavar="KEY=VALUE",
+                        help="SAM mask generator setting, e.g. points_per_side=16 (repeatable)")
+    add_run_arguments(parser, "ssa_engine")
+    parser.set_defaults(func=run)
+
+
+def read_vocabulary(values: list[str] | None) -> list[str]:
+    """Class names from the command line: names, or files of one name per line."""
+    names: list[str] = []
+    for value in values or []:
+        path = Path(value).expanduser()
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                line = line.split("#", 1)[0].strip()
+                if line:
+                    names.append(line)
+        else:
+            names.append(value)
+    return names
+
+
+def run(args: argparse.Namespace) -> int:
+    from fiftyone_ssa.engine import apply_ssa_engine
+
+    vocabulary = read_vocabulary(args.vocabulary)
+    if args.restrict_vocabulary and not vocabulary:
+        raise ValueError("--restrict-vocabulary needs --vocabulary names or a vocabulary file")
+    models = {
+        "ade": args.ade_model,
+        "coco": args.coco_model,
+        "captioner": args.captioner,
+        "clip": args.clip_model,
+        "clip_architecture": args.clip_architecture,
+        "clipseg": args.clipseg_model,
+    }
+    samples = load_samples(args.dataset, args.view_tag, args.limit)
+    summary = apply_ssa_engine(
+        samples,
+        label_field=args.label_field,
+        mask_branch=args.mask_branch,
+        light=args.light,
+        top_k=args.top_k,
+        vocabulary=vocabulary,
+        vocabulary_mode="restrict" if args.restrict_vocabulary else "add",
+        spacy_model=args.spacy_model,
+        device=args.device,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        skip_existing=args.skip_existing,
+        overwrite=args.overwrite,
+        skip_failures=not args.fail_fast,
+        write_segmentation=args.write_segmentation,
+        progress=True,
+        models={k: v for k, v in models.items() if v is not None},
+        **parse_mask_options(args.mask_option),
+    )
+    print(summary)
+    return 1 if summary.failures and not summary.num_labelled else 0

@@ -1,0 +1,229 @@
+"""CLIPSeg's final say: which of a mask's top-k names wins most of the mask's own pixels.
+
+For every mask, CLIPSeg segments the mask's 1.6x crop once per proposed name; each pixel takes
+the name with the highest logit, and the mask's class is the name that wins most of the mask's
+pixels in the crop (the mask cropped the same way and resized to CLIPSeg's output with nearest
+sampling). Ties go to the better CLIP rank.
+
+Batched: the vision encoder runs once per crop (not once per prompt), the light decoder once per
+(crop, name) pair, text embeddings once per distinct name. A mask with a single proposal needs no
+model call at all.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from fiftyone_ssa.core.crops import chunk_boxes, crop_mask_coverage, crop_resize_masks
+from fiftyone_ssa.models.captioner import crop_transform_from_processor, load_error
+from fiftyone_ssa.models.clip_filter import MAX_CACHED_TEXTS
+from fiftyone_ssa.models.semantic import default_device
+
+
+@dataclass
+class Decision:
+    """CLIPSeg's verdict on one mask.
+
+    Attributes:
+        name: the winning proposal.
+        share: the fraction of the mask's pixels (in the resized crop) the winner takes.
+    """
+
+    name: str
+    share: float
+
+
+class ClipSegDecider:
+    """Chooses each mask's class among its proposals with CLIPSeg.
+
+    Args:
+        path: a local directory saved with ``save_pretrained`` (model and ``CLIPSegProcessor``).
+        device: torch device; CUDA when available by default.
+        half: run in float16 on CUDA.
+        batch_size: crops per vision-encoder call.
+    """
+
+    def __init__(self, path: str | os.PathLike, device=None, half: bool = True,
+                 batch_size: int = 64):
+        from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
+
+        if batch_size < 1:
+            raise ValueError(f"Expected `batch_size` to be >= 1, but got {batch_size}")
+        self.path = Path(path)
+        self.name = str(path)
+        self.device = torch.device(device) if device else default_device()
+        try:
+            self.processor = CLIPSegProcessor.from_pretrained(self.path, local_files_only=True)
+            self.model = CLIPSegForImageSegmentation.from_pretrained(
+                self.path, local_files_only=True
+            )
+        except (OSError, ValueError, KeyError, RuntimeError) as err:
+            raise load_error("CLIPSeg", self.path, err) from None
+        self.dtype = torch.float16 if (half and self.device.type == "cuda") else torch.float32
+        self.model.to(self.device, self.dtype).eval()
+        self.transform = crop_transform_from_processor(self.processor.image_processor)
+        self.batch_size = batch_size
+        self._text_cache: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def text_embeddings(self, texts: Sequence[str]) -> torch.Tensor:
+        """CLIPSeg's conditional embeddings of names, each distinct name computed once.
+
+        Returns:
+            (T, D) in the model's dtype.
+        """
+        missing = list(dict.fromkeys(t for t in texts if t not in self._text_cache))
+        if len(self._text_cache) + len(missing) > MAX_CACHED_TEXTS:
+            self._text_cache.clear()
+            missing = list(dict.fromkeys(texts))
+        for start in range(0, len(missing), 256):
+            chunk = missing[start : start + 256]
+            tokens = self.processor.tokenizer(chunk, padding=True, return_tensors="pt")
+            embeds = self.model.get_conditional_embeddings(
+                batch_size=len(chunk),
+                input_ids=tokens["input_ids"].to(self.device),
+                attention_mask=tokens["attention_mask"].to(self.device),
+            )
+            self._text_cache.update(zip(chunk, embeds))
+        return torch.stack([self._text_cache[t] for t in texts])
+
+    @torch.no_grad()
+    def vision_activations(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """The vision encoder's hidden states the decoder reads, one encoder pass per crop.
+
+        Args:
+            pixels: (B, 3, h, w) float32 preprocessed crops.
+
+        Returns:
+            One (B, L, C) tensor per ``config.extract_layers`` entry.
+        """
+        outputs = self.model.clip.vision_model(
+            pixel_values=pixels.to(self.device, self.dtype),
+            output_hidden_states=True,
+            interpolate_pos_encoding=True,
+        )
+        return [outputs.hidden_states[i + 1] for i in self.model.extract_layers]
+
+    @torch.no_grad()
+    def prompt_logits(
+        self, activations: list[torch.Tensor], crop_index: torch.Tensor, embeds: torch.Tensor
+    ) -> torch.Tensor:
+        """Decoder logits for (crop, prompt) pairs, sharing each crop's encoder pass.
+
+        Args:
+            activations: the crops' :meth:`vision_activations`.
+            crop_index: (P,) int64, the crop of each pair.
+            embeds: (P, D) conditional embeddings, the prompt of each pair.
+
+        Returns:
+            (P, h', w') float32 logits.
+        """
+        selected = [a.index_select(0, crop_index) for a in activations]
+        logits = self.model.decoder(selected, embeds).logits
+        return logits.reshape(embeds.shape[0], *logits.shape[-2:]).float()
+
+    def decide(
+        self,
+        images: Sequence[torch.Tensor],
+        boxes: Sequence[torch.Tensor],
+        masks: Sequence[torch.Tensor],
+        proposals: Sequence[Sequence[str]],
+    ) -> list[Decision]:
+        """The class of every mask among its proposals.
+
+        Args:
+            images: B tensors (3, H_i, W_i) uint8 RGB, on the device.
+            boxes: B tensors (N_i, 4) int64 ``[x0, y0, x1, y1]`` crop boxes (1.6x), end-exclusive.
+            masks: B tensors (N_i, H_i, W_i) bool, the masks of image i.
+            proposals: sum(N_i) non-empty lists of names, image by image, mask by mask.
+
+        Returns:
+            sum(N_i) decisions.
+        """
+        total = sum(int(b.shape[0]) for b in boxes)
+        if len(proposals) != total:
+            raise ValueError(
+                f"Expected one proposal list per mask, but got {len(proposals)} for {total} masks"
+            )
+        if any(len(p) == 0 for p in proposals):
+            raise ValueError("Expected at least one proposal per mask, but got an empty list")
+        decisions: list[Decision | None] = [
+            Decision(p[0], 1.0) if len(p) == 1 else None for p in proposals
+        ]
+        # Only masks with a real choice go through the model.
+        offsets, start = [], 0
+        for b in boxes:
+            offsets.append(start)
+            start += int(b.shape[0])
+        keep = [
+            torch.tensor([j for j in range(int(b.shape[0])) if decisions[offsets[i] + j] is None],
+                         dtype=torch.long)
+            for i, b in enumerate(boxes)
+        ]
+        flat = [[offsets[i] + j for j in k.tolist()] for i, k in enumerate(keep)]
+        live_boxes = [b[k.to(b.device)] for b, k in zip(boxes, keep)]
+        for image_index, slices in chunk_boxes(live_boxes, self.batch_size):
+            pixels, crop_masks, ids = [], [], []
+            for i, s in zip(image_index, slices):
+                chosen = keep[i][s].to(masks[i].device)
+                pixels.append(self.transform(images[i], live_boxes[i][s]))
+                crop_masks.append(self._crop_masks(masks[i][chosen], live_boxes[i][s]))
+                ids.extend(flat[i][s])
+            names = [list(proposals[m]) for m in ids]
+            for m, decision in zip(ids, self._decide_crops(torch.cat(pixels),
+                                                           torch.cat(crop_masks), names)):
+                decisions[m] = decision
+        return decisions  # type: ignore[return-value]
+
+    def _output_size(self) -> tuple[int, int]:
+        # The decoder's transposed convolutions upsample the patch grid by the patch size.
+        patch = int(self.model.config.vision_config.patch_size)
+        height, width = self.transform.size
+        return (height // patch) * patch, (width // patch) * patch
+
+    def _crop_masks(self, masks: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """Masks cropped like their images and resized (nearest) to the logits' size."""
+        size = self._output_size()
+        small = crop_resize_masks(masks, boxes, size)
+        empty = ~small.flatten(1).any(dim=1)
+        if bool(empty.any()):  # too thin to be sampled: use the cells it touches
+            small[empty] = crop_mask_coverage(masks[empty], boxes[empty.to(boxes.device)], size)
+        return small
+
+    @torch.no_grad()
+    def _decide_crops(
+        self, pixels: torch.Tensor, crop_masks: torch.Tensor, names: list[list[str]]
+    ) -> list[Decision]:
+        """Decisions for one batch of crops: (B, 3, h, w) pixels, (B, h', w') masks."""
+        counts = [len(n) for n in names]
+        width = max(counts)
+        crop_index = torch.repeat_interleave(
+            torch.arange(len(names)), torch.tensor(counts)
+        ).to(self.device)
+        prompts = [name for row in names for name in row]
+        embeds = self.text_embeddings(prompts)
+        logits = self.prompt_logits(self.vision_activations(pixels), crop_index, embeds)
+        if tuple(logits.shape[-2:]) != tuple(crop_masks.shape[-2:]):
+            raise RuntimeError(
+                f"CLIPSeg returned {tuple(logits.shape[-2:])} logits for "
+                f"{tuple(crop_masks.shape[-2:])} inputs"
+            )
+        # (B, k_max, h, w) with the absent prompts of shorter lists at -inf.
+        slot = torch.cat([torch.arange(c) for c in counts]).to(self.device)
+        grid = torch.full((len(names), width, *logits.shape[-2:]), float("-inf"),
+                          device=self.device)
+        grid[crop_index, slot] = logits
+        winner = grid.argmax(dim=1)  # (B, h, w): lowest slot (best CLIP rank) on ties
+        crop_masks = crop_masks.to(self.device)
+        keys = torch.arange(len(names), device=self.device)[:, None, None] * width + winner
+        votes = torch.bincount(keys[crop_masks], minlength=len(names) * width)
+        votes = votes.view(len(names), width)
+        best = votes.argmax(dim=1)
+        area = crop_masks.flatten(1).sum(dim=1).clamp(min=1)
+        share = (votes.gather(1, best[:, None])[:, 0] / area).cpu().tolist()
+        return [Decision(row[b], s) for row, b, s in zip(names, best.cpu().tolist(), share)]

@@ -1,0 +1,307 @@
+"""mIoU: the ``evaluate_miou`` operator, and the ``miou`` metric for FiftyOne's own evaluations."""
+
+from __future__ import annotations
+
+import math
+
+import fiftyone as fo
+import fiftyone.operators as foo
+import fiftyone.operators.types as types
+
+from .forms import (
+    SSAOperator,
+    block,
+    dropdown,
+    has_mask_targets,
+    label_fields,
+    label_type_name,
+    notice,
+    require_dataset,
+)
+from .library import import_library
+
+
+def eval_keys(eval_key: str, pred_fields: list[str]) -> dict[str, str]:
+    """Prediction field -> evaluation key: ``eval_key`` itself for one field, else suffixed."""
+    if len(pred_fields) == 1:
+        return {pred_fields[0]: eval_key}
+    return {field: f"{eval_key}_{field}" for field in pred_fields}
+
+
+def _number(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else float(value)
+
+
+class EvaluateMIoU(SSAOperator):
+    """mmsegmentation's mIoU of one or more Segmentation fields against a ground truth.
+
+    Each prediction field becomes a FiftyOne evaluation run (shown in the App's Model
+    Evaluation panel) and every sample gets ``<eval_key>_miou`` and ``<eval_key>_aacc``.
+    """
+
+    default_delegated = False
+
+    @property
+    def config(self):
+        return self._config(
+            "evaluate_miou",
+            "Evaluate mIoU",
+            "mIoU, mAcc and aAcc of Segmentation fields against a ground-truth field",
+        )
+
+    def __call__(
+        self,
+        sample_collection,
+        pred_fields: str | list[str],
+        gt_field: str = "ground_truth",
+        eval_key: str | None = None,
+        ignore_index: int = 255,
+        reduce_zero_label: bool = False,
+        overwrite: bool = False,
+        delegate: bool = False,
+    ):
+        """Evaluates ``pred_fields`` against ``gt_field`` through the operator.
+
+        Args:
+            eval_key: store the runs under this key (suffixed with the field name when there
+                are several fields); None only computes.
+
+        Returns:
+            an ``ExecutionResult``; ``result.result["results"]`` has one entry per field.
+        """
+        if isinstance(pred_fields, str):
+            pred_fields = [pred_fields]
+        params = {
+            "pred_fields": list(pred_fields),
+            "gt_field": gt_field,
+            "save": eval_key is not None,
+            "eval_key": eval_key,
+            "ignore_index": ignore_index,
+            "reduce_zero_label": reduce_zero_label,
+            "overwrite": overwrite,
+        }
+        return self._call(sample_collection, params, delegate)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        if require_dataset(inputs, ctx):
+            inputs.view_target(ctx)
+            self._fields_inputs(inputs, ctx)
+            self._key_inputs(inputs, ctx)
+            inputs.int(
+                "ignore_index", default=255, required=False, min=0, label="Ignore index",
+                description="ground-truth value whose pixels are not counted",
+            )
+            inputs.bool(
+                "reduce_zero_label", default=False, label="Reduce zero label",
+                description="ADE20K raw annotations: 0 is ignored, other ids shift down by one",
+            )
+        return types.Property(inputs, view=types.View(label="Evaluate mIoU"))
+
+    def _fields_inputs(self, inputs, ctx) -> None:
+        dataset = ctx.dataset
+        fields = label_fields(dataset, fo.Segmentation)
+        if not fields:
+            block(inputs, "fields_error", "This dataset has no Segmentation field to evaluate")
+            return
+        gt_field = ctx.params.get("gt_field")
+        if not gt_field:
+            block(inputs, "gt_error", "Choose the ground-truth Segmentation field")
+        elif gt_field not in fields:
+            held = label_type_name(dataset, gt_field)
+            reason = "does not exist" if held is None else f"holds {held}, not Segmentation"
+            block(inputs, "gt_error", f"Ground-truth field {gt_field!r} {reason}")
+        default_gt = "ground_truth" if "ground_truth" in fields else None
+        dropdown(inputs, "gt_field", fields, "Ground truth", default=default_gt)
+
+        pred_fields = ctx.params.get("pred_fields") or []
+        choices = [f for f in fields if f != gt_field]
+        inputs.list(
+            "pred_fields", types.String(), required=True, label="Prediction fields",
+            description="one evaluation run per field",
+            view=types.AutocompleteView(
+                multiple=True,
+                allow_user_input=False,
+                choices=[types.Choice(value=f, label=f) for f in choices],
+            ),
+        )
+        if not pred_fields:
+            block(inputs, "pred_error", "Choose at least one prediction field")
+            return
+        for field in pred_fields:
+            if field == gt_field:
+                block(inputs, "pred_error", f"{field!r} is the ground truth itself")
+                return
+            if field not in fields:
+                held = label_type_name(dataset, field)
+                reason = "does not exist" if held is None else f"holds {held}, not Segmentation"
+                block(inputs, "pred_error", f"Prediction field {field!r} {reason}")
+                return
+        if gt_field in fields:
+            _mask_targets_notices(inputs, dataset, gt_field, pred_fields)
+
+    def _key_inputs(self, inputs, ctx) -> None:
+        inputs.bool(
+            "save", default=True, label="Save as evaluation runs",
+            description="shown in the Model Evaluation panel, with per-sample scores",
+        )
+        if not ctx.params.get("save", True):
+            return
+        inputs.str("eval_key", default="miou", required=False, label="Evaluation key")
+        eval_key = ctx.params.get("eval_key") or "miou"
+        if not isinstance(eval_key, str) or not eval_key.isidentifier():
+            block(inputs, "eval_key_error", f"{eval_key!r} is not a usable evaluation key")
+            return
+        pred_fields = ctx.params.get("pred_fields") or []
+        keys = eval_keys(eval_key, pred_fields) if pred_fields else {}
+        existing = [k for k in keys.values() if ctx.dataset.has_evaluation(k)]
+        inputs.bool("overwrite", default=False, label="Overwrite existing evaluations")
+        if existing and not ctx.params.get("overwrite", False):
+            block(
+                inputs,
+                "eval_key_exists",
+                f"Evaluation {', '.join(existing)} already exists: tick overwrite or choose "
+                "another key",
+                warning=True,
+            )
+
+    def execute(self, ctx):
+        evaluation = import_library("fiftyone_ssa.evaluation")
+        params = ctx.params
+        samples = ctx.target_view()
+        gt_field = params["gt_field"]
+        pred_fields = list(params["pred_fields"])
+        save = params.get("save", True)
+        keys = eval_keys(params.get("eval_key") or "miou", pred_fields) if save else {}
+        if save and params.get("overwrite", False):
+            for key in keys.values():
+                if ctx.dataset.has_evaluation(key):
+                    ctx.dataset.delete_evaluation(key)
+        rows = []
+        for i, field in enumerate(pred_fields):
+            if ctx.delegated:
+                ctx.set_progress(progress=i / len(pred_fields), label=f"evaluating {field}")
+            results = evaluation.evaluate_miou(
+                samples,
+                field,
+                gt_field,
+                eval_key=keys.get(field),
+                ignore_index=int(params.get("ignore_index", 255)),
+                reduce_zero_label=bool(params.get("reduce_zero_label", False)),
+                progress=False,
+            )
+            rows.append(
+                {
+                    "pred_field": field,
+                    "eval_key": keys.get(field),
+                    "miou": _number(results.miou),
+                    "macc": _number(results.macc),
+                    "aacc": _number(results.aacc),
+                }
+            )
+        self._finish(ctx)
+        return {"gt_field": gt_field, "results": rows}
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("gt_field", label="Ground truth")
+        row = types.Object()
+        row.str("pred_field", label="Prediction")
+        row.str("eval_key", label="Evaluation key")
+        row.float("miou", label="mIoU")
+        row.float("macc", label="mAcc")
+        row.float("aacc", label="aAcc")
+        outputs.list("results", row, label="Results", view=types.TableView())
+        return types.Property(outputs, view=types.View(label="mIoU"))
+
+
+def _mask_targets_notices(inputs, dataset, gt_field: str, pred_fields: list[str]) -> None:
+    """Warns where class names cannot be matched (classes are matched by name)."""
+    gt_named = has_mask_targets(dataset, gt_field)
+    named = [f for f in pred_fields if has_mask_targets(dataset, f)]
+    unnamed = [f for f in pred_fields if f not in named]
+    if not gt_named and named:
+        notice(
+            inputs,
+            "gt_targets_warning",
+            f"Ground truth {gt_field!r} has no mask targets: its ids are read with the class "
+            f"names of {named[0]!r}, so both must use the same ids",
+        )
+    elif gt_named and unnamed:
+        notice(
+            inputs,
+            "pred_targets_warning",
+            f"{', '.join(unnamed)} has no mask targets: its ids are read with the ground "
+            "truth's class names",
+        )
+    elif not gt_named:
+        notice(
+            inputs,
+            "targets_warning",
+            "No field has mask targets: ids are compared directly and classes are named by id",
+        )
+
+
+class MIoUMetric(foo.EvaluationMetric):
+    """mIoU (mmsegmentation's definition) as a custom metric of segmentation evaluations.
+
+    ``dataset.evaluate_segmentations(..., custom_metrics=["@fiftyone-ssa/ssa/miou"])``, or
+    ticking it in the App's evaluation form, stores it on the results, where the Model
+    Evaluation panel shows it. Per class, IoU = intersection / union of the whole
+    collection's pixels; mIoU is the mean over classes present in prediction or ground truth.
+    """
+
+    @property
+    def config(self):
+        config = foo.EvaluationMetricConfig(
+            name="miou",
+            label="mIoU",
+            description="Mean intersection over union across classes (mmsegmentation)",
+            eval_types=["segmentation"],
+            lower_is_better=False,
+            unlisted=True,
+        )
+        # FiftyOne's evaluations read the flag from ``config.kwargs`` when storing the value
+        # (fiftyone/utils/eval/base.py), where the config's own argument does not land
+        config.kwargs["lower_is_better"] = False
+        return config
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        inputs.list(
+            "exclude_classes", types.String(), required=False, label="Classes left out",
+            description="their ground-truth pixels are ignored and they are not averaged",
+            view=types.AutocompleteView(multiple=True, allow_user_input=True, choices=[]),
+        )
+        return types.Property(inputs)
+
+    def compute(self, samples, results, exclude_classes=None, **kwargs):
+        import numpy as np
+        import torch
+
+        metrics = import_library("fiftyone_ssa.core.metrics")
+        classes = [str(c) for c in results.classes]
+        matrix = np.array(_confusion_matrix(results, classes), dtype=np.int64)
+        excluded = [i for i, c in enumerate(classes) if c in set(exclude_classes or [])]
+        matrix[excluded, :] = 0
+        iou = metrics.segmentation_metrics(torch.from_numpy(matrix)).iou.numpy()
+        kept = np.delete(iou, excluded)
+        if kept.size == 0 or np.isnan(kept).all():
+            return None
+        return float(np.nanmean(kept))
+
+
+def _confusion_matrix(results, classes: list[str]):
+    """(C, C) pixel counts, rows ground truth, in the order of ``classes``."""
+    matrix = getattr(results, "pixel_confusion_matrix", None)
+    if matrix is not None:
+        return matrix
+    import numpy as np
+
+    index = {c: i for i, c in enumerate(classes)}
+    matrix = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    weights = results.weights if results.weights is not None else [1] * len(results.ytrue)
+    for truth, pred, weight in zip(results.ytrue, results.ypred, weights):
+        if truth in index and pred in index:
+            matrix[index[truth], index[pred]] += int(weight)
+    return matrix

@@ -1,0 +1,180 @@
+"""The ``run_ssa`` operator: SSA close-set over the dataset, the current view or the selection."""
+
+from __future__ import annotations
+
+import fiftyone as fo
+import fiftyone.operators.types as types
+
+from .branches import (
+    DEFAULT_MASK_PRESET,
+    DEFAULT_SEMANTIC_PRESET,
+    branch_params,
+    mask_branch_inputs,
+    semantic_branch_inputs,
+)
+from .forms import (
+    SSAOperator,
+    batch_size_input,
+    detections_fields_with_masks,
+    device_input,
+    if_exists_flags,
+    label_fields,
+    output_field_inputs,
+    require_dataset,
+)
+from .library import ProgressReporter, import_library
+
+
+def ssa_outputs(label_field: str, write_branch: bool) -> dict[str, type]:
+    """The fields ``apply_ssa`` writes, with their label types."""
+    outputs = {label_field: fo.Segmentation, f"{label_field}_masks": fo.Detections}
+    if write_branch:
+        outputs[f"{label_field}_branch"] = fo.Segmentation
+    return outputs
+
+
+def _field_of(branch: str | None) -> set[str]:
+    return {branch[len("field:") :]} if branch and branch.startswith("field:") else set()
+
+
+class RunSSA(SSAOperator):
+    """Labels SAM masks with a semantic branch's classes (Semantic Segment Anything).
+
+    Writes ``<label_field>`` (Segmentation), ``<label_field>_masks`` (Detections with
+    ``class_proposals``, ``confidence``...) and ``<label_field>_branch`` (the semantic branch
+    alone).
+    """
+
+    @property
+    def config(self):
+        return self._config(
+            "run_ssa",
+            "Run Semantic Segment Anything",
+            "Label SAM masks with a semantic segmenter's classes (SSA close-set)",
+        )
+
+    def __call__(
+        self,
+        sample_collection,
+        label_field: str = "ssa",
+        semantic_branch: str = DEFAULT_SEMANTIC_PRESET,
+        mask_branch: str = DEFAULT_MASK_PRESET,
+        classes: list[str] | None = None,
+        device: str | None = None,
+        batch_size: int = 1,
+        top_k: int = 3,
+        write_branch: bool = True,
+        overwrite: bool = False,
+        skip_existing: bool = False,
+        points_per_side: int | None = None,
+        delegate: bool = False,
+    ):
+        """Runs SSA on ``sample_collection`` through the operator (see ``apply_ssa``).
+
+        Returns:
+            an ``ExecutionResult``; ``result.result`` holds the run's summary, or the queued
+            operation when ``delegate=True``.
+        """
+        params = {
+            "label_field": label_field,
+            **branch_params(semantic_branch, "semantic"),
+            **branch_params(mask_branch, "mask"),
+            "classes": list(classes) if classes else None,
+            "device": device or "auto",
+            "batch_size": batch_size,
+            "top_k": top_k,
+            "write_branch": write_branch,
+            "points_per_side": points_per_side,
+            "if_exists": "overwrite" if overwrite else "skip_existing" if skip_existing else None,
+        }
+        return self._call(sample_collection, params, delegate)
+
+    def resolve_input(self, ctx):
+        inputs = types.Object()
+        if require_dataset(inputs, ctx):
+            inputs.view_target(ctx)
+            mask_branch = mask_branch_inputs(inputs, ctx)
+            semantic_branch = semantic_branch_inputs(inputs, ctx)
+            write_branch = bool(ctx.params.get("write_branch", True))
+            label_field = ctx.params.get("label_field", "ssa")
+            if isinstance(label_field, str) and label_field:
+                outputs = ssa_outputs(label_field, write_branch)
+            else:
+                outputs = {}
+            output_field_inputs(
+                inputs, ctx, outputs, _field_of(mask_branch) | _field_of(semantic_branch), "ssa"
+            )
+            inputs.bool(
+                "write_branch", default=True, label="Also write the semantic branch alone",
+                description="<label field>_branch, to compare SSA with the branch",
+            )
+            inputs.int("top_k", default=3, min=1, label="Class proposals per mask")
+            device_input(inputs, ctx)
+            batch_size_input(inputs)
+        return types.Property(inputs, view=types.View(label="Run Semantic Segment Anything"))
+
+    def execute(self, ctx):
+        pipeline = import_library("fiftyone_ssa.pipeline")
+        params = ctx.params
+        mask_branch = chosen_branch(ctx, "mask")
+        semantic_branch = chosen_branch(ctx, "semantic")
+        options = {}
+        if params.get("points_per_side") and not mask_branch.startswith("field:"):
+            options["points_per_side"] = int(params["points_per_side"])
+        device = params.get("device") or "auto"
+        summary = pipeline.apply_ssa(
+            ctx.target_view(),
+            label_field=params.get("label_field", "ssa"),
+            semantic_branch=semantic_branch,
+            mask_branch=mask_branch,
+            device=None if device == "auto" else device,
+            batch_size=int(params.get("batch_size", 1)),
+            top_k=int(params.get("top_k", 3)),
+            write_branch=bool(params.get("write_branch", True)),
+            classes=params.get("classes") or None,
+            progress=False,
+            progress_callback=ProgressReporter(ctx),
+            **if_exists_flags(ctx),
+            **options,
+        )
+        self._finish(ctx)
+        return {
+            "label_field": summary.label_field,
+            "num_labelled": summary.num_labelled,
+            "num_failed": len(summary.failures),
+            "num_skipped": summary.skipped_existing,
+            "failures": [f"{s.filepath}: {s.error}" for s in summary.failures[:20]],
+        }
+
+    def resolve_output(self, ctx):
+        outputs = types.Object()
+        outputs.str("label_field", label="Label field")
+        outputs.int("num_labelled", label="Samples labelled")
+        outputs.int("num_failed", label="Samples failed")
+        outputs.int("num_skipped", label="Samples skipped (already labelled)")
+        outputs.list("failures", types.String(), label="First failures")
+        return types.Property(outputs, view=types.View(label="SSA finished"))
+
+
+def chosen_branch(ctx, kind: str) -> str:
+    """The branch the (validated) form chose, as the library names it.
+
+    Parameters left out take the form's defaults (the App fills them in; Python callers of
+    ``execute_operator`` may not).
+    """
+    params = ctx.params
+    source = params.get(f"{kind}_source", "preset")
+    if source == "field":
+        name = params.get(f"{kind}_field")
+        if not name:
+            fields = (
+                detections_fields_with_masks(ctx.dataset)
+                if kind == "mask"
+                else label_fields(ctx.dataset, fo.Segmentation)
+            )
+            name = fields[0]
+        return f"field:{name}"
+    if source == "custom":
+        return params[f"{kind}_custom"]
+    default = DEFAULT_MASK_PRESET if kind == "mask" else DEFAULT_SEMANTIC_PRESET
+    return params.get(f"{kind}_preset", default)

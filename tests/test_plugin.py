@@ -1,0 +1,526 @@
+"""The FiftyOne plugin, installed as the README says (the repository linked into a plugins dir).
+
+Every operator runs through FiftyOne's own machinery against real datasets: immediately with
+``execute_operator`` (which validates the parameters against the operator's form) and
+delegated (queued by FiftyOne's delegated-operation service, then executed from the queue).
+SSA uses field branches (a coarse Segmentation and instance-mask Detections), so no weights
+are needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import tomllib
+import uuid
+from pathlib import Path
+
+import fiftyone as fo
+import fiftyone.operators as foo
+import numpy as np
+import pytest
+from fiftyone.operators.delegated import DelegatedOperationService
+from fiftyone.operators.executor import ExecutionContext, ExecutionError
+from PIL import Image
+
+from fiftyone_ssa import apply_ssa
+from tests.scenes import SCENE_CLASSES, coarsen, make_scene, miou
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PLUGIN = "@fiftyone-ssa/ssa"
+OPERATORS = ["run_ssa", "run_ssa_engine", "evaluate_miou", "miou", "import_sa1b", "export_sa1b"]
+FIELD_BRANCHES = {
+    "semantic_source": "field",
+    "semantic_field": "coarse",
+    "mask_source": "field",
+    "mask_field": "instances",
+}
+
+
+def uri(name: str) -> str:
+    return f"{PLUGIN}/{name}"
+
+
+@pytest.fixture(scope="module")
+def plugins_dir(tmp_path_factory):
+    """A plugins directory holding a link to the repository, as the README tells users."""
+    root = tmp_path_factory.mktemp("plugins")
+    (root / "fiftyone-ssa").symlink_to(REPO_ROOT, target_is_directory=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fo.config, "plugins_dir", str(root))
+        mp.setenv("FIFTYONE_PLUGINS_DIR", str(root))
+        yield root
+
+
+def _detections(instances: np.ndarray) -> fo.Detections:
+    dets = []
+    h, w = instances.shape[1:]
+    for inst in instances:
+        ys, xs = np.nonzero(inst)
+        y0, y1, x0, x1 = ys.min(), ys.max(), xs.min(), xs.max()
+        dets.append(
+            fo.Detection(
+                label="object",
+                bounding_box=[x0 / w, y0 / h, (x1 - x0 + 1) / w, (y1 - y0 + 1) / h],
+                mask=inst[y0 : y1 + 1, x0 : x1 + 1],
+            )
+        )
+    return fo.Detections(detections=dets)
+
+
+@pytest.fixture
+def scene_dataset(make_dataset, tmp_path, plugins_dir):
+    """Scenes with ground truth, two coarse predictions, instance masks and plain boxes."""
+
+    def _build(n=3, seed=0, gt_targets=True):
+        rng = np.random.default_rng(seed)
+        ds = make_dataset()
+        samples = []
+        for i in range(n):
+            image, gt, instances = make_scene(rng, height=48, width=64, n_objects=5)
+            path = tmp_path / f"scene_{seed}_{i}.png"
+            Image.fromarray(image).save(path)
+            boxes = _detections(instances)
+            for det in boxes.detections:
+                det.mask = None
+            samples.append(
+                fo.Sample(
+                    filepath=str(path),
+                    ground_truth=fo.Segmentation(mask=gt),
+                    coarse=fo.Segmentation(mask=coarsen(gt, rng, factor=8, noise=0.05)),
+                    noisy=fo.Segmentation(mask=coarsen(gt, rng, factor=4, noise=0.2)),
+                    instances=_detections(instances),
+                    boxes=boxes,
+                )
+            )
+        ds.add_samples(samples)
+        targets = {"coarse": SCENE_CLASSES, "noisy": SCENE_CLASSES}
+        if gt_targets:
+            targets["ground_truth"] = SCENE_CLASSES
+        ds.mask_targets = targets
+        ds.save()
+        return ds
+
+    return _build
+
+
+def execute(name, dataset=None, view=None, params=None, **ctx):
+    """Immediate execution through FiftyOne's executor (validates params against the form)."""
+    if dataset is not None:
+        ctx["dataset"] = dataset
+        ctx["view"] = view if view is not None else dataset.view()
+    return foo.execute_operator(uri(name), ctx=ctx, params=params or {})
+
+
+def execute_delegated(name, dataset=None, params=None, **ctx):
+    """Queues the operation with FiftyOne's delegated-operation service, then runs it from
+    the queue as a `fiftyone delegated launch` worker would; returns the finished document."""
+    if dataset is not None:
+        ctx["dataset"] = dataset
+        ctx["view"] = dataset.view()
+    queued = foo.execute_operator(
+        uri(name), ctx=ctx, params=params or {}, request_delegation=True
+    )
+    assert queued.delegated
+    service = DelegatedOperationService()
+    doc = service.get(queued.result["id"])
+    assert doc.run_state == "queued"
+    service.execute_operation(doc)
+    doc = service.get(queued.result["id"])
+    assert doc.run_state == "completed", doc.result.error if doc.result else doc
+    return doc
+
+
+def form(name, dataset, params, **request):
+    """The operator's resolved form: property name -> (message or label, invalid)."""
+    ctx = ExecutionContext(
+        request_params={
+            "dataset_name": dataset.name if dataset is not None else None,
+            "view": [],
+            "params": params,
+            **request,
+        },
+        operator_uri=uri(name),
+    )
+    prop = foo.get_operator(uri(name)).resolve_input(ctx)
+    out = {}
+    for key, p in prop.type.properties.items():
+        label = getattr(p.view, "label", None) if p.view is not None else None
+        out[key] = (label, p.invalid)
+    return out
+
+
+def triggered(result) -> list[str]:
+    """The App operators an immediate run asked for (as the App receives them)."""
+    return [r["operator_uri"] for r in result.executor.to_json()["requests"]]
+
+
+def invalid(form_dict) -> dict:
+    return {k: v[0] for k, v in form_dict.items() if v[1]}
+
+
+# --------------------------------------------------------------------------------------------
+# Installation
+
+
+def test_plugin_and_operators_found(plugins_dir):
+    plugin = fo.plugins.get_plugin(PLUGIN)
+    assert Path(plugin.directory).resolve() == REPO_ROOT
+    assert plugin.has_py and sorted(plugin.operators) == sorted(OPERATORS)
+    registry = foo.OperatorRegistry()
+    assert not registry.list_errors()
+    found = {op.uri for op in foo.list_operators() if op.plugin_name == PLUGIN}
+    assert found == {uri(n) for n in OPERATORS}
+    metric = foo.get_operator(uri("miou"))
+    assert isinstance(metric, foo.EvaluationMetric)
+    assert metric.config.eval_types == ["segmentation"]
+
+
+def test_cli_lists_plugin_and_every_operator(plugins_dir):
+    env = {**os.environ, "FIFTYONE_PLUGINS_DIR": str(plugins_dir)}
+    fiftyone = str(Path(sys.executable).with_name("fiftyone"))
+    commands = [
+        "plugins list",
+        "operators list",
+        "operators list --include-unlisted",
+        f"plugins requirements {PLUGIN} --ensure",
+    ]
+    script = " && echo ===== && ".join(f"{fiftyone} {c}" for c in commands)
+    out = subprocess.run(
+        ["bash", "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    plugins, listed, everything, _ = out.stdout.split("=====")
+    assert PLUGIN in plugins.split()
+    # the miou metric is unlisted, as FiftyOne asks of evaluation metrics: it runs inside
+    # evaluations, not from the Operator Browser
+    assert {uri(n) for n in OPERATORS} - set(listed.split()) == {uri("miou")}
+    assert {uri(n) for n in OPERATORS} <= set(everything.split())
+
+
+def test_requirements_match_the_library(plugins_dir):
+    """requirements.txt lists what the library needs (FiftyOne itself is already there)."""
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [d for d in project["dependencies"] if not d.startswith("fiftyone")]
+    wanted += project["optional-dependencies"]["engine"]
+    listed = fo.core.utils.load_requirements(str(REPO_ROOT / "requirements.txt"))
+    assert sorted(listed) == sorted(wanted)
+
+
+def test_plugin_import_is_light_and_library_copy_is_used(plugins_dir, tmp_path):
+    """Listing plugins imports no model library and changes no global setting; without an
+    installed fiftyone_ssa (as after `fiftyone plugins download`) the plugin's copy runs."""
+    code = textwrap.dedent(
+        f"""
+        import os, sys
+        sys.meta_path[:] = [f for f in sys.meta_path if "fiftyone_ssa" not in repr(f)]
+        try:
+            import fiftyone_ssa
+            raise SystemExit("fiftyone_ssa is still importable")
+        except ModuleNotFoundError:
+            pass
+        import numpy as np
+        import fiftyone as fo
+        import fiftyone.operators as foo
+        import fiftyone.plugins.context as fopc
+        environ, path = dict(os.environ), list(sys.path)
+        contexts = fopc.build_plugin_contexts()
+        ours = [c for c in contexts if c.name == "{PLUGIN}"][0]
+        assert not ours.errors, ours.errors
+        heavy = [m for m in ("torch", "transformers", "segment_anything", "fiftyone_ssa")
+                 if m in sys.modules]
+        assert not heavy, heavy
+        assert dict(os.environ) == environ and sys.path == path
+
+        from PIL import Image
+        rng = np.random.default_rng(0)
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save("im.png")
+        seg = np.zeros((32, 32), np.uint8); seg[:, 20:] = 1
+        left = np.zeros((32, 32), bool); left[:, :16] = True
+        dets = fo.Detections(detections=[
+            fo.Detection(label="a", bounding_box=[0, 0, 0.5, 1], mask=left[:, :16]),
+            fo.Detection(label="b", bounding_box=[0.5, 0, 0.5, 1], mask=~left[:, 16:]),
+        ])
+        ds = fo.Dataset()
+        ds.add_sample(fo.Sample(filepath=os.path.abspath("im.png"),
+                                coarse=fo.Segmentation(mask=seg), instances=dets))
+        foo.execute_operator("{uri('run_ssa')}", ctx={{"dataset": ds, "params": {FIELD_BRANCHES!r}}})
+        assert ds.first().ssa.mask[:, 16:].min() == 1 and ds.first().ssa.mask[:, :16].max() == 0
+        import fiftyone_ssa
+        origin = os.path.realpath(fiftyone_ssa.__file__)
+        assert origin.startswith(os.path.realpath("{plugins_dir / 'fiftyone-ssa'}")), origin
+        assert "editable" not in repr(fiftyone_ssa.__spec__.loader)
+        ds.delete()
+        print("OK")
+        """
+    )
+    env = {**os.environ, "FIFTYONE_PLUGINS_DIR": str(plugins_dir)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+        timeout=180,
+    )
+    assert out.returncode == 0 and "OK" in out.stdout, out.stderr[-3000:]
+
+
+# --------------------------------------------------------------------------------------------
+# run_ssa
+
+
+def _masks(ds, field):
+    return [s[field].mask for s in ds.select_fields(field)]
+
+
+def test_run_ssa_immediately_matches_the_library(scene_dataset):
+    ds = scene_dataset()
+    result = execute("run_ssa", ds, params={**FIELD_BRANCHES, "label_field": "ssa", "top_k": 2})
+    assert result.result["num_labelled"] == 3 and result.result["num_failed"] == 0
+    # an immediate run asks the App to reload the dataset
+    assert triggered(result) == ["reload_dataset"]
+    apply_ssa(ds, label_field="ref", semantic_branch="field:coarse",
+              mask_branch="field:instances", top_k=2)
+    for ours, ref in zip(_masks(ds, "ssa"), _masks(ds, "ref")):
+        np.testing.assert_array_equal(ours, ref)
+    assert ds.values("ssa_masks.detections.label") == ds.values("ref_masks.detections.label")
+    assert ds.mask_targets["ssa"] == SCENE_CLASSES
+    proposals = [p for per_sample in ds.values("ssa_masks.detections.class_proposals")
+                 for p in per_sample]
+    assert proposals and all(1 <= len(p) <= 2 for p in proposals)
+    # SSA sharpens the coarse branch on these scenes
+    gt = np.concatenate([m.ravel() for m in _masks(ds, "ground_truth")])
+    coarse = np.concatenate([m.ravel() for m in _masks(ds, "coarse")])
+    ssa = np.concatenate([m.ravel() for m in _masks(ds, "ssa")])
+    assert miou(ssa, gt, len(SCENE_CLASSES)) > miou(coarse, gt, len(SCENE_CLASSES))
+
+
+def test_run_ssa_targets_view_and_selection(scene_dataset):
+    ds = scene_dataset(n=4)
+    ids = ds.values("id")
+    execute("run_ssa", ds, view=ds.limit(2),
+            params={**FIELD_BRANCHES, "label_field": "on_view", "view_target": "CURRENT_VIEW"})
+    assert ds.values("on_view") [2:] == [None, None] and None not in ds.values("on_view")[:2]
+    execute("run_ssa", ds, selected=[ids[3]],
+            params={**FIELD_BRANCHES, "label_field": "on_sel", "view_target": "SELECTED_SAMPLES"})
+    assert [v is not None for v in ds.values("on_sel")] == [False, False, False, True]
+
+
+def test_run_ssa_delegated_records_progress(scene_dataset):
+    ds = scene_dataset()
+    doc = execute_delegated("run_ssa", ds, params={**FIELD_BRANCHES, "label_field": "queued"})
+    ds.reload()
+    assert ds.count("queued") == 3 and ds.count("queued_masks.detections") > 0
+    assert doc.result.result["num_labelled"] == 3
+    assert doc.status.progress == pytest.approx(1.0) and doc.status.label == "3/3 samples"
+
+
+def test_run_ssa_defaults_to_delegated_in_the_app(plugins_dir, scene_dataset):
+    ds = scene_dataset(n=1)
+    ctx = ExecutionContext(request_params={"dataset_name": ds.name, "params": {}})
+    options = foo.get_operator(uri("run_ssa")).resolve_execution_options(ctx)
+    assert options.allow_delegated_execution and options.allow_immediate_execution
+    assert options.default_choice_to_delegated
+    ctx = ExecutionContext(request_params={"dataset_name": ds.name, "params": {"delegate": False}})
+    options = foo.get_operator(uri("run_ssa")).resolve_execution_options(ctx)
+    assert not options.allow_delegated_execution
+
+
+def test_run_ssa_form_offers_suitable_fields_and_warns_on_existing_output(scene_dataset):
+    ds = scene_dataset(n=2)
+    op = foo.get_operator(uri("run_ssa"))
+    ctx = ExecutionContext(request_params={"dataset_name": ds.name, "view": [],
+                                           "params": dict(FIELD_BRANCHES)})
+    props = op.resolve_input(ctx).type.properties
+    assert props["mask_field"].type.values == ["instances"]  # boxes has no masks
+    assert props["semantic_field"].type.values == ["coarse", "ground_truth", "noisy"]
+    assert "if_exists" not in props and not invalid(form("run_ssa", ds, dict(FIELD_BRANCHES)))
+
+    apply_ssa(ds[:1], semantic_branch="field:coarse", mask_branch="field:instances")
+    shown = form("run_ssa", ds, dict(FIELD_BRANCHES))
+    assert "already exist" in shown["label_field_exists"][0]
+    with pytest.raises(ExecutionError, match="if_exists"):
+        execute("run_ssa", ds, params=dict(FIELD_BRANCHES))
+    result = execute("run_ssa", ds, params={**FIELD_BRANCHES, "if_exists": "skip_existing"})
+    assert result.result["num_labelled"] == 1 and result.result["num_skipped"] == 1
+    execute("run_ssa", ds, params={**FIELD_BRANCHES, "if_exists": "overwrite"})
+    assert ds.count("ssa") == 2
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"semantic_field": "instances"}, "'instances' holds Detections, not Segmentation"),
+        ({"mask_field": "boxes"}, "'boxes' has no instance masks"),
+        ({"mask_field": "coarse"}, "'coarse' holds Segmentation, not Detections"),
+        ({"semantic_source": "custom", "semantic_custom": "no-such-model"},
+         "Unknown semantic branch 'no-such-model'"),
+        ({"semantic_source": "custom", "semantic_custom": "org/not-downloaded"},
+         "missing weights for 'org/not-downloaded'"),
+        ({"semantic_source": "preset", "semantic_preset": "segformer-b0-ade20k"},
+         "missing weights for 'segformer-b0-ade20k'"),
+        ({"mask_source": "preset", "mask_preset": "sam-vit-x"}, "Unknown mask branch 'sam-vit-x'"),
+        ({"label_field": "coarse"}, "also reads"),
+        ({"label_field": "boxes"}, "'boxes' exists and holds Detections, not Segmentation"),
+        ({"label_field": "bad.name"}, "not a usable field name"),
+        ({"device": "gpu7"}, "Unknown device 'gpu7'"),
+    ],
+)
+def test_run_ssa_form_refuses_bad_input(scene_dataset, tmp_path, monkeypatch, params, message):
+    monkeypatch.setenv("FIFTYONE_SSA_MODELS_DIR", str(tmp_path / "no-models"))
+    ds = scene_dataset(n=1)
+    params = {**FIELD_BRANCHES, **params}
+    assert any(message in text for text in invalid(form("run_ssa", ds, params)).values())
+    with pytest.raises(ExecutionError, match="Validation error"):
+        execute("run_ssa", ds, params=params)
+    assert "ssa" not in ds.get_field_schema()
+
+
+def test_run_ssa_callable_from_python(scene_dataset):
+    ds = scene_dataset(n=3)
+    run_ssa = foo.get_operator(uri("run_ssa"))
+    result = run_ssa(ds.limit(2), label_field="called", semantic_branch="field:coarse",
+                     mask_branch="field:instances")
+    assert result.result["num_labelled"] == 2 and ds.count("called") == 2
+    queued = run_ssa(ds, label_field="called", semantic_branch="field:coarse",
+                     mask_branch="field:instances", overwrite=True, delegate=True)
+    assert queued.delegated and ds.count("called") == 2
+    service = DelegatedOperationService()
+    service.execute_operation(service.get(queued.result["id"]))
+    ds.reload()
+    assert ds.count("called") == 3
+
+
+# --------------------------------------------------------------------------------------------
+# evaluate_miou and the miou metric
+
+
+def _reference_miou(ds, pred_field, exclude=()):
+    gt = np.concatenate([m.ravel() for m in _masks(ds, "ground_truth")])
+    pred = np.concatenate([m.ravel() for m in _masks(ds, pred_field)])
+    ious = []
+    for c in range(len(SCENE_CLASSES)):
+        if c in exclude:
+            continue
+        keep = ~np.isin(gt, list(exclude))
+        inter = ((pred == c) & (gt == c) & keep).sum()
+        union = (((pred == c) | (gt == c)) & keep).sum()
+        if union:
+            ious.append(inter / union)
+    return float(np.mean(ious))
+
+
+def test_evaluate_miou_immediately_and_delegated(scene_dataset):
+    ds = scene_dataset()
+    result = execute("evaluate_miou", ds, params={
+        "gt_field": "ground_truth", "pred_fields": ["coarse", "noisy"], "eval_key": "ev"})
+    rows = {r["pred_field"]: r for r in result.result["results"]}
+    for field in ("coarse", "noisy"):
+        assert rows[field]["eval_key"] == f"ev_{field}"
+        assert rows[field]["miou"] == pytest.approx(_reference_miou(ds, field))
+        assert ds.has_evaluation(f"ev_{field}")
+    assert ds.count("ev_coarse_miou") == 3
+    assert rows["coarse"]["miou"] > rows["noisy"]["miou"]
+
+    doc = execute_delegated("evaluate_miou", ds, params={
+        "gt_field": "ground_truth", "pred_fields": ["coarse"], "eval_key": "queued"})
+    ds.reload()
+    assert ds.has_evaluation("queued")
+    assert doc.result.result["results"][0]["miou"] == pytest.approx(_reference_miou(ds, "coarse"))
+
+
+def test_evaluate_miou_form(scene_dataset):
+    ds = scene_dataset(n=1)
+    refused = invalid(form("evaluate_miou", ds, {"pred_fields": ["coarse"]}))
+    assert "Choose the ground-truth" in refused["gt_error"]
+    refused = invalid(form("evaluate_miou", ds, {"pred_fields": ["coarse"],
+                                                 "gt_field": "instances"}))
+    assert "'instances' holds Detections, not Segmentation" in refused["gt_error"]
+    refused = invalid(form("evaluate_miou", ds, {"pred_fields": ["boxes"],
+                                                 "gt_field": "ground_truth"}))
+    assert "'boxes' holds Detections" in refused["pred_error"]
+    with pytest.raises(ExecutionError, match="Choose the ground-truth"):
+        execute("evaluate_miou", ds, params={"pred_fields": ["coarse"]})
+
+    execute("evaluate_miou", ds, params={"gt_field": "ground_truth", "pred_fields": ["coarse"]})
+    params = {"gt_field": "ground_truth", "pred_fields": ["coarse"], "eval_key": "miou"}
+    assert "already exists" in invalid(form("evaluate_miou", ds, params))["eval_key_exists"]
+    assert not invalid(form("evaluate_miou", ds, {**params, "overwrite": True}))
+    execute("evaluate_miou", ds, params={**params, "overwrite": True})
+
+
+def test_evaluate_miou_warns_when_ground_truth_has_no_mask_targets(scene_dataset):
+    ds = scene_dataset(n=2, gt_targets=False)
+    params = {"gt_field": "ground_truth", "pred_fields": ["coarse"]}
+    shown = form("evaluate_miou", ds, params)
+    assert "has no mask targets" in shown["gt_targets_warning"][0]
+    assert not invalid(shown)
+    result = execute("evaluate_miou", ds, params=params)
+    assert result.result["results"][0]["miou"] == pytest.approx(_reference_miou(ds, "coarse"))
+
+
+def test_miou_metric_in_fiftyone_segmentation_evaluation(scene_dataset):
+    ds = scene_dataset()
+    metric = uri("miou")
+    results = ds.evaluate_segmentations(
+        "coarse", gt_field="ground_truth", eval_key="seg", custom_metrics=[metric]
+    )
+    entry = results.custom_metrics[metric]
+    assert entry["value"] == pytest.approx(_reference_miou(ds, "coarse"))
+    assert entry["label"] == "mIoU" and entry["lower_is_better"] is False
+    assert ds.load_evaluation_results("seg").custom_metrics[metric]["value"] == entry["value"]
+    results = ds.evaluate_segmentations(
+        "coarse", gt_field="ground_truth", custom_metrics={metric: {"exclude_classes": ["background"]}}
+    )
+    assert results.custom_metrics[metric]["value"] == pytest.approx(
+        _reference_miou(ds, "coarse", exclude=(0,))
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# SA-1B
+
+
+def test_import_and_export_sa1b(plugins_dir, make_sa1b_dir, tmp_path):
+    sa1b = make_sa1b_dir(num_images=2, num_masks=3)
+    name = f"ssa-plugin-sa1b-{uuid.uuid4().hex[:6]}"
+    try:
+        assert "not a directory" in invalid(
+            form("import_sa1b", None, {"dataset_dir": str(tmp_path / "nope"), "name": name})
+        )["dataset_dir_error"]
+        result = execute("import_sa1b", params={"dataset_dir": str(sa1b.root), "name": name})
+        assert triggered(result) == ["open_dataset"]
+        ds = fo.load_dataset(name)
+        assert len(ds) == 2 and ds.count("sa1b.detections") == 6 and ds.persistent
+        assert "already exists" in invalid(
+            form("import_sa1b", None, {"dataset_dir": str(sa1b.root), "name": name})
+        )["name_exists"]
+
+        export_dir = tmp_path / "export"
+        doc = execute_delegated("export_sa1b", ds, params={
+            "label_field": "sa1b", "export_dir": str(export_dir)})
+        assert doc.result.result["num_files"] == 2
+        for stem, record in sa1b.records.items():
+            written = json.loads((export_dir / f"{stem}.json").read_text())
+            assert [a["segmentation"] for a in written["annotations"]] == [
+                a["segmentation"] for a in record["annotations"]
+            ]
+        refused = invalid(form("export_sa1b", ds, {"label_field": "filepath",
+                                                   "export_dir": str(export_dir)}))
+        assert "'filepath' holds" in refused["label_field_error"]
+    finally:
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)
+
+
+def test_import_sa1b_delegated(plugins_dir, make_sa1b_dir):
+    sa1b = make_sa1b_dir(num_images=1, num_masks=2, name="queued")
+    name = f"ssa-plugin-sa1b-{uuid.uuid4().hex[:6]}"
+    try:
+        doc = execute_delegated("import_sa1b", params={"dataset_dir": str(sa1b.root),
+                                                       "name": name, "label_field": "masks"})
+        assert doc.result.result["num_annotations"] == 2
+        assert fo.load_dataset(name).count("masks.detections") == 2
+    finally:
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)
