@@ -60,7 +60,8 @@ _FILTERABLE_ATTRIBUTES = {
     "area": (fo.IntField, None),
     "class_proposals": (fo.ListField, fo.StringField),
 }
-_ADD_BATCH_SIZE = 16
+_ADD_BATCH_SIZE = 16  # samples per database write
+_CLASSES_PER_CHUNK = 16  # class masks encoded at once by the semantic export
 
 
 class SA1BFileError(Exception):
@@ -135,7 +136,9 @@ def import_sa1b(
         raise ValueError(f"Expected `dataset_dir` to be a directory, but got {dataset_dir!r}")
     items = _pair_files(dataset_dir)
     if not items:
-        raise ValueError(f"Expected `dataset_dir` to hold SA-1B images or JSON, but {dataset_dir!r} has none")
+        raise ValueError(
+            f"Expected `dataset_dir` to hold SA-1B images or JSON, but {dataset_dir!r} has none"
+        )
     if name is not None and fo.dataset_exists(name):
         if not overwrite:
             raise ValueError(f"Dataset {name!r} already exists; pass overwrite=True to replace it")
@@ -187,21 +190,25 @@ def import_sa1b(
 def declare_detection_attributes(dataset: fo.Dataset, label_field: str) -> None:
     """Declares the Detection attributes the App sidebar filters on.
 
-    ``class_proposals`` (list of str), ``predicted_iou``, ``stability_score`` and ``area`` are
-    declared explicitly (even before any sample has them); every other attribute present on
-    the samples is added through ``add_dynamic_sample_fields``.
+    ``predicted_iou``, ``stability_score`` (float), ``area`` (int) and ``class_proposals``
+    (list of str) are declared even before any sample has them. The bookkeeping attributes
+    (``rle_counts``, ``sa1b_bbox``, ``point_coords``, ...) stay undeclared on purpose: long
+    strings and nested lists make useless, expensive sidebar filters.
 
     Args:
         dataset: the dataset.
-        label_field: a ``fo.Detections`` field of it.
+        label_field: a ``fo.Detections`` field of it (declared here if no sample has it yet).
     """
     schema = dataset.get_field_schema(flat=True)
+    if label_field not in schema:
+        dataset.add_sample_field(
+            label_field, fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections
+        )
     for attr, (ftype, subfield) in _FILTERABLE_ATTRIBUTES.items():
         path = f"{label_field}.detections.{attr}"
         if path not in schema:
             kwargs = {"subfield": subfield} if subfield is not None else {}
             dataset.add_sample_field(path, ftype, **kwargs)
-    dataset.add_dynamic_sample_fields(fields=label_field)
 
 
 def _pair_files(dataset_dir: str) -> list[tuple[str, str | None, str | None]]:
@@ -224,7 +231,9 @@ def _ordered_map(fn: Callable, items: Iterable, num_workers: int) -> Iterator:
     """``map(fn, items)`` on a thread pool, in order, with a bounded number of pending items."""
     items = iter(items)
     with concurrent.futures.ThreadPoolExecutor(max_workers=num_workers) as pool:
-        pending = collections.deque(pool.submit(fn, x) for x in itertools.islice(items, 2 * num_workers))
+        pending = collections.deque(
+            pool.submit(fn, x) for x in itertools.islice(items, 2 * num_workers)
+        )
         while pending:
             result = pending.popleft().result()
             for x in itertools.islice(items, 1):
@@ -360,9 +369,7 @@ def _annotation_to_detection(
     return det
 
 
-def _pixel_box(
-    bbox: Any, tight: list[float], width: int, height: int
-) -> tuple[int, int, int, int]:
+def _pixel_box(bbox: Any, tight: list[float], width: int, height: int) -> tuple[int, int, int, int]:
     """Integer box ``(x0, y0, x1, y1)`` (end exclusive): the annotation's ``bbox`` grown to hold
     every mask pixel (its tight box, ``tight``) and clipped to the image."""
     boxes = []
@@ -516,20 +523,27 @@ def export_semantic_rles(
         progress: show a progress bar (None: FiftyOne's default), or a progress callback.
 
     Returns:
-        The paths written, one per sample.
+        The paths written, one per sample that has a ``label_field`` label (samples without
+        one are skipped with a warning).
     """
     if _label_type(samples, label_field) is not fo.Segmentation:
-        raise ValueError(f"Expected `label_field` to be a Segmentation field, but got {label_field!r}")
+        raise ValueError(
+            f"Expected `label_field` to be a Segmentation field, but got {label_field!r}"
+        )
     fields = [label_field]
     if masks_field is not None:
         if _label_type(samples, masks_field) is not fo.Detections:
-            raise ValueError(f"Expected `masks_field` to be a Detections field, but got {masks_field!r}")
+            raise ValueError(
+                f"Expected `masks_field` to be a Detections field, but got {masks_field!r}"
+            )
         fields.append(masks_field)
     targets = samples.mask_targets.get(label_field) or samples.default_mask_targets or {}
 
-    def record(sample: fo.Sample, stem: str, index: int) -> dict:
+    def record(sample: fo.Sample, stem: str, index: int) -> dict | None:
         seg = sample[label_field]
-        class_map = seg.get_mask() if seg is not None else None
+        if seg is None:
+            return None
+        class_map = seg.get_mask()
         if class_map is None or np.asarray(class_map).ndim != 2:
             raise ValueError(f"Expected {stem!r} to have a 2-D integer mask in {label_field!r}")
         class_map = torch.from_numpy(np.asarray(class_map).astype(np.int64))
@@ -538,7 +552,11 @@ def export_semantic_rles(
         dets = sample[masks_field] if masks_field is not None else None
         out["annotations"] = _annotations(dets, width, height)
         ids = torch.unique(class_map)
-        rles = masks_to_rles(class_map[None] == ids[:, None, None])
+        rles = [
+            rle
+            for chunk in ids.split(_CLASSES_PER_CHUNK)
+            for rle in masks_to_rles(class_map[None] == chunk[:, None, None])
+        ]
         out["semantic_mask"] = {str(int(i)): rle for i, rle in zip(ids, rles)}
         out["id2label"] = {str(int(i)): str(targets.get(int(i), int(i))) for i in ids}
         return out
@@ -549,7 +567,9 @@ def export_semantic_rles(
 def _label_type(samples: fo.core.collections.SampleCollection, label_field: str) -> type:
     field_ = samples.get_field(label_field)
     if field_ is None:
-        raise ValueError(f"Expected `label_field` to be a field of the samples, but got {label_field!r}")
+        raise ValueError(
+            f"Expected `label_field` to be a field of the samples, but got {label_field!r}"
+        )
     return getattr(field_, "document_type", None) or type(field_)
 
 
@@ -560,15 +580,18 @@ def _export(
     suffix: str,
     overwrite: bool,
     progress: bool | Callable | None,
-    make_record: Callable[[fo.Sample, str, int], dict],
+    make_record: Callable[[fo.Sample, str, int], dict | None],
 ) -> list[str]:
-    """Checks every output path first, then writes one JSON per sample."""
+    """Checks every output path first, then writes one JSON per sample (none where
+    ``make_record`` returns None)."""
     export_dir = os.path.realpath(export_dir)
     paths = [_output_path(export_dir, fp, suffix) for fp in samples.values("filepath")]
     seen: dict[str, int] = collections.Counter(paths)
     duplicates = sorted(os.path.basename(p) for p, n in seen.items() if n > 1)
     if duplicates:
-        raise ValueError(f"Expected unique image stems, but several samples map to {duplicates[:5]}")
+        raise ValueError(
+            f"Expected unique image stems, but several samples map to {duplicates[:5]}"
+        )
     existing = [p for p in paths if os.path.exists(p)]
     if existing and not overwrite:
         raise ValueError(
@@ -584,9 +607,17 @@ def _export(
     ):
         stem = os.path.basename(path)[: -len(suffix)]
         record = make_record(sample, stem, index)
+        if record is None:
+            continue
         with open(path, "w", encoding="utf-8") as f:
             json.dump(record, f)
         written.append(path)
+    if len(written) < len(paths):
+        logger.warning(
+            "%d sample(s) have no %r label and were not exported",
+            len(paths) - len(written),
+            fields[0],
+        )
     return written
 
 
@@ -648,7 +679,7 @@ def _detection_to_annotation(det: fo.Detection, ann_id: Any, width: int, height:
     unchanged = False
     if isinstance(stored, str):
         try:
-            unchanged = True
+            unchanged = np.array_equal(decompress_counts(stored), runs)
         except ValueError:
             unchanged = False
     if unchanged:

@@ -54,7 +54,9 @@ def special_masks():
     yield "large", wide
 
 
-@pytest.mark.parametrize("name,mask", list(special_masks()), ids=lambda x: x if isinstance(x, str) else "")
+@pytest.mark.parametrize(
+    "name,mask", list(special_masks()), ids=lambda x: x if isinstance(x, str) else ""
+)
 def test_special_masks_match_pycocotools(name, mask):
     check_against_pycocotools(mask)
     assert R.encode_counts(mask).tolist() == naive_runs(mask) or mask.size == 0

@@ -112,7 +112,9 @@ def test_parallel_import_equals_serial_import(make_sa1b_dir, tmp_path):
     results = []
     for workers in (1, 4):
         ds = import_sa1b(
-            str(files.root), mask_dir=str(tmp_path / f"m{workers}"), num_workers=workers,
+            str(files.root),
+            mask_dir=str(tmp_path / f"m{workers}"),
+            num_workers=workers,
             progress=False,
         )
         results.append([(s.filepath, [d["rle_counts"] for d in s.sa1b.detections]) for s in ds])
@@ -270,6 +272,20 @@ def test_nothing_importable_raises_and_leaves_no_dataset(tmp_path):
         import_sa1b(str(tmp_path / "empty"))
 
 
+def test_images_without_any_json_are_imported_without_masks(make_sa1b_dir, tmp_path, caplog):
+    files = make_sa1b_dir(num_images=2, without_json=[0, 1])
+    with caplog.at_level(logging.WARNING, logger="fiftyone_ssa.sa1b"):
+        ds = import_sa1b(str(files.root), mask_dir=str(tmp_path / "m"), progress=False)
+    try:
+        assert len(ds) == 2 and ds.count("sa1b.detections") == 0
+        assert ds.info["sa1b_import"]["num_without_json"] == 2
+        assert "2 image(s) had no SA-1B JSON" in caplog.text
+        assert ds.get_field("sa1b").document_type is fo.Detections
+        assert "sa1b.detections.class_proposals" in ds.get_field_schema(flat=True)
+    finally:
+        ds.delete()
+
+
 def test_name_clash_needs_overwrite_and_default_mask_dir(make_sa1b_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(fo.config, "default_dataset_dir", str(tmp_path / "fo"))
     files = make_sa1b_dir(num_images=1, num_masks=2)
@@ -297,8 +313,11 @@ def test_class_names_from_engine_json_become_labels(make_sa1b_dir, tmp_path, mak
         dets = ds.first().sa1b.detections
         assert [d.label for d in dets] == ["tree", "sky"]
         assert [d["class_proposals"] for d in dets] == [["tree", "plant"], ["sky"]]
+        assert ds.filter_labels("sa1b", F("label") == "sky").count("sa1b.detections") == 1
         assert ds.count_values("sa1b.detections.class_proposals") == {
-            "tree": 1, "plant": 1, "sky": 1,
+            "tree": 1,
+            "plant": 1,
+            "sky": 1,
         }
     finally:
         ds.delete()
@@ -379,7 +398,9 @@ def test_export_of_new_detections_fills_defaults(make_dataset, tmp_path):
     full[2:6, 2:7] = mask
     boxed = np.zeros((8, 10), bool)
     boxed[0:2, 0:3] = True  # no mask: the filled box
-    for ann, want, ann_id, label in zip(record["annotations"], (full, boxed), (1, 2), ("road", "box")):
+    for ann, want, ann_id, label in zip(
+        record["annotations"], (full, boxed), (1, 2), ("road", "box")
+    ):
         ref = mask_utils.encode(np.asfortranarray(want.astype(np.uint8)))
         assert ann["segmentation"] == {"size": [8, 10], "counts": ref["counts"].decode()}
         assert ann["bbox"] == mask_utils.toBbox(ref).tolist()
@@ -422,6 +443,12 @@ def test_semantic_export_writes_one_rle_per_class(make_dataset, tmp_path):
     )
     annotations = load_json(paths[0])["annotations"]
     assert [a["class_name"] for a in annotations] == ["cat"]
+
+    Image.new("RGB", (12, 9)).save(tmp_path / "sa_8.jpg")
+    ds.add_sample(fo.Sample(filepath=str(tmp_path / "sa_8.jpg")))  # no label: skipped
+    paths = export_semantic_rles(ds, str(tmp_path / "out"), "ssa", overwrite=True, progress=False)
+    assert [os.path.basename(p) for p in paths] == ["sa_7_semantic.json"]
+    assert not (tmp_path / "out" / "sa_8_semantic.json").exists()
 
 
 def test_cli_round_trip(make_sa1b_dir, tmp_path, capsys):

@@ -108,16 +108,20 @@ def test_missing_directory_files(tmp_path, tiny_sam_config):
 
 
 @pytest.mark.parametrize(
-    "content",
-    [b"", b"not a checkpoint at all", b"PK\x03\x04" + b"\x00" * 64],
+    ("content", "reason"),
+    [
+        (b"", "EOFError"),
+        (b"not a checkpoint at all", "not a PyTorch checkpoint file"),
+        (b"PK\x03\x04" + b"\x00" * 64, "failed reading zip archive"),
+    ],
     ids=["empty", "garbage", "truncated-zip"],
 )
-def test_corrupt_checkpoint_is_one_clear_line(tmp_path, content):
+def test_corrupt_checkpoint_is_one_clear_line(tmp_path, content, reason):
     path = tmp_path / "sam.pth"
     path.write_bytes(content)
     with pytest.raises(ValueError) as err:
         load_sam(path, "vit_b")
-    _assert_one_line(err, "cannot read SAM checkpoint", str(path))
+    _assert_one_line(err, f"cannot read SAM checkpoint {path}: ", reason)
 
 
 def test_truncated_real_checkpoint(tmp_path, tiny_sam_config):
@@ -160,7 +164,7 @@ def test_checkpoints_are_loaded_with_weights_only(tmp_path):
     for candidate in (path, torch_saved):
         with pytest.raises(ValueError) as err:
             load_sam(candidate, "vit_b")
-        _assert_one_line(err, "cannot read SAM checkpoint")
+        _assert_one_line(err, "cannot read SAM checkpoint", "weights_only=True")
     assert _SIDE_EFFECTS == []
 
 

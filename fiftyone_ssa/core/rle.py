@@ -144,7 +144,9 @@ def decompress_counts(counts: str | bytes) -> np.ndarray:
 def _rle_runs(rle: RLE) -> tuple[int, int, np.ndarray]:
     """Parses an RLE (compressed or uncompressed) into ``(h, w, runs)``."""
     if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
-        raise ValueError(f"Expected `rle` to be a dict with 'size' and 'counts', but got {rle!r:.80}")
+        raise ValueError(
+            f"Expected `rle` to be a dict with 'size' and 'counts', but got {rle!r:.80}"
+        )
     size = rle["size"]
     if len(size) != 2 or any(int(s) != s or s < 0 for s in size):
         raise ValueError(f"Expected `rle['size']` to be [height, width], but got {size!r}")
@@ -360,9 +362,7 @@ def masks_to_rles(masks: torch.Tensor, max_pixels: int = 1 << 28) -> list[RLE]:
 
 
 @torch.no_grad()
-def rles_to_masks(
-    rles: Sequence[RLE], device: torch.device | str | None = None
-) -> torch.Tensor:
+def rles_to_masks(rles: Sequence[RLE], device: torch.device | str | None = None) -> torch.Tensor:
     """Decodes COCO RLEs of one image size into a batch of masks on ``device``.
 
     The strings are parsed on the CPU; the run lengths travel to the device in one transfer and

@@ -70,14 +70,20 @@ def mask_branch_inputs(inputs: types.Object, ctx, allow_options: bool = True) ->
         else:
             branch = name
         dropdown(
-            inputs, "mask_preset", names, "SAM model", default=DEFAULT_MASK_PRESET,
+            inputs,
+            "mask_preset",
+            names,
+            "SAM model",
+            default=DEFAULT_MASK_PRESET,
             description="weights are read from the fiftyone-ssa models directory",
         )
     elif source == "field":
         branch = _mask_field_input(inputs, ctx)
     else:
         inputs.str(
-            "mask_custom", required=True, label="SAM checkpoint",
+            "mask_custom",
+            required=True,
+            label="SAM checkpoint",
             description="a .pth checkpoint (vit_b/l/h) or a directory saved with sam_config.json",
         )
         path = ctx.params.get("mask_custom")
@@ -90,7 +96,10 @@ def mask_branch_inputs(inputs: types.Object, ctx, allow_options: bool = True) ->
                 branch = os.path.expanduser(path)
     if allow_options and source != "field":
         inputs.int(
-            "points_per_side", required=False, min=1, label="Points per side",
+            "points_per_side",
+            required=False,
+            min=1,
+            label="Points per side",
             description="SAM's prompt grid (default: the original SSA's 64; 32 or 16 is faster)",
         )
     return branch
@@ -99,14 +108,20 @@ def mask_branch_inputs(inputs: types.Object, ctx, allow_options: bool = True) ->
 def _mask_field_input(inputs: types.Object, ctx) -> str | None:
     fields = detections_fields_with_masks(ctx.dataset)
     if not fields:
-        block(inputs, "mask_branch_error", "This dataset has no Detections field with instance masks")
+        block(
+            inputs, "mask_branch_error", "This dataset has no Detections field with instance masks"
+        )
         return None
     name = ctx.params.get("mask_field") or fields[0]
     branch = f"field:{name}"
     if name not in fields:
         held = label_type_name(ctx.dataset, name)
-        reason = "does not exist" if held is None else (
-            f"holds {held}, not Detections" if held != "Detections" else "has no instance masks"
+        reason = (
+            "does not exist"
+            if held is None
+            else (
+                f"holds {held}, not Detections" if held != "Detections" else "has no instance masks"
+            )
         )
         block(inputs, "mask_branch_error", f"Mask field {name!r} {reason}")
         branch = None
@@ -138,14 +153,18 @@ def semantic_branch_inputs(inputs: types.Object, ctx) -> str | None:
             problem = missing_weights(name)
         if problem is not None:
             block(inputs, "semantic_branch_error", problem)
-        dropdown(inputs, "semantic_preset", names, "Semantic model", default=DEFAULT_SEMANTIC_PRESET)
+        dropdown(
+            inputs, "semantic_preset", names, "Semantic model", default=DEFAULT_SEMANTIC_PRESET
+        )
         if problem is not None:
             return None
         return name if _classes_input(inputs, ctx, name) else None
     if source == "field":
         return _semantic_field_input(inputs, ctx)
     inputs.str(
-        "semantic_custom", required=True, label="Model",
+        "semantic_custom",
+        required=True,
+        label="Model",
         description="a Hugging Face id (downloaded with `fiftyone-ssa models download`) or a "
         "directory saved with save_pretrained",
     )
@@ -201,7 +220,10 @@ def _classes_input(inputs: types.Object, ctx, name: str) -> bool:
     if "clipseg" not in name.lower():
         return True
     inputs.list(
-        "classes", types.String(), required=True, label="Classes",
+        "classes",
+        types.String(),
+        required=True,
+        label="Classes",
         description="the class names CLIPSeg segments",
         view=types.AutocompleteView(multiple=True, allow_user_input=True, choices=[]),
     )

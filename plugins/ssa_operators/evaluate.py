@@ -89,11 +89,17 @@ class EvaluateMIoU(SSAOperator):
             self._fields_inputs(inputs, ctx)
             self._key_inputs(inputs, ctx)
             inputs.int(
-                "ignore_index", default=255, required=False, min=0, label="Ignore index",
+                "ignore_index",
+                default=255,
+                required=False,
+                min=0,
+                label="Ignore index",
                 description="ground-truth value whose pixels are not counted",
             )
             inputs.bool(
-                "reduce_zero_label", default=False, label="Reduce zero label",
+                "reduce_zero_label",
+                default=False,
+                label="Reduce zero label",
                 description="ADE20K raw annotations: 0 is ignored, other ids shift down by one",
             )
         return types.Property(inputs, view=types.View(label="Evaluate mIoU"))
@@ -117,7 +123,10 @@ class EvaluateMIoU(SSAOperator):
         pred_fields = ctx.params.get("pred_fields") or []
         choices = [f for f in fields if f != gt_field]
         inputs.list(
-            "pred_fields", types.String(), required=True, label="Prediction fields",
+            "pred_fields",
+            types.String(),
+            required=True,
+            label="Prediction fields",
             description="one evaluation run per field",
             view=types.AutocompleteView(
                 multiple=True,
@@ -142,7 +151,9 @@ class EvaluateMIoU(SSAOperator):
 
     def _key_inputs(self, inputs, ctx) -> None:
         inputs.bool(
-            "save", default=True, label="Save as evaluation runs",
+            "save",
+            default=True,
+            label="Save as evaluation runs",
             description="shown in the Model Evaluation panel, with per-sample scores",
         )
         if not ctx.params.get("save", True):
@@ -269,7 +280,10 @@ class MIoUMetric(foo.EvaluationMetric):
     def resolve_input(self, ctx):
         inputs = types.Object()
         inputs.list(
-            "exclude_classes", types.String(), required=False, label="Classes left out",
+            "exclude_classes",
+            types.String(),
+            required=False,
+            label="Classes left out",
             description="their ground-truth pixels are ignored and they are not averaged",
             view=types.AutocompleteView(multiple=True, allow_user_input=True, choices=[]),
         )
@@ -282,13 +296,25 @@ class MIoUMetric(foo.EvaluationMetric):
         metrics = import_library("fiftyone_ssa.core.metrics")
         classes = [str(c) for c in results.classes]
         matrix = np.array(_confusion_matrix(results, classes), dtype=np.int64)
-        excluded = [i for i, c in enumerate(classes) if c in set(exclude_classes or [])]
+        names = _class_names(samples, results, classes)
+        excluded = [
+            i for i, (c, n) in enumerate(zip(classes, names)) if {c, n} & set(exclude_classes or [])
+        ]
         matrix[excluded, :] = 0
         iou = metrics.segmentation_metrics(torch.from_numpy(matrix)).iou.numpy()
         kept = np.delete(iou, excluded)
         if kept.size == 0 or np.isnan(kept).all():
             return None
         return float(np.nanmean(kept))
+
+
+def _class_names(samples, results, classes: list[str]) -> list[str]:
+    """The ground truth's mask-target name of each class (evaluations run without
+    ``mask_targets`` name their classes by pixel value)."""
+    gt_field = getattr(results.config, "gt_field", None)
+    targets = samples.get_mask_targets(gt_field) if gt_field else None
+    targets = {str(k): str(v) for k, v in (targets or {}).items()}
+    return [targets.get(c, c) for c in classes]
 
 
 def _confusion_matrix(results, classes: list[str]):

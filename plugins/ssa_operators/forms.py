@@ -90,8 +90,13 @@ def radio(inputs, name, options, label, default, description=None):
     for value, text in options.items():
         group.add_choice(value, label=text)
     return inputs.enum(
-        name, group.values(), default=default, required=default is None, label=label,
-        description=description, view=group,
+        name,
+        group.values(),
+        default=default,
+        required=default is None,
+        label=label,
+        description=description,
+        view=group,
     )
 
 

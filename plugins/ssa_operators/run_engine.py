@@ -95,7 +95,9 @@ class RunSSAEngine(SSAOperator):
             inputs.view_target(ctx)
             mask_branch = mask_branch_inputs(inputs, ctx)
             inputs.bool(
-                "light", default=False, label="Light mode",
+                "light",
+                default=False,
+                label="Light mode",
                 description="smaller models (OneFormer Swin-T, BLIP base, CLIP ViT-B/32, "
                 "CLIPSeg rd16) and 16 SAM points per side",
             )
@@ -109,18 +111,30 @@ class RunSSAEngine(SSAOperator):
                     f"download {' '.join(missing)}` on the machine that runs the operation",
                 )
             inputs.int(
-                "top_k", default=3, min=1, required=False, label="Top-k",
+                "top_k",
+                default=3,
+                min=1,
+                required=False,
+                label="Top-k",
                 description="class proposals per mask",
             )
             inputs.list(
-                "vocabulary", types.String(), required=False, label="Extra vocabulary",
+                "vocabulary",
+                types.String(),
+                required=False,
+                label="Extra vocabulary",
                 description="class names added to every mask's candidates",
                 view=types.AutocompleteView(multiple=True, allow_user_input=True, choices=[]),
             )
             label_field = ctx.params.get("label_field", "ssa_engine")
-            outputs = engine_outputs(label_field) if isinstance(label_field, str) and label_field else {}
-            mask_fields = {mask_branch[len("field:") :]} if mask_branch and mask_branch.startswith(
-                "field:") else set()
+            outputs = (
+                engine_outputs(label_field) if isinstance(label_field, str) and label_field else {}
+            )
+            mask_fields = (
+                {mask_branch[len("field:") :]}
+                if mask_branch and mask_branch.startswith("field:")
+                else set()
+            )
             output_field_inputs(inputs, ctx, outputs, mask_fields, "ssa_engine")
             device_input(inputs, ctx)
             batch_size_input(inputs)
@@ -146,8 +160,9 @@ class RunSSAEngine(SSAOperator):
         }
         if params.get("points_per_side") and not mask_branch.startswith("field:"):
             options["points_per_side"] = int(params["points_per_side"])
-        summary = engine.apply_ssa_engine(ctx.target_view(), **_supported(engine.apply_ssa_engine,
-                                                                            options, reporter))
+        summary = engine.apply_ssa_engine(
+            ctx.target_view(), **_supported(engine.apply_ssa_engine, options, reporter)
+        )
         self._finish(ctx)
         return _summary_dict(summary, options["label_field"])
 

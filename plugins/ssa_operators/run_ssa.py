@@ -105,7 +105,9 @@ class RunSSA(SSAOperator):
                 inputs, ctx, outputs, _field_of(mask_branch) | _field_of(semantic_branch), "ssa"
             )
             inputs.bool(
-                "write_branch", default=True, label="Also write the semantic branch alone",
+                "write_branch",
+                default=True,
+                label="Also write the semantic branch alone",
                 description="<label field>_branch, to compare SSA with the branch",
             )
             inputs.int("top_k", default=3, min=1, label="Class proposals per mask")

@@ -64,7 +64,9 @@ class ImportSA1B(SSAOperator):
     def resolve_input(self, ctx):
         inputs = types.Object()
         inputs.str(
-            "dataset_dir", required=True, label="SA-1B directory",
+            "dataset_dir",
+            required=True,
+            label="SA-1B directory",
             description="a directory on the server with sa_<id>.jpg and sa_<id>.json files",
         )
         directory = ctx.params.get("dataset_dir")
@@ -79,8 +81,10 @@ class ImportSA1B(SSAOperator):
         inputs.bool("overwrite", default=False, label="Replace an existing dataset of that name")
         if name and fo.dataset_exists(name) and not ctx.params.get("overwrite", False):
             block(
-                inputs, "name_exists", f"Dataset {name!r} already exists: tick replace or choose "
-                "another name", warning=True,
+                inputs,
+                "name_exists",
+                f"Dataset {name!r} already exists: tick replace or choose another name",
+                warning=True,
             )
         inputs.str("label_field", default="sa1b", required=False, label="Label field")
         label_field = ctx.params.get("label_field", "sa1b")
@@ -157,31 +161,43 @@ class ExportSA1B(SSAOperator):
         segmentations = label_fields(dataset, fo.Segmentation)
         fields = detections + segmentations
         if not fields:
-            block(inputs, "label_field_error", "This dataset has no Detections or Segmentation field")
+            block(
+                inputs, "label_field_error", "This dataset has no Detections or Segmentation field"
+            )
             return types.Property(inputs)
         label_field = ctx.params.get("label_field")
         if label_field and label_field not in fields:
             held = label_type_name(dataset, label_field)
             reason = "does not exist" if held is None else f"holds {held}"
             block(
-                inputs, "label_field_error",
+                inputs,
+                "label_field_error",
                 f"Field {label_field!r} {reason}: expected Detections (SA-1B annotations) or "
                 "Segmentation (SSA's semantic RLE files)",
             )
         dropdown(
-            inputs, "label_field", fields, "Label field",
+            inputs,
+            "label_field",
+            fields,
+            "Label field",
             description="Detections: SA-1B JSON with class_name / class_proposals; "
             "Segmentation: <image>_semantic.json as the original SSA wrote",
         )
         if label_field in segmentations:
             default = f"{label_field}_masks" if f"{label_field}_masks" in detections else None
             dropdown(
-                inputs, "masks_field", detections, "Masks field (optional)",
+                inputs,
+                "masks_field",
+                detections,
+                "Masks field (optional)",
                 description="Detections written as the files' annotations",
-                default=default, required=False,
+                default=default,
+                required=False,
             )
         inputs.str(
-            "export_dir", required=True, label="Export directory",
+            "export_dir",
+            required=True,
+            label="Export directory",
             description="a directory on the server (created if needed)",
         )
         export_dir = ctx.params.get("export_dir")
@@ -192,7 +208,8 @@ class ExportSA1B(SSAOperator):
                 block(inputs, "export_dir_error", f"{export_dir!r} is a file, not a directory")
             elif os.path.isdir(path) and os.listdir(path):
                 notice(
-                    inputs, "export_dir_warning",
+                    inputs,
+                    "export_dir_warning",
                     f"{export_dir!r} is not empty: existing files of the same name are "
                     + ("replaced" if ctx.params.get("overwrite") else "an error unless replaced"),
                 )
@@ -204,7 +221,9 @@ class ExportSA1B(SSAOperator):
         samples = ctx.target_view()
         label_field = params["label_field"]
         options = {}
-        if label_type_name(ctx.dataset, label_field) == "Segmentation" and params.get("masks_field"):
+        if label_type_name(ctx.dataset, label_field) == "Segmentation" and params.get(
+            "masks_field"
+        ):
             options["masks_field"] = params["masks_field"]
         paths = sa1b.export_sa1b(
             samples,
