@@ -146,7 +146,7 @@ class EngineModels:
             captioner: BLIP directory or preset.
             clip: open_clip preset, directory or checkpoint (see ``clip_architecture``).
             clipseg: CLIPSeg directory or preset.
-            spacy_model: spaCy pipeline name, path or loaded ``Language``.
+            spacy_model: spaCy pipeline name, path, loaded ``Language`` or ``NounExtractor``.
             clip_architecture: open_clip model name of a CLIP checkpoint file.
             half: half precision on CUDA.
             crop_batch_size: crops per BLIP / CLIPSeg call (CLIP takes 4x as many).
@@ -159,8 +159,8 @@ class EngineModels:
         defaults = LIGHT_ENGINE_MODELS if light else DEFAULT_ENGINE_MODELS
         device = torch.device(device) if device else default_device()
         # The cheap, most often missing one first: fail before loading gigabytes.
-        nouns = spacy_model if isinstance(spacy_model, NounExtractor) else NounExtractor(
-            spacy_model
+        nouns = (
+            spacy_model if isinstance(spacy_model, NounExtractor) else NounExtractor(spacy_model)
         )
 
         def branch(source, role):
@@ -172,16 +172,29 @@ class EngineModels:
 
         captioner = captioner if captioner is not None else defaults["captioner"]
         if not isinstance(captioner, BlipCaptioner):
-            captioner = BlipCaptioner(_model_dir(captioner, "caption"), device=device, half=half,
-                                      batch_size=crop_batch_size)
+            captioner = BlipCaptioner(
+                _model_dir(captioner, "caption"),
+                device=device,
+                half=half,
+                batch_size=crop_batch_size,
+            )
         clip = clip if clip is not None else defaults["clip"]
         if not isinstance(clip, ClipFilter):
-            clip = ClipFilter(clip, architecture=clip_architecture, device=device, half=half,
-                              batch_size=4 * crop_batch_size)
+            clip = ClipFilter(
+                clip,
+                architecture=clip_architecture,
+                device=device,
+                half=half,
+                batch_size=4 * crop_batch_size,
+            )
         clipseg = clipseg if clipseg is not None else defaults["clipseg"]
         if not isinstance(clipseg, ClipSegDecider):
-            clipseg = ClipSegDecider(_model_dir(clipseg, "semantic"), device=device, half=half,
-                                     batch_size=crop_batch_size)
+            clipseg = ClipSegDecider(
+                _model_dir(clipseg, "semantic"),
+                device=device,
+                half=half,
+                batch_size=crop_batch_size,
+            )
         return cls(branch(ade, "ade"), branch(coco, "coco"), captioner, nouns, clip, clipseg)
 
 
@@ -210,8 +223,9 @@ class MaskLabels:
     candidates: list[list[str]]
 
 
-def _top1_names(branch: SemanticBranch, class_map: torch.Tensor, masks: torch.Tensor,
-                refine=None) -> list[str]:
+def _top1_names(
+    branch: SemanticBranch, class_map: torch.Tensor, masks: torch.Tensor, refine=None
+) -> list[str]:
     class_map = class_map.to(masks.device)
     top = int(class_map.max()) + 1 if class_map.numel() else 1
     labels = vote_mask_classes(masks, class_map, max(branch.num_classes, top)).labels.tolist()
@@ -244,15 +258,18 @@ def label_masks(
     if top_k < 1:
         raise ValueError(f"Expected `top_k` to be >= 1, but got {top_k}")
     if len(images) != len(masks):
-        raise ValueError(f"Expected one mask tensor per image, but got {len(masks)} for "
-                         f"{len(images)} images")
+        raise ValueError(
+            f"Expected one mask tensor per image, but got {len(masks)} for {len(images)} images"
+        )
     vocabulary = check_vocabulary(vocabulary, vocabulary_mode)
     device = models.device
     tensors, masks_on_device = [], []
     for image, image_masks in zip(images, masks):
         if image_masks.dim() != 3 or tuple(image_masks.shape[1:]) != tuple(image.shape[:2]):
-            raise ValueError(f"Expected masks of shape (N, {image.shape[0]}, {image.shape[1]}), "
-                             f"but got {tuple(image_masks.shape)}")
+            raise ValueError(
+                f"Expected masks of shape (N, {image.shape[0]}, {image.shape[1]}), "
+                f"but got {tuple(image_masks.shape)}"
+            )
         tensors.append(torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).to(device))
         masks_on_device.append(image_masks.to(device).bool())
     live = [i for i, m in enumerate(masks_on_device) if m.shape[0]]
@@ -262,8 +279,9 @@ def label_masks(
     for i, image_masks in enumerate(masks_on_device):
         if i in live:
             ade_names.append(_top1_names(models.ade, ade_maps[live.index(i)], image_masks))
-            coco_names.append(_top1_names(models.coco, coco_maps[live.index(i)], image_masks,
-                                          refine_coco_name))
+            coco_names.append(
+                _top1_names(models.coco, coco_maps[live.index(i)], image_masks, refine_coco_name)
+            )
         else:
             ade_names.append([])
             coco_names.append([])
@@ -286,16 +304,18 @@ def label_masks(
     for i, image_masks in enumerate(masks_on_device):
         stop = start + int(image_masks.shape[0])
         part = slice(start, stop)
-        results.append(MaskLabels(
-            class_names=[d.name for d in decisions[part]],
-            class_proposals=proposals[part],
-            proposal_scores=scores[part],
-            confidence=[d.share for d in decisions[part]],
-            captions=captions[part],
-            ade_names=ade_names[i],
-            coco_names=coco_names[i],
-            candidates=candidates[part],
-        ))
+        results.append(
+            MaskLabels(
+                class_names=[d.name for d in decisions[part]],
+                class_proposals=proposals[part],
+                proposal_scores=scores[part],
+                confidence=[d.share for d in decisions[part]],
+                captions=captions[part],
+                ade_names=ade_names[i],
+                coco_names=coco_names[i],
+                candidates=candidates[part],
+            )
+        )
         start = stop
     return results
 
@@ -305,20 +325,24 @@ def engine_output_fields(label_field: str, write_segmentation: bool = False) -> 
     return [label_field, f"{label_field}_seg"] if write_segmentation else [label_field]
 
 
-def validate_engine_request(samples, label_field: str, masks, write_segmentation: bool,
-                            skip_existing: bool, overwrite: bool) -> None:
+def validate_engine_request(
+    samples, label_field: str, masks, write_segmentation: bool, skip_existing: bool, overwrite: bool
+) -> None:
     """Checks everything that can be checked before loading models; one-line ValueErrors."""
     if len(samples) == 0:
         raise ValueError("the view is empty: nothing to label")
     if not label_field or "." in label_field or label_field.startswith("_"):
-        raise ValueError(f"Expected a top-level field name for `label_field`, but got "
-                         f"{label_field!r}")
+        raise ValueError(
+            f"Expected a top-level field name for `label_field`, but got {label_field!r}"
+        )
     if isinstance(masks, FieldMaskBranch):
         _check_field(samples, masks.field, fo.Detections, "mask branch")
     outputs = engine_output_fields(label_field, write_segmentation)
     if getattr(masks, "field", None) in outputs:
-        raise ValueError(f"output field {masks.field!r} is also the mask branch's input; choose "
-                         "another label_field")
+        raise ValueError(
+            f"output field {masks.field!r} is also the mask branch's input; choose "
+            "another label_field"
+        )
     schema = samples._dataset.get_field_schema()
     existing = [f for f in outputs if f in schema]
     if existing and not (overwrite or skip_existing):
@@ -396,11 +420,17 @@ def apply_ssa_engine(
         raise ValueError(f"Expected `batch_size` to be >= 1, but got {batch_size}")
     if top_k < 1:
         raise ValueError(f"Expected `top_k` to be >= 1, but got {top_k}")
+    if models is not None and not isinstance(models, (EngineModels, dict)):
+        raise ValueError(
+            f"Expected `models` to be EngineModels or a dict of model sources, but got "
+            f"{type(models).__name__}"
+        )
     vocabulary = check_vocabulary(vocabulary, vocabulary_mode)
     options = {**engine_mask_generator_defaults(light), **mask_generator_options}
     masks = create_branch(mask_branch, kind="mask", device=device, **options)
-    validate_engine_request(samples, label_field, masks, write_segmentation, skip_existing,
-                            overwrite)
+    validate_engine_request(
+        samples, label_field, masks, write_segmentation, skip_existing, overwrite
+    )
     if not isinstance(models, EngineModels):
         options = {"light": light, "device": device, "spacy_model": spacy_model, **(models or {})}
         models = EngineModels.load(**options)
@@ -443,8 +473,9 @@ def apply_ssa_engine(
                     logger.warning("skipping %s: %s", sample.filepath, entry.error)
                 else:
                     mask_set, labels = outcome
-                    _write_sample(dataset, sample.id, label_field, mask_set, labels, targets,
-                                  mask_root)
+                    _write_sample(
+                        dataset, sample.id, label_field, mask_set, labels, targets, mask_root
+                    )
                     entry.num_masks = len(mask_set)
                     entry.classes = sorted(set(labels.class_names))
                 summary.samples.append(entry)
@@ -465,10 +496,14 @@ def _sample_masks(sample, image: np.ndarray, masks, device: torch.device) -> Mas
     else:
         mask_set = masks.generate(image)
         if tuple(mask_set.masks.shape[1:]) != size:
-            raise ValueError(f"mask branch returned {tuple(mask_set.masks.shape[1:])} masks for "
-                             f"a {size} image")
-        mask_set = MaskSet(mask_set.masks.to(device), mask_set.predicted_iou.to(device),
-                           mask_set.stability_score.to(device))
+            raise ValueError(
+                f"mask branch returned {tuple(mask_set.masks.shape[1:])} masks for a {size} image"
+            )
+        mask_set = MaskSet(
+            mask_set.masks.to(device),
+            mask_set.predicted_iou.to(device),
+            mask_set.stability_score.to(device),
+        )
     return mask_set.select(mask_set.masks.flatten(1).any(dim=1))
 
 
@@ -480,23 +515,27 @@ def _label_batch(batch, images, masks, models, settings, skip_failures):
     """
     start = time.perf_counter()
     mask_sets = [
-        image if isinstance(image, Exception)
+        image
+        if isinstance(image, Exception)
         else _guard(_sample_masks, sample, image, masks, models.device)
         for sample, image in zip(batch, images)
     ]
     live = [i for i, m in enumerate(mask_sets) if not isinstance(m, Exception)]
     outcomes: list[Any] = list(mask_sets)
     try:
-        labels = label_masks(models, [images[i] for i in live],
-                             [mask_sets[i].masks for i in live], **settings)
+        labels = label_masks(
+            models, [images[i] for i in live], [mask_sets[i].masks for i in live], **settings
+        )
         for i, image_labels in zip(live, labels):
             outcomes[i] = (mask_sets[i], image_labels)
     except Exception as err:
         if not skip_failures:
             raise
         if len(live) > 1:
-            return [_label_batch([s], [im], masks, models, settings, skip_failures)[0]
-                    for s, im in zip(batch, images)]
+            return [
+                _label_batch([s], [im], masks, models, settings, skip_failures)[0]
+                for s, im in zip(batch, images)
+            ]
         for i in live:
             outcomes[i] = err
     seconds = (time.perf_counter() - start) / max(len(batch), 1)
@@ -530,8 +569,15 @@ def _none_if_nan(value: float) -> float | None:
     return None if np.isnan(value) else float(value)
 
 
-def _write_sample(dataset, sample_id, label_field, mask_set: MaskSet, labels: MaskLabels,
-                  targets: _SegmentationTargets | None, mask_root: str) -> None:
+def _write_sample(
+    dataset,
+    sample_id,
+    label_field,
+    mask_set: MaskSet,
+    labels: MaskLabels,
+    targets: _SegmentationTargets | None,
+    mask_root: str,
+) -> None:
     """Writes one sample's output fields in a single update."""
     areas = mask_set.masks.flatten(1).sum(dim=1)
     area_list = areas.cpu().tolist()
@@ -558,8 +604,11 @@ def _write_sample(dataset, sample_id, label_field, mask_set: MaskSet, labels: Ma
     }
     if targets is not None:
         height, width = mask_set.masks.shape[1:]
-        ids = torch.tensor([targets.id_of(n) for n in labels.class_names], dtype=torch.int64,
-                           device=mask_set.masks.device)
+        ids = torch.tensor(
+            [targets.id_of(n) for n in labels.class_names],
+            dtype=torch.int64,
+            device=mask_set.masks.device,
+        )
         base = torch.zeros((height, width), dtype=torch.int64, device=mask_set.masks.device)
         painted = paint_masks(base, mask_set.masks, ids, painting_order(areas))
         values[targets.field] = fo.Segmentation(mask=class_map_to_numpy(painted))

@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 
 from fiftyone_ssa.core.crops import (
-    CropTransform,
     centre_square_boxes,
     chunk_boxes,
     crop_resize_images,
@@ -60,6 +59,15 @@ def random_scene(rng: np.random.Generator, height: int, width: int, n: int):
             h, w = int(rng.integers(2, height - y0 + 1)), int(rng.integers(2, width - x0 + 1))
             masks[i, y0 : y0 + h, x0 : x0 + w] = True
     return image, masks
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models run several times faster on one thread (no pool wake-ups per tiny op)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -117,8 +125,9 @@ def test_centre_square_boxes():
 def test_crop_resize_masks_matches_interpolate_nearest_exact():
     rng = np.random.default_rng(2)
     masks = torch.from_numpy(rng.random((5, 40, 60)) > 0.5)
-    boxes = torch.tensor([[0, 0, 60, 40], [10, 5, 13, 9], [7, 3, 50, 39], [0, 20, 60, 21],
-                          [30, 0, 31, 40]])
+    boxes = torch.tensor(
+        [[0, 0, 60, 40], [10, 5, 13, 9], [7, 3, 50, 39], [0, 20, 60, 21], [30, 0, 31, 40]]
+    )
     for size in ((16, 16), (32, 24), (7, 90)):
         out = crop_resize_masks(masks, boxes, size)
         for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
@@ -157,12 +166,19 @@ def test_crop_transforms_match_the_processors():
     tensor = torch.from_numpy(image).permute(2, 0, 1)
     boxes = torch.tensor([[10, 5, 70, 60], [0, 0, 120, 90], [50, 40, 57, 46], [3, 7, 100, 20]])
     crops = [image[y0:y1, x0:x1] for x0, y0, x1, y1 in boxes.tolist()]
-    for processor in (BlipImageProcessor(size={"height": 48, "width": 48}),
-                      ViTImageProcessor(size={"height": 40, "width": 40})):
+    for processor in (
+        BlipImageProcessor(size={"height": 48, "width": 48}),
+        ViTImageProcessor(size={"height": 40, "width": 40}),
+    ):
         mine = crop_transform_from_processor(processor)(tensor, boxes)
-        theirs = torch.cat([processor(images=[c], return_tensors="pt",
-                                      input_data_format="channels_last")["pixel_values"]
-                            for c in crops])
+        theirs = torch.cat(
+            [
+                processor(images=[c], return_tensors="pt", input_data_format="channels_last")[
+                    "pixel_values"
+                ]
+                for c in crops
+            ]
+        )
         assert (mine - theirs).abs().max() < 0.03
     model = open_clip.model.CLIP(**TINY_CLIP_CONFIG)
     transform = crop_transform_from_open_clip(model)
@@ -188,9 +204,14 @@ def test_refine_coco_names():
 def test_candidates_deduplicated_in_order():
     assert dedupe_names(["Dog", " dog ", "a  cat", "", "cat", "DOG."]) == ["Dog", "a cat", "cat"]
     assert build_candidates(["wall", "wall"], ["red car", "Wall"], ["car"]) == [
-        "wall", "red car", "car"]
+        "wall",
+        "red car",
+        "car",
+    ]
     assert build_candidates(["wall", "sky"], ["car"], ["zebra", "sky"], "restrict") == [
-        "zebra", "sky"]
+        "zebra",
+        "sky",
+    ]
     with pytest.raises(ValueError, match="restrict"):
         check_vocabulary([], "restrict")
     with pytest.raises(ValueError, match="vocabulary_mode"):
@@ -225,7 +246,8 @@ def test_tag_fallback_cuts_runs_after_their_last_noun():
     from fiftyone_ssa.models.nouns import NounExtractor
 
     assert NounExtractor(build_tiny_spacy("tagger")).extract(["red dog grass big"]) == [
-        ["red dog grass"]]
+        ["red dog grass"]
+    ]
 
 
 def test_spacy_pipeline_from_a_path(tiny_engine_dirs):
@@ -380,8 +402,11 @@ def test_captions_batched_equal_one_by_one(tiny_engine_models, scenes):
     captioner = tiny_engine_models.captioner
     images, boxes = _crop_inputs(scenes, 1.6)
     captions = captioner.caption(images, boxes)
-    single = [captioner.caption_pixels(captioner.transform(img, box[None]))[0]
-              for img, b in zip(images, boxes) for box in b]
+    single = [
+        captioner.caption_pixels(captioner.transform(img, box[None]))[0]
+        for img, b in zip(images, boxes)
+        for box in b
+    ]
     assert captions == single
     assert len(set(captions)) > 1  # the tiny captioner looks at its crops
     assert all(w in CAPTION_WORDS for c in captions for w in c.split())
@@ -412,21 +437,33 @@ def _check_labels(labels, masks, top_k, vocabulary=(), mode="add"):
 def test_every_mask_gets_a_class_among_its_proposals(tiny_engine_models, scenes, top_k):
     from fiftyone_ssa.engine import label_masks
 
-    results = label_masks(tiny_engine_models, [s[0] for s in scenes], [s[1] for s in scenes],
-                          top_k=top_k, vocabulary=["zebra"])
+    results = label_masks(
+        tiny_engine_models,
+        [s[0] for s in scenes],
+        [s[1] for s in scenes],
+        top_k=top_k,
+        vocabulary=["zebra"],
+    )
     for labels, (_, masks) in zip(results, scenes):
         _check_labels(labels, masks, top_k, ["zebra"])
     # the caption nouns reach the candidates
     labels = results[0]
-    assert any(set(c) - {a, b, "zebra"} for c, a, b in
-               zip(labels.candidates, labels.ade_names, labels.coco_names))
+    assert any(
+        set(c) - {a, b, "zebra"}
+        for c, a, b in zip(labels.candidates, labels.ade_names, labels.coco_names)
+    )
 
 
 def test_single_candidate(tiny_engine_models, scenes):
     from fiftyone_ssa.engine import label_masks
 
-    results = label_masks(tiny_engine_models, [s[0] for s in scenes], [s[1] for s in scenes],
-                          vocabulary=["zebra"], vocabulary_mode="restrict")
+    results = label_masks(
+        tiny_engine_models,
+        [s[0] for s in scenes],
+        [s[1] for s in scenes],
+        vocabulary=["zebra"],
+        vocabulary_mode="restrict",
+    )
     for labels, (_, masks) in zip(results, scenes):
         _check_labels(labels, masks, 3, ["zebra"], "restrict")
         assert labels.class_names == ["zebra"] * masks.shape[0]
@@ -437,8 +474,14 @@ def test_vocabulary_restriction_is_obeyed(tiny_engine_models, scenes):
     from fiftyone_ssa.engine import label_masks
 
     vocabulary = ["dog", "road", "sky", "kite"]
-    results = label_masks(tiny_engine_models, [s[0] for s in scenes], [s[1] for s in scenes],
-                          top_k=2, vocabulary=vocabulary, vocabulary_mode="restrict")
+    results = label_masks(
+        tiny_engine_models,
+        [s[0] for s in scenes],
+        [s[1] for s in scenes],
+        top_k=2,
+        vocabulary=vocabulary,
+        vocabulary_mode="restrict",
+    )
     for labels, (_, masks) in zip(results, scenes):
         _check_labels(labels, masks, 2, vocabulary, "restrict")
         assert set(labels.class_names) <= set(vocabulary)
@@ -449,10 +492,12 @@ def test_batched_equals_one_mask_at_a_time(tiny_engine_models, scenes):
 
     images, masks = [s[0] for s in scenes], [s[1] for s in scenes]
     batched = label_masks(tiny_engine_models, images, masks, top_k=3, vocabulary=["kite"])
-    for image, image_masks, labels in zip(images, masks, batched):
-        for j in range(image_masks.shape[0]):
-            one = label_masks(tiny_engine_models, [image], [image_masks[j : j + 1]], top_k=3,
-                              vocabulary=["kite"])[0]
+    # Every mask of the second image, three of the first (each single call reruns OneFormer).
+    for image, image_masks, labels, count in zip(images, masks, batched, (3, 4)):
+        for j in range(count):
+            one = label_masks(
+                tiny_engine_models, [image], [image_masks[j : j + 1]], top_k=3, vocabulary=["kite"]
+            )[0]
             assert one.captions == labels.captions[j : j + 1]
             assert one.ade_names == labels.ade_names[j : j + 1]
             assert one.coco_names == labels.coco_names[j : j + 1]
@@ -461,6 +506,17 @@ def test_batched_equals_one_mask_at_a_time(tiny_engine_models, scenes):
             assert one.class_names == labels.class_names[j : j + 1]
             assert np.allclose(one.proposal_scores[0], labels.proposal_scores[j], atol=1e-5)
             assert one.confidence[0] == pytest.approx(labels.confidence[j], abs=1e-6)
+
+
+def test_images_without_masks(tiny_engine_models, scenes):
+    from fiftyone_ssa.engine import label_masks
+
+    (image, masks), (other, other_masks) = scenes
+    empty = masks[:0]
+    results = label_masks(tiny_engine_models, [image, other], [empty, other_masks])
+    assert results[0].class_names == [] and results[0].class_proposals == []
+    _check_labels(results[1], other_masks, 3)
+    assert label_masks(tiny_engine_models, [image], [empty])[0].captions == []
 
 
 def test_model_calls_do_not_grow_with_masks(tiny_engine_models, monkeypatch):
@@ -523,15 +579,19 @@ def _full_masks(detections, height, width):
     return detections_to_mask_set(detections, (height, width), torch.device("cpu")).masks
 
 
-def test_apply_ssa_engine_writes_detections_and_segmentation(engine_dataset,
-                                                             tiny_engine_models):
+def test_apply_ssa_engine_writes_detections_and_segmentation(engine_dataset, tiny_engine_models):
     import fiftyone as fo
     from PIL import Image
 
     from fiftyone_ssa.engine import apply_ssa_engine
 
-    summary = apply_ssa_engine(engine_dataset, mask_branch="field:gt", top_k=2,
-                               models=tiny_engine_models, write_segmentation=True)
+    summary = apply_ssa_engine(
+        engine_dataset,
+        mask_branch="field:gt",
+        top_k=2,
+        models=tiny_engine_models,
+        write_segmentation=True,
+    )
     assert summary.num_labelled == 3 and not summary.failures
     targets = engine_dataset.mask_targets["ssa_engine_seg"]
     ids = {name: int(i) for i, name in targets.items()}
@@ -559,40 +619,67 @@ def test_apply_ssa_engine_writes_detections_and_segmentation(engine_dataset,
         assert not sample.has_field("ssa_engine_error") or sample["ssa_engine_error"] is None
 
 
-def test_apply_ssa_engine_existing_fields_and_failures(engine_dataset, tiny_engine_models,
-                                                       tmp_path):
+def test_apply_ssa_engine_existing_fields_and_failures(
+    engine_dataset, tiny_engine_models, tmp_path
+):
     import fiftyone as fo
 
     from fiftyone_ssa.engine import apply_ssa_engine
 
-    apply_ssa_engine(engine_dataset, mask_branch="field:gt", models=tiny_engine_models,
-                     vocabulary=["kite"], vocabulary_mode="restrict")
+    apply_ssa_engine(
+        engine_dataset,
+        mask_branch="field:gt",
+        models=tiny_engine_models,
+        vocabulary=["kite"],
+        vocabulary_mode="restrict",
+    )
     assert engine_dataset.distinct("ssa_engine.detections.label") == ["kite"]
     with pytest.raises(ValueError, match="already exists"):
         apply_ssa_engine(engine_dataset, mask_branch="field:gt", models=tiny_engine_models)
     missing = fo.Sample(filepath=str(tmp_path / "missing.png"), gt=engine_dataset.first().gt)
     engine_dataset.add_sample(missing)
-    summary = apply_ssa_engine(engine_dataset, mask_branch="field:gt", skip_existing=True,
-                               models=tiny_engine_models)
+    summary = apply_ssa_engine(
+        engine_dataset, mask_branch="field:gt", skip_existing=True, models=tiny_engine_models
+    )
     assert summary.skipped_existing == 3 and len(summary.failures) == 1
     assert "not found" in engine_dataset[missing.id]["ssa_engine_error"]
-    summary = apply_ssa_engine(engine_dataset.exists("ssa_engine"), mask_branch="field:gt",
-                               overwrite=True, models=tiny_engine_models, top_k=1)
+    summary = apply_ssa_engine(
+        engine_dataset.exists("ssa_engine"),
+        mask_branch="field:gt",
+        overwrite=True,
+        models=tiny_engine_models,
+        top_k=1,
+    )
     assert summary.num_labelled == 3
     for sample in engine_dataset.exists("ssa_engine"):
         assert all(len(d.class_proposals) == 1 for d in sample["ssa_engine"].detections)
     with pytest.raises(ValueError, match="does not exist"):
-        apply_ssa_engine(engine_dataset, label_field="other", mask_branch="field:nope",
-                         models=tiny_engine_models)
+        apply_ssa_engine(
+            engine_dataset, label_field="other", mask_branch="field:nope", models=tiny_engine_models
+        )
 
 
 def test_apply_ssa_engine_with_tiny_sam(engine_dataset, tiny_engine_models, blob_sam_dir):
-    from fiftyone_ssa.engine import apply_ssa_engine
+    from fiftyone_ssa.engine import apply_ssa_engine, engine_mask_generator_defaults
+    from fiftyone_ssa.models.registry import create_branch
 
+    for light, points in ((False, 32), (True, 16)):
+        options = create_branch(
+            blob_sam_dir, kind="mask", device="cpu", **engine_mask_generator_defaults(light)
+        ).options
+        assert options["points_per_side"] == points and options["crop_n_layers"] == 0
+        assert options["pred_iou_thresh"] == 0.86 and options["stability_score_thresh"] == 0.92
     view = engine_dataset.limit(1)
-    summary = apply_ssa_engine(view, mask_branch=blob_sam_dir, models=tiny_engine_models,
-                               device="cpu", points_per_side=4, pred_iou_thresh=0.0,
-                               stability_score_thresh=0.0, min_mask_region_area=0)
+    summary = apply_ssa_engine(
+        view,
+        mask_branch=blob_sam_dir,
+        models=tiny_engine_models,
+        device="cpu",
+        points_per_side=2,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        min_mask_region_area=0,
+    )
     assert summary.num_labelled == 1 and not summary.failures
     detections = view.first()["ssa_engine"].detections
     assert detections
@@ -607,18 +694,46 @@ def test_cli_engine(engine_dataset, tiny_engine_dirs, tmp_path, capsys):
     vocabulary_file = tmp_path / "classes.txt"
     vocabulary_file.write_text("# my classes\nroad\nred car  # a comment\n\n")
     models = [
-        "--ade-model", str(tiny_engine_dirs["ade"]),
-        "--coco-model", str(tiny_engine_dirs["coco"]),
-        "--captioner", str(tiny_engine_dirs["blip"]),
-        "--clip-model", str(tiny_engine_dirs["clip"]),
-        "--clipseg-model", str(tiny_engine_dirs["clipseg"]),
-        "--spacy-model", str(tiny_engine_dirs["spacy"]),
+        "--ade-model",
+        str(tiny_engine_dirs["ade"]),
+        "--coco-model",
+        str(tiny_engine_dirs["coco"]),
+        "--captioner",
+        str(tiny_engine_dirs["blip"]),
+        "--clip-model",
+        str(tiny_engine_dirs["clip"]),
+        "--clipseg-model",
+        str(tiny_engine_dirs["clipseg"]),
+        "--spacy-model",
+        str(tiny_engine_dirs["spacy"]),
     ]
-    base = ["engine", engine_dataset.name, "--mask-branch", "field:gt", "--device", "cpu",
-            "--num-workers", "0"]
+    base = [
+        "engine",
+        engine_dataset.name,
+        "--mask-branch",
+        "field:gt",
+        "--device",
+        "cpu",
+        "--num-workers",
+        "0",
+        "--limit",
+        "2",
+    ]
     with pytest.raises(SystemExit) as exit_info:
-        main([*base, *models, "--vocabulary", "dog", str(vocabulary_file),
-              "--restrict-vocabulary", "--top-k", "2", "--label-field", "eng"])
+        main(
+            [
+                *base,
+                *models,
+                "--vocabulary",
+                "dog",
+                str(vocabulary_file),
+                "--restrict-vocabulary",
+                "--top-k",
+                "2",
+                "--label-field",
+                "eng",
+            ]
+        )
     assert exit_info.value.code == 0
     labels = set(engine_dataset.distinct("eng.detections.label"))
     assert labels and labels <= {"dog", "road", "red car"}
@@ -630,3 +745,25 @@ def test_cli_engine(engine_dataset, tiny_engine_dirs, tmp_path, capsys):
         main([*base, *models[:-2], "--spacy-model", "en_core_web_nothere"])
     assert exit_info.value.code == 1
     assert "python -m spacy download en_core_web_nothere" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_label_masks_on_cuda_in_half_precision(tiny_engine_dirs, scenes):
+    from fiftyone_ssa.engine import EngineModels, label_masks
+
+    models = EngineModels.load(
+        device="cuda",
+        ade=str(tiny_engine_dirs["ade"]),
+        coco=str(tiny_engine_dirs["coco"]),
+        captioner=str(tiny_engine_dirs["blip"]),
+        clip=str(tiny_engine_dirs["clip"]),
+        clipseg=str(tiny_engine_dirs["clipseg"]),
+        spacy_model=build_tiny_spacy("parser"),
+        half=True,
+    )
+    assert models.captioner.dtype == models.clipseg.dtype == torch.float16 and models.clip.half
+    results = label_masks(
+        models, [s[0] for s in scenes], [s[1] for s in scenes], top_k=3, vocabulary=["kite"]
+    )
+    for labels, (_, masks) in zip(results, scenes):
+        _check_labels(labels, masks, 3, ["kite"])

@@ -56,7 +56,9 @@ def match_masks(ref: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return index.numpy(), best.numpy()
 
 
-def assert_same_as_segment_anything(ref: dict, out: SamMaskSet, same_order: bool, atol=1e-5):
+def assert_same_as_segment_anything(
+    ref: dict, out: SamMaskSet, same_order: bool, atol: float = 1e-5
+):
     assert isinstance(out, MaskSet)
     n = len(ref["masks"])
     assert len(out) == n
@@ -78,19 +80,22 @@ def assert_same_as_segment_anything(ref: dict, out: SamMaskSet, same_order: bool
     )
     np.testing.assert_array_equal(out.crop_boxes.cpu().numpy()[index], ref["crop_boxes"])
     box_error = np.abs(out.boxes.cpu().numpy()[index] - ref["boxes"])
-    assert np.mean(box_error == 0) > 0.99 and box_error.max() <= 2
+    if same_order:  # same device: the same boxes
+        assert box_error.max() == 0
+    else:  # rounding may move a boundary pixel
+        assert np.mean(box_error == 0) > 0.95 and box_error.max() <= 2
     np.testing.assert_allclose(out.areas.cpu().numpy()[index], ref["area"], rtol=0.01)
 
 
 CASES = {
-    # (image, settings, minimum number of masks segment-anything returns)
-    "wide-no-thresholds": ((96, 128, 1), {"points_per_side": 8, **NO_THRESHOLDS}, 40),
+    # (image (height, width, seed), settings, least number of masks segment-anything returns)
+    "wide-no-thresholds": ((96, 128, 1), {"points_per_side": 6, **NO_THRESHOLDS}, 30),
     "tall-thresholds-small-regions": (
         (128, 88, 2),
         {
-            "points_per_side": 8,
-            "pred_iou_thresh": 0.05,
-            "stability_score_thresh": 0.6,
+            "points_per_side": 6,
+            "pred_iou_thresh": 0.3,
+            "stability_score_thresh": 0.7,
             "min_mask_region_area": 40,
         },
         10,
@@ -98,13 +103,13 @@ CASES = {
     "square-crops-small-regions": (
         (100, 100, 3),
         {
-            "points_per_side": 6,
+            "points_per_side": 4,
             "crop_n_layers": 1,
             "crop_n_points_downscale_factor": 2,
             "min_mask_region_area": 30,
             **NO_THRESHOLDS,
         },
-        30,
+        20,
     ),
 }
 
@@ -127,9 +132,9 @@ def test_same_masks_as_segment_anything(blob_sam, case):
 
 def test_small_region_removal_changes_masks(blob_sam):
     image = blob_scene(100, 100, seed=3)
-    plain = FastMaskGenerator(blob_sam, points_per_side=6, **NO_THRESHOLDS).generate(image)
+    plain = FastMaskGenerator(blob_sam, points_per_side=4, **NO_THRESHOLDS).generate(image)
     cleaned = FastMaskGenerator(
-        blob_sam, points_per_side=6, min_mask_region_area=30, **NO_THRESHOLDS
+        blob_sam, points_per_side=4, min_mask_region_area=30, **NO_THRESHOLDS
     ).generate(image)
     index, best = match_masks(cleaned.masks.numpy(), plain.masks.numpy())
     assert (best < 1).sum() >= 3  # some masks lost islands or gained holes
@@ -202,7 +207,7 @@ def test_boxes_equal_segment_anything():
 
     rng = np.random.default_rng(0)
     masks = torch.as_tensor(rng.random((50, 23, 31)) < rng.random((50, 1, 1)) ** 4)
-    masks[:3] = False  # empty masks give zeros
+    masks[:4] = False  # empty masks give zeros
     masks[3, 5, 7] = True
     expected = batched_mask_to_box(masks)
     got = _boxes_from_projections(masks.any(-1), masks.any(-2))

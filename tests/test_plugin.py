@@ -9,21 +9,27 @@ are needed.
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import threading
 import uuid
+import zipfile
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import fiftyone as fo
 import fiftyone.operators as foo
 import numpy as np
 import pytest
-import tomllib
 from fiftyone.operators.delegated import DelegatedOperationService
 from fiftyone.operators.executor import ExecutionContext, ExecutionError
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 from PIL import Image
 
 from fiftyone_ssa import apply_ssa
@@ -122,6 +128,11 @@ def execute_delegated(name, dataset=None, params=None, **ctx):
         ctx["dataset"] = dataset
         ctx["view"] = dataset.view()
     queued = foo.execute_operator(uri(name), ctx=ctx, params=params or {}, request_delegation=True)
+    return run_queued(queued)
+
+
+def run_queued(queued):
+    """Runs a queued operation from the queue; returns the finished document."""
     assert queued.delegated
     service = DelegatedOperationService()
     doc = service.get(queued.result["id"])
@@ -193,21 +204,80 @@ def test_cli_lists_plugin_and_every_operator(plugins_dir):
     assert foo.get_operator(uri("miou")).config.unlisted
 
 
+def _requirement_key(text: str) -> tuple[str, str]:
+    req = Requirement(text)
+    return canonicalize_name(req.name), str(req.specifier)
+
+
 def test_requirements_match_the_library(plugins_dir):
-    """requirements.txt lists what the library needs (FiftyOne itself is already there)."""
-    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
-    wanted = [d for d in project["dependencies"] if not d.startswith("fiftyone")]
-    wanted += project["optional-dependencies"]["engine"]
+    """requirements.txt lists the library's dependencies, engine extra included (FiftyOne
+    itself is already there), and FiftyOne reads it as installed."""
+    wanted = set()
+    for text in importlib.metadata.requires("fiftyone-ssa"):
+        req = Requirement(text)
+        if req.marker is None or req.marker.evaluate({"extra": "engine"}):
+            if canonicalize_name(req.name) != "fiftyone":
+                wanted.add(_requirement_key(text.split(";")[0]))
     listed = fo.core.utils.load_requirements(str(REPO_ROOT / "requirements.txt"))
-    assert sorted(listed) == sorted(wanted)
+    assert {_requirement_key(r) for r in listed} == wanted
     # what `fiftyone plugins requirements @fiftyone-ssa/ssa --ensure` checks
     fo.plugins.ensure_plugin_requirements(PLUGIN, error_level=0)
 
 
-def test_plugin_import_is_light_and_library_copy_is_used(plugins_dir, tmp_path):
-    """Listing plugins imports no model library and changes no global setting; without an
-    installed fiftyone_ssa (as after `fiftyone plugins download`) the plugin's copy runs."""
-    run_ssa, plugin_link = uri("run_ssa"), plugins_dir / "fiftyone-ssa"
+SKIPPED_IN_ARCHIVE = {"__pycache__", "build", "dist", "test-artifacts", "notebooks"}
+
+
+def _repository_archive(path: Path) -> Path:
+    """A zip of the repository laid out as GitHub serves one (a single top-level folder)."""
+    with zipfile.ZipFile(path, "w") as archive:
+        for root, dirs, files in os.walk(REPO_ROOT):
+            dirs[:] = [
+                d
+                for d in dirs
+                if not d.startswith(".")
+                and d not in SKIPPED_IN_ARCHIVE
+                and not d.endswith(".egg-info")
+            ]
+            for name in files:
+                file = Path(root) / name
+                archive.write(file, Path("fiftyone-ssa-main") / file.relative_to(REPO_ROOT))
+    return path
+
+
+@pytest.fixture
+def downloaded_plugin(tmp_path, monkeypatch):
+    """The plugin installed by FiftyOne's own downloader from a repository archive served
+    over HTTP on localhost (what `fiftyone plugins download <url>` does), in a fresh plugins
+    directory."""
+    serve = tmp_path / "serve"
+    serve.mkdir()
+    _repository_archive(serve / "fiftyone-ssa-main.zip")
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(serve))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    plugins = tmp_path / "downloaded_plugins"
+    monkeypatch.setattr(fo.config, "plugins_dir", str(plugins))
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/fiftyone-ssa-main.zip"
+        installed = fo.plugins.download_plugin(url)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert list(installed) == [PLUGIN]
+    directory = Path(installed[PLUGIN])
+    assert directory.is_relative_to(plugins) and not directory.is_symlink()
+    return plugins, directory
+
+
+def test_downloaded_plugin_imports_lightly_and_runs_its_own_library_copy(
+    downloaded_plugin, tmp_path
+):
+    """After `fiftyone plugins download` the plugin works without an installed fiftyone_ssa
+    (it loads the copy that came with it); listing plugins imports no model library and changes
+    no global setting."""
+    plugins, directory = downloaded_plugin
+    run_ssa = uri("run_ssa")
     code = textwrap.dedent(
         f"""
         import os, sys
@@ -225,6 +295,7 @@ def test_plugin_import_is_light_and_library_copy_is_used(plugins_dir, tmp_path):
         contexts = fopc.build_plugin_contexts()
         ours = [c for c in contexts if c.name == "{PLUGIN}"][0]
         assert not ours.errors, ours.errors
+        assert len(ours.instances) == {len(OPERATORS)}
         heavy = [m for m in ("torch", "transformers", "segment_anything", "fiftyone_ssa")
                  if m in sys.modules]
         assert not heavy, heavy
@@ -246,13 +317,12 @@ def test_plugin_import_is_light_and_library_copy_is_used(plugins_dir, tmp_path):
         assert ds.first().ssa.mask[:, 16:].min() == 1 and ds.first().ssa.mask[:, :16].max() == 0
         import fiftyone_ssa
         origin = os.path.realpath(fiftyone_ssa.__file__)
-        assert origin.startswith(os.path.realpath("{plugin_link}")), origin
-        assert "editable" not in repr(fiftyone_ssa.__spec__.loader)
+        assert origin == os.path.join("{directory}", "fiftyone_ssa", "__init__.py"), origin
         ds.delete()
         print("OK")
         """
     )
-    env = {**os.environ, "FIFTYONE_PLUGINS_DIR": str(plugins_dir)}
+    env = {**os.environ, "FIFTYONE_PLUGINS_DIR": str(plugins)}
     out = subprocess.run(
         [sys.executable, "-c", code],
         cwd=tmp_path,
@@ -422,6 +492,84 @@ def test_run_ssa_callable_from_python(scene_dataset):
 
 
 # --------------------------------------------------------------------------------------------
+# run_ssa_engine
+
+
+def test_run_ssa_engine_immediately_and_delegated(
+    scene_dataset, tiny_engine_dirs, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("FIFTYONE_SSA_MODELS_DIR", str(tmp_path / "no-models"))
+    ds = scene_dataset(n=2)
+    masks = {"mask_source": "field", "mask_field": "instances"}
+    refused = invalid(form("run_ssa_engine", ds, masks))
+    assert "Missing weights for oneformer-ade20k-swin-large" in refused["engine_models_error"]
+    refused = invalid(form("run_ssa_engine", ds, {**masks, "spacy_model": "xx_not_installed"}))
+    assert "python -m spacy download xx_not_installed" in refused["spacy_model_error"]
+
+    dirs = tiny_engine_dirs
+    models = {
+        "ade": dirs["ade"],
+        "coco": dirs["coco"],
+        "captioner": dirs["blip"],
+        "clip": dirs["clip"],
+        "clipseg": dirs["clipseg"],
+    }
+    params = {
+        **masks,
+        **{f"{role}_model": str(path) for role, path in models.items()},
+        "spacy_model": str(dirs["spacy"]),
+        "top_k": 2,
+        "vocabulary": ["kite"],
+        "write_segmentation": True,
+        "device": "cpu",
+    }
+    assert not invalid(form("run_ssa_engine", ds, params))
+    result = execute("run_ssa_engine", ds, params=params)
+    assert result.result["num_labelled"] == 2 and result.result["num_failed"] == 0
+    from fiftyone_ssa.engine import apply_ssa_engine
+
+    apply_ssa_engine(
+        ds,
+        label_field="ref",
+        mask_branch="field:instances",
+        top_k=2,
+        vocabulary=["kite"],
+        write_segmentation=True,
+        device="cpu",
+        models={k: str(v) for k, v in models.items()},
+        spacy_model=str(dirs["spacy"]),
+    )
+    for field in ("label", "class_proposals", "caption"):
+        assert ds.values(f"ssa_engine.detections.{field}") == ds.values(f"ref.detections.{field}")
+    assert ds.count("ssa_engine_seg") == 2
+
+    run_engine = foo.get_operator(uri("run_ssa_engine"))
+    queued = run_engine(
+        ds,
+        label_field="queued",
+        mask_branch="field:instances",
+        models={role: str(path) for role, path in models.items()},
+        spacy_model=str(dirs["spacy"]),
+        device="cpu",
+        delegate=True,
+    )
+    doc = run_queued(queued)
+    ds.reload()
+    assert ds.count("queued.detections") == ds.count("instances.detections")
+    assert doc.status.label == "2/2 samples"
+
+
+def test_engine_presets_match_the_library(plugins_dir):
+    from fiftyone_ssa import engine
+
+    operator = foo.get_operator(uri("run_ssa_engine"))
+    module = sys.modules[type(operator).__module__]
+    assert module.ENGINE_MODELS == engine.DEFAULT_ENGINE_MODELS
+    assert module.LIGHT_ENGINE_MODELS == engine.LIGHT_ENGINE_MODELS
+    assert module.DEFAULT_SPACY_MODEL == engine.DEFAULT_SPACY_MODEL
+
+
+# --------------------------------------------------------------------------------------------
 # evaluate_miou and the miou metric
 
 
@@ -463,6 +611,11 @@ def test_evaluate_miou_immediately_and_delegated(scene_dataset):
     ds.reload()
     assert ds.has_evaluation("queued")
     assert doc.result.result["results"][0]["miou"] == pytest.approx(_reference_miou(ds, "coarse"))
+
+    evaluate = foo.get_operator(uri("evaluate_miou"))
+    result = evaluate(ds.limit(1), "noisy", gt_field="ground_truth")
+    assert not ds.has_evaluation("noisy")  # no eval_key: computed only
+    assert result.result["results"][0]["miou"] == pytest.approx(_reference_miou(ds[:1], "noisy"))
 
 
 def test_evaluate_miou_form(scene_dataset):
@@ -570,12 +723,43 @@ def test_import_sa1b_delegated(plugins_dir, make_sa1b_dir):
     sa1b = make_sa1b_dir(num_images=1, num_masks=2, name="queued")
     name = f"ssa-plugin-sa1b-{uuid.uuid4().hex[:6]}"
     try:
-        doc = execute_delegated(
-            "import_sa1b",
-            params={"dataset_dir": str(sa1b.root), "name": name, "label_field": "masks"},
-        )
+        import_sa1b = foo.get_operator(uri("import_sa1b"))
+        doc = run_queued(import_sa1b(str(sa1b.root), name, label_field="masks", delegate=True))
         assert doc.result.result["num_annotations"] == 2
         assert fo.load_dataset(name).count("masks.detections") == 2
     finally:
         if fo.dataset_exists(name):
             fo.delete_dataset(name)
+
+
+def test_export_ssa_segmentation_as_semantic_json(scene_dataset, tmp_path):
+    ds = scene_dataset(n=2)
+    apply_ssa(ds, semantic_branch="field:coarse", mask_branch="field:instances")
+    export_sa1b = foo.get_operator(uri("export_sa1b"))
+    shown = form("export_sa1b", ds, {"label_field": "ssa", "export_dir": str(tmp_path)})
+    assert "masks_field" in shown and not invalid(shown)
+    result = export_sa1b(ds, str(tmp_path / "out"), "ssa", masks_field="ssa_masks")
+    assert result.result["num_files"] == 2
+    for sample in ds:
+        stem = Path(sample.filepath).stem
+        written = json.loads((tmp_path / "out" / f"{stem}_semantic.json").read_text())
+        assert len(written["annotations"]) == len(sample.ssa_masks.detections)
+        present = {str(int(v)) for v in np.unique(sample.ssa.mask)}
+        assert set(written["semantic_mask"]) == present
+        assert written["id2label"] == {k: SCENE_CLASSES[int(k)] for k in present}
+
+
+@pytest.mark.parametrize("name", OPERATORS)
+def test_forms_serialize_for_the_app(scene_dataset, name):
+    """The App receives every form and result view as JSON."""
+    ds = scene_dataset(n=1)
+    ctx = ExecutionContext(
+        request_params={"dataset_name": ds.name, "view": [], "params": {}},
+        operator_uri=uri(name),
+    )
+    operator = foo.get_operator(uri(name))
+    for kind in ("inputs", "outputs"):
+        prop = operator.resolve_type(ctx, kind)
+        if prop is not None:
+            assert json.loads(json.dumps(prop.to_json()))["type"]
+    assert json.dumps(operator.to_json())

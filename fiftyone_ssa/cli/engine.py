@@ -23,36 +23,69 @@ def add_parser(subparsers) -> None:
         "--write-segmentation). Every model takes a preset, Hugging Face id or local path.",
     )
     add_target_arguments(parser)
-    parser.add_argument("--mask-branch", default="sam-vit-h",
-                        help="sam-vit-b|l|h, a SAM checkpoint/directory or field:<name> (e.g. "
-                        "SA-1B masks imported with import-sa1b)")
-    parser.add_argument("--light", action="store_true",
-                        help="light models (OneFormer Swin-T ADE20K, BLIP base, CLIP ViT-B/32, "
-                        "CLIPSeg rd16) and 16 SAM points per side")
+    parser.add_argument(
+        "--mask-branch",
+        default="sam-vit-h",
+        help="sam-vit-b|l|h, a SAM checkpoint/directory or field:<name> (e.g. "
+        "SA-1B masks imported with import-sa1b)",
+    )
+    parser.add_argument(
+        "--light",
+        action="store_true",
+        help="light models (OneFormer Swin-T ADE20K, BLIP base, CLIP ViT-B/32, "
+        "CLIPSeg rd16) and 16 SAM points per side",
+    )
     parser.add_argument("--top-k", type=int, default=3, help="class proposals per mask")
-    parser.add_argument("--vocabulary", nargs="+", metavar="NAME_OR_FILE",
-                        help="class names added to every mask's candidates; a value naming a "
-                        "file is read as one name per line (# starts a comment)")
-    parser.add_argument("--restrict-vocabulary", action="store_true",
-                        help="every mask gets one of the --vocabulary names only")
-    parser.add_argument("--spacy-model", default="en_core_web_sm",
-                        help="spaCy pipeline name or path for caption nouns")
-    parser.add_argument("--ade-model", help="ADE20K semantic branch (default: "
-                        "oneformer-ade20k-swin-large, -tiny with --light)")
-    parser.add_argument("--coco-model", help="COCO panoptic semantic branch (default: "
-                        "oneformer-coco-swin-large)")
-    parser.add_argument("--captioner", help="BLIP model (default: blip-large, blip-base with "
-                        "--light)")
-    parser.add_argument("--clip-model", help="open_clip model: preset, directory or checkpoint "
-                        "(default: clip-vit-l-14, clip-vit-b-32 with --light)")
-    parser.add_argument("--clip-architecture",
-                        help="open_clip architecture of a --clip-model checkpoint file")
-    parser.add_argument("--clipseg-model", help="CLIPSeg model (default: clipseg-rd64-refined, "
-                        "clipseg-rd16 with --light)")
-    parser.add_argument("--write-segmentation", action="store_true",
-                        help="also write <label-field>_seg painted from the labelled masks")
-    parser.add_argument("--mask-option", action="append", metavar="KEY=VALUE",
-                        help="SAM mask generator setting, e.g. points_per_side=16 (repeatable)")
+    parser.add_argument(
+        "--vocabulary",
+        nargs="+",
+        metavar="NAME_OR_FILE",
+        help="class names added to every mask's candidates; a value naming a "
+        "file is read as one name per line (# starts a comment)",
+    )
+    parser.add_argument(
+        "--restrict-vocabulary",
+        action="store_true",
+        help="every mask gets one of the --vocabulary names only",
+    )
+    parser.add_argument(
+        "--spacy-model",
+        default="en_core_web_sm",
+        help="spaCy pipeline name or path for caption nouns",
+    )
+    parser.add_argument(
+        "--ade-model",
+        help="ADE20K semantic branch (default: oneformer-ade20k-swin-large, -tiny with --light)",
+    )
+    parser.add_argument(
+        "--coco-model", help="COCO panoptic semantic branch (default: oneformer-coco-swin-large)"
+    )
+    parser.add_argument(
+        "--captioner", help="BLIP model (default: blip-large, blip-base with --light)"
+    )
+    parser.add_argument(
+        "--clip-model",
+        help="open_clip model: preset, directory or checkpoint "
+        "(default: clip-vit-l-14, clip-vit-b-32 with --light)",
+    )
+    parser.add_argument(
+        "--clip-architecture", help="open_clip architecture of a --clip-model checkpoint file"
+    )
+    parser.add_argument(
+        "--clipseg-model",
+        help="CLIPSeg model (default: clipseg-rd64-refined, clipseg-rd16 with --light)",
+    )
+    parser.add_argument(
+        "--write-segmentation",
+        action="store_true",
+        help="also write <label-field>_seg painted from the labelled masks",
+    )
+    parser.add_argument(
+        "--mask-option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="SAM mask generator setting, e.g. points_per_side=16 (repeatable)",
+    )
     add_run_arguments(parser, "ssa_engine")
     parser.set_defaults(func=run)
 

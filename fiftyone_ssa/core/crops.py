@@ -9,7 +9,6 @@ Everything is pure torch and stays on the device of its inputs.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -46,9 +45,7 @@ def mask_boxes_xywh(masks: torch.Tensor) -> torch.Tensor:
     return boxes
 
 
-def scale_boxes(
-    boxes: torch.Tensor, factor: float, image_size: tuple[int, int]
-) -> torch.Tensor:
+def scale_boxes(boxes: torch.Tensor, factor: float, image_size: tuple[int, int]) -> torch.Tensor:
     """Scales ``[x, y, w, h]`` boxes about their centres and clips them to the image.
 
     The scaled box spans ``[cx - factor * w / 2, cx + factor * w / 2)`` (likewise in y), rounded
@@ -286,9 +283,7 @@ class CropTransform:
             (<= batch_size, 3, h, w) float32 normalised crops.
         """
         for image_index, box_slice in chunk_boxes(boxes, batch_size):
-            yield torch.cat(
-                [self(images[i], boxes[i][s]) for i, s in zip(image_index, box_slice)]
-            )
+            yield torch.cat([self(images[i], boxes[i][s]) for i, s in zip(image_index, box_slice)])
 
 
 def chunk_boxes(
@@ -321,8 +316,3 @@ def chunk_boxes(
                 images, slices, filled = [], [], 0
     if filled:
         yield images, slices
-
-
-def num_chunks(total: int, batch_size: int) -> int:
-    """How many chunks of ``batch_size`` hold ``total`` items."""
-    return math.ceil(total / batch_size) if total else 0

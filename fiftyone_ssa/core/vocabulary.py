@@ -72,8 +72,9 @@ def check_vocabulary(vocabulary: Sequence[str] | None, mode: str) -> list[str]:
         ValueError: an unknown mode, a non-string name, or ``restrict`` without names.
     """
     if mode not in VOCABULARY_MODES:
-        raise ValueError(f"Expected `vocabulary_mode` to be one of {VOCABULARY_MODES}, but got "
-                         f"{mode!r}")
+        raise ValueError(
+            f"Expected `vocabulary_mode` to be one of {VOCABULARY_MODES}, but got {mode!r}"
+        )
     if isinstance(vocabulary, str):
         raise ValueError("Expected `vocabulary` to be a list of class names, but got a string")
     names = dedupe_names(vocabulary or [])

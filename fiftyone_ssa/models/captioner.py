@@ -28,7 +28,9 @@ def crop_transform_from_processor(image_processor) -> CropTransform:
         ValueError: the processor does not resize to a fixed height and width.
     """
     size = image_processor.size
-    get = size.get if hasattr(size, "get") else lambda key, default=None: getattr(size, key, default)
+    get = (
+        size.get if hasattr(size, "get") else lambda key, default=None: getattr(size, key, default)
+    )
     height, width = get("height"), get("width")
     if not height or not width:
         shortest = get("shortest_edge")
@@ -118,9 +120,7 @@ class BlipCaptioner:
         texts = self.processor.batch_decode(tokens, skip_special_tokens=True)
         return [" ".join(t.split()) for t in texts]
 
-    def caption(
-        self, images: Sequence[torch.Tensor], boxes: Sequence[torch.Tensor]
-    ) -> list[str]:
+    def caption(self, images: Sequence[torch.Tensor], boxes: Sequence[torch.Tensor]) -> list[str]:
         """Captions of the crops of every box of every image, ``batch_size`` crops per call.
 
         Args:

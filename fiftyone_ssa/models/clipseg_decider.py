@@ -48,8 +48,9 @@ class ClipSegDecider:
         batch_size: crops per vision-encoder call.
     """
 
-    def __init__(self, path: str | os.PathLike, device=None, half: bool = True,
-                 batch_size: int = 64):
+    def __init__(
+        self, path: str | os.PathLike, device=None, half: bool = True, batch_size: int = 64
+    ):
         from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
         if batch_size < 1:
@@ -161,8 +162,10 @@ class ClipSegDecider:
             offsets.append(start)
             start += int(b.shape[0])
         keep = [
-            torch.tensor([j for j in range(int(b.shape[0])) if decisions[offsets[i] + j] is None],
-                         dtype=torch.long)
+            torch.tensor(
+                [j for j in range(int(b.shape[0])) if decisions[offsets[i] + j] is None],
+                dtype=torch.long,
+            )
             for i, b in enumerate(boxes)
         ]
         flat = [[offsets[i] + j for j in k.tolist()] for i, k in enumerate(keep)]
@@ -175,8 +178,9 @@ class ClipSegDecider:
                 crop_masks.append(self._crop_masks(masks[i][chosen], live_boxes[i][s]))
                 ids.extend(flat[i][s])
             names = [list(proposals[m]) for m in ids]
-            for m, decision in zip(ids, self._decide_crops(torch.cat(pixels),
-                                                           torch.cat(crop_masks), names)):
+            for m, decision in zip(
+                ids, self._decide_crops(torch.cat(pixels), torch.cat(crop_masks), names)
+            ):
                 decisions[m] = decision
         return decisions  # type: ignore[return-value]
 
@@ -202,9 +206,9 @@ class ClipSegDecider:
         """Decisions for one batch of crops: (B, 3, h, w) pixels, (B, h', w') masks."""
         counts = [len(n) for n in names]
         width = max(counts)
-        crop_index = torch.repeat_interleave(
-            torch.arange(len(names)), torch.tensor(counts)
-        ).to(self.device)
+        crop_index = torch.repeat_interleave(torch.arange(len(names)), torch.tensor(counts)).to(
+            self.device
+        )
         prompts = [name for row in names for name in row]
         embeds = self.text_embeddings(prompts)
         logits = self.prompt_logits(self.vision_activations(pixels), crop_index, embeds)
@@ -215,8 +219,9 @@ class ClipSegDecider:
             )
         # (B, k_max, h, w) with the absent prompts of shorter lists at -inf.
         slot = torch.cat([torch.arange(c) for c in counts]).to(self.device)
-        grid = torch.full((len(names), width, *logits.shape[-2:]), float("-inf"),
-                          device=self.device)
+        grid = torch.full(
+            (len(names), width, *logits.shape[-2:]), float("-inf"), device=self.device
+        )
         grid[crop_index, slot] = logits
         winner = grid.argmax(dim=1)  # (B, h, w): lowest slot (best CLIP rank) on ties
         crop_masks = crop_masks.to(self.device)

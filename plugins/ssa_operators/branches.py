@@ -15,9 +15,9 @@ from .forms import (
     block,
     detections_fields_with_masks,
     dropdown,
+    field_problem,
     has_mask_targets,
     label_fields,
-    label_type_name,
     missing_weights,
     notice,
     presets,
@@ -45,8 +45,12 @@ def branch_params(branch: str, kind: str) -> dict:
     return {f"{kind}_source": "custom", f"{kind}_custom": branch}
 
 
-def mask_branch_inputs(inputs: types.Object, ctx, allow_options: bool = True) -> str | None:
-    """Mask branch: a SAM preset, a SAM checkpoint, or a Detections field with masks."""
+def mask_branch_inputs(inputs: types.Object, ctx, points_default: str = "64") -> str | None:
+    """Mask branch: a SAM preset, a SAM checkpoint, or a Detections field with masks.
+
+    Args:
+        points_default: how the default SAM grid is described.
+    """
     source = ctx.params.get("mask_source", "preset")
     radio(
         inputs,
@@ -88,19 +92,22 @@ def mask_branch_inputs(inputs: types.Object, ctx, allow_options: bool = True) ->
         )
         path = ctx.params.get("mask_custom")
         if path:
-            if not os.path.exists(os.path.expanduser(path)):
+            local = os.path.expanduser(path)
+            if not os.path.exists(local):
                 block(inputs, "mask_branch_error", f"Unknown mask branch: {path!r} does not exist")
-            elif os.path.isdir(path) and not os.path.isfile(os.path.join(path, "sam_config.json")):
+            elif os.path.isdir(local) and not os.path.isfile(
+                os.path.join(local, "sam_config.json")
+            ):
                 block(inputs, "mask_branch_error", f"{path!r} has no sam_config.json")
             else:
-                branch = os.path.expanduser(path)
-    if allow_options and source != "field":
+                branch = local
+    if source != "field":
         inputs.int(
             "points_per_side",
             required=False,
             min=1,
             label="Points per side",
-            description="SAM's prompt grid (default: the original SSA's 64; 32 or 16 is faster)",
+            description=f"SAM's prompt grid (default: {points_default}; fewer is faster)",
         )
     return branch
 
@@ -115,15 +122,8 @@ def _mask_field_input(inputs: types.Object, ctx) -> str | None:
     name = ctx.params.get("mask_field") or fields[0]
     branch = f"field:{name}"
     if name not in fields:
-        held = label_type_name(ctx.dataset, name)
-        reason = (
-            "does not exist"
-            if held is None
-            else (
-                f"holds {held}, not Detections" if held != "Detections" else "has no instance masks"
-            )
-        )
-        block(inputs, "mask_branch_error", f"Mask field {name!r} {reason}")
+        reason = field_problem(ctx.dataset, name, "Detections") or f"{name!r} has no instance masks"
+        block(inputs, "mask_branch_error", f"Mask field {reason}")
         branch = None
     dropdown(inputs, "mask_field", fields, "Masks field", default=fields[0])
     return branch
@@ -185,9 +185,8 @@ def _semantic_field_input(inputs: types.Object, ctx) -> str | None:
         return None
     name = ctx.params.get("semantic_field") or fields[0]
     if name not in fields:
-        held = label_type_name(ctx.dataset, name)
-        reason = "does not exist" if held is None else f"holds {held}, not Segmentation"
-        block(inputs, "semantic_branch_error", f"Semantic field {name!r} {reason}")
+        problem = field_problem(ctx.dataset, name, "Segmentation")
+        block(inputs, "semantic_branch_error", f"Semantic field {problem}")
     dropdown(inputs, "semantic_field", fields, "Segmentation field", default=fields[0])
     if name not in fields:
         return None

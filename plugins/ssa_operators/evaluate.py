@@ -12,9 +12,9 @@ from .forms import (
     SSAOperator,
     block,
     dropdown,
+    field_problem,
     has_mask_targets,
     label_fields,
-    label_type_name,
     notice,
     require_dataset,
 )
@@ -114,9 +114,8 @@ class EvaluateMIoU(SSAOperator):
         if not gt_field:
             block(inputs, "gt_error", "Choose the ground-truth Segmentation field")
         elif gt_field not in fields:
-            held = label_type_name(dataset, gt_field)
-            reason = "does not exist" if held is None else f"holds {held}, not Segmentation"
-            block(inputs, "gt_error", f"Ground-truth field {gt_field!r} {reason}")
+            problem = field_problem(dataset, gt_field, "Segmentation")
+            block(inputs, "gt_error", f"Ground-truth field {problem}")
         default_gt = "ground_truth" if "ground_truth" in fields else None
         dropdown(inputs, "gt_field", fields, "Ground truth", default=default_gt)
 
@@ -142,9 +141,8 @@ class EvaluateMIoU(SSAOperator):
                 block(inputs, "pred_error", f"{field!r} is the ground truth itself")
                 return
             if field not in fields:
-                held = label_type_name(dataset, field)
-                reason = "does not exist" if held is None else f"holds {held}, not Segmentation"
-                block(inputs, "pred_error", f"Prediction field {field!r} {reason}")
+                problem = field_problem(dataset, field, "Segmentation")
+                block(inputs, "pred_error", f"Prediction field {problem}")
                 return
         if gt_field in fields:
             _mask_targets_notices(inputs, dataset, gt_field, pred_fields)

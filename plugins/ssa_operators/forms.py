@@ -42,6 +42,16 @@ def label_type_name(samples, field: str) -> str | None:
     return doc_type.__name__ if doc_type is not None else type(schema[field]).__name__
 
 
+def field_problem(samples, field: str, expected: str) -> str | None:
+    """``"'x' does not exist"`` / ``"'x' holds Detections, not Segmentation"``, or None."""
+    held = label_type_name(samples, field)
+    if held is None:
+        return f"{field!r} does not exist"
+    if held != expected:
+        return f"{field!r} holds {held}, not {expected}"
+    return None
+
+
 def label_fields(samples, label_type: type) -> list[str]:
     """The top-level fields holding ``label_type`` labels, sorted."""
     schema = samples.get_field_schema(embedded_doc_type=label_type)
@@ -63,8 +73,7 @@ def detections_fields_with_masks(samples) -> list[str]:
 
 def has_mask_targets(samples, field: str) -> bool:
     """Whether a Segmentation field's ids have class names (its own or the dataset default)."""
-    dataset = samples._dataset
-    return bool(dataset.mask_targets.get(field) or dataset.default_mask_targets)
+    return bool(samples.get_mask_targets(field))
 
 
 def dropdown(inputs, name, values, label, description=None, default=None, required=None):

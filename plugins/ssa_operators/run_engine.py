@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import inspect
+import importlib.util
+import os
 
 import fiftyone as fo
 import fiftyone.operators.types as types
@@ -16,40 +17,73 @@ from .forms import (
     if_exists_flags,
     missing_weights,
     output_field_inputs,
+    radio,
     require_dataset,
 )
 from .library import ProgressReporter, import_library
 from .run_ssa import chosen_branch
 
-# The models SSA-engine runs (full / light mode), as fiftyone-ssa presets.
-ENGINE_PRESETS = {
-    False: (
-        "oneformer-ade20k-swin-large",
-        "oneformer-coco-swin-large",
-        "blip-large",
-        "clip-vit-l-14",
-        "clipseg-rd64-refined",
-    ),
-    True: (
-        "oneformer-ade20k-swin-tiny",
-        "oneformer-coco-swin-large",
-        "blip-base",
-        "clip-vit-b-32",
-        "clipseg-rd16",
-    ),
+# SSA-engine's models by role (full / light mode), as in fiftyone_ssa.engine (a test keeps the
+# two equal); repeated here so that building the form imports no model library.
+ENGINE_MODELS = {
+    "ade": "oneformer-ade20k-swin-large",
+    "coco": "oneformer-coco-swin-large",
+    "captioner": "blip-large",
+    "clip": "clip-vit-l-14",
+    "clipseg": "clipseg-rd64-refined",
 }
+LIGHT_ENGINE_MODELS = {
+    "ade": "oneformer-ade20k-swin-tiny",
+    "coco": "oneformer-coco-swin-large",
+    "captioner": "blip-base",
+    "clip": "clip-vit-b-32",
+    "clipseg": "clipseg-rd16",
+}
+MODEL_ROLES = {
+    "ade": "ADE20K segmenter",
+    "coco": "COCO panoptic segmenter",
+    "captioner": "BLIP captioner",
+    "clip": "CLIP",
+    "clipseg": "CLIPSeg",
+}
+DEFAULT_SPACY_MODEL = "en_core_web_sm"
 
 
-def engine_outputs(label_field: str) -> dict[str, type]:
+def engine_outputs(label_field: str, write_segmentation: bool) -> dict[str, type]:
     """The fields ``apply_ssa_engine`` writes, with their label types."""
-    return {label_field: fo.Detections}
+    outputs = {label_field: fo.Detections}
+    if write_segmentation:
+        outputs[f"{label_field}_seg"] = fo.Segmentation
+    return outputs
+
+
+def _model_problem(role: str, source: str) -> str | None:
+    """Why a model override cannot be used, or None."""
+    weights = import_library("fiftyone_ssa.models.weights")
+    if os.path.exists(os.path.expanduser(source)):
+        return None
+    if source in weights.PRESETS or weights.looks_like_hf_id(source):
+        return missing_weights(source)
+    return f"Unknown {MODEL_ROLES[role]} model {source!r}: a preset, Hugging Face id or path"
+
+
+def _spacy_problem(name: str) -> str | None:
+    """Why the spaCy pipeline cannot be loaded, or None."""
+    if importlib.util.find_spec("spacy") is None:
+        return "SSA-engine needs spaCy: pip install spacy"
+    path = os.path.expanduser(name)
+    if os.path.sep in name or os.path.exists(path):
+        return None if os.path.isdir(path) else f"spaCy pipeline {name!r} does not exist"
+    if importlib.util.find_spec(name) is None:
+        return f"spaCy pipeline {name!r} is not installed: python -m spacy download {name}"
+    return None
 
 
 class RunSSAEngine(SSAOperator):
     """SSA-engine: every mask gets an open-vocabulary ``class_name`` and top-k proposals.
 
     Writes ``<label_field>`` (Detections; ``class_proposals``, ``caption``, ``ade_name``,
-    ``coco_name`` on each mask).
+    ``coco_name`` on each mask) and optionally ``<label_field>_seg`` (Segmentation).
     """
 
     @property
@@ -68,6 +102,10 @@ class RunSSAEngine(SSAOperator):
         light: bool = False,
         top_k: int = 3,
         vocabulary: list[str] | None = None,
+        vocabulary_mode: str = "add",
+        write_segmentation: bool = False,
+        models: dict[str, str] | None = None,
+        spacy_model: str = DEFAULT_SPACY_MODEL,
         device: str | None = None,
         batch_size: int = 1,
         overwrite: bool = False,
@@ -75,13 +113,28 @@ class RunSSAEngine(SSAOperator):
         points_per_side: int | None = None,
         delegate: bool = False,
     ):
-        """Runs SSA-engine on ``sample_collection`` through the operator."""
+        """Runs SSA-engine on ``sample_collection`` through the operator.
+
+        Args:
+            models: model overrides by role (``ade``, ``coco``, ``captioner``, ``clip``,
+                ``clipseg``): presets, Hugging Face ids or paths.
+            other: see ``fiftyone_ssa.engine.apply_ssa_engine``.
+        """
+        unknown = sorted(set(models or {}) - set(MODEL_ROLES))
+        if unknown:
+            raise ValueError(
+                f"Expected `models` roles among {sorted(MODEL_ROLES)}, but got {unknown}"
+            )
         params = {
             "label_field": label_field,
             **branch_params(mask_branch, "mask"),
             "light": light,
             "top_k": top_k,
             "vocabulary": list(vocabulary) if vocabulary else None,
+            "vocabulary_mode": vocabulary_mode,
+            "write_segmentation": write_segmentation,
+            "spacy_model": spacy_model,
+            **{f"{role}_model": source for role, source in (models or {}).items()},
             "device": device or "auto",
             "batch_size": batch_size,
             "points_per_side": points_per_side,
@@ -93,7 +146,7 @@ class RunSSAEngine(SSAOperator):
         inputs = types.Object()
         if require_dataset(inputs, ctx):
             inputs.view_target(ctx)
-            mask_branch = mask_branch_inputs(inputs, ctx)
+            mask_branch = mask_branch_inputs(inputs, ctx, points_default="32, 16 in light mode")
             inputs.bool(
                 "light",
                 default=False,
@@ -101,15 +154,7 @@ class RunSSAEngine(SSAOperator):
                 description="smaller models (OneFormer Swin-T, BLIP base, CLIP ViT-B/32, "
                 "CLIPSeg rd16) and 16 SAM points per side",
             )
-            light = bool(ctx.params.get("light", False))
-            missing = [m for m in ENGINE_PRESETS[light] if missing_weights(m) is not None]
-            if missing:
-                block(
-                    inputs,
-                    "engine_models_error",
-                    f"Missing weights for {', '.join(missing)}: run `fiftyone-ssa models "
-                    f"download {' '.join(missing)}` on the machine that runs the operation",
-                )
+            self._model_inputs(inputs, ctx)
             inputs.int(
                 "top_k",
                 default=3,
@@ -122,13 +167,31 @@ class RunSSAEngine(SSAOperator):
                 "vocabulary",
                 types.String(),
                 required=False,
-                label="Extra vocabulary",
-                description="class names added to every mask's candidates",
+                label="Vocabulary",
+                description="class names for every mask's candidates",
                 view=types.AutocompleteView(multiple=True, allow_user_input=True, choices=[]),
             )
+            radio(
+                inputs,
+                "vocabulary_mode",
+                {"add": "Add to the candidates", "restrict": "Only these names"},
+                label="Vocabulary use",
+                default="add",
+            )
+            if ctx.params.get("vocabulary_mode") == "restrict" and not ctx.params.get("vocabulary"):
+                block(inputs, "vocabulary_error", "Restricting needs a vocabulary")
+            inputs.bool(
+                "write_segmentation",
+                default=False,
+                label="Also write a Segmentation",
+                description="<label field>_seg, painted from the named masks",
+            )
             label_field = ctx.params.get("label_field", "ssa_engine")
+            write_segmentation = bool(ctx.params.get("write_segmentation", False))
             outputs = (
-                engine_outputs(label_field) if isinstance(label_field, str) and label_field else {}
+                engine_outputs(label_field, write_segmentation)
+                if isinstance(label_field, str) and label_field
+                else {}
             )
             mask_fields = (
                 {mask_branch[len("field:") :]}
@@ -140,59 +203,86 @@ class RunSSAEngine(SSAOperator):
             batch_size_input(inputs)
         return types.Property(inputs, view=types.View(label="Run SSA-engine"))
 
+    def _model_inputs(self, inputs, ctx) -> None:
+        """Model overrides (blank: the presets); missing weights block the form."""
+        defaults = LIGHT_ENGINE_MODELS if ctx.params.get("light", False) else ENGINE_MODELS
+        missing = []
+        for role, description in MODEL_ROLES.items():
+            name = f"{role}_model"
+            inputs.str(
+                name,
+                required=False,
+                label=f"{description} (optional)",
+                description=f"a preset, Hugging Face id or path; blank: {defaults[role]}",
+            )
+            source = ctx.params.get(name)
+            if source:
+                problem = _model_problem(role, source)
+                if problem is not None:
+                    block(inputs, f"{name}_error", problem)
+            elif missing_weights(defaults[role]) is not None:
+                missing.append(defaults[role])
+        if missing:
+            block(
+                inputs,
+                "engine_models_error",
+                f"Missing weights for {', '.join(missing)}: run `fiftyone-ssa models download "
+                f"{' '.join(missing)}` on the machine that runs the operation",
+            )
+        inputs.str(
+            "spacy_model",
+            default=DEFAULT_SPACY_MODEL,
+            required=False,
+            label="spaCy pipeline",
+            description="for the caption's noun phrases: an installed name or a path",
+        )
+        problem = _spacy_problem(ctx.params.get("spacy_model") or DEFAULT_SPACY_MODEL)
+        if problem is not None:
+            block(inputs, "spacy_model_error", problem)
+
     def execute(self, ctx):
         engine = import_library("fiftyone_ssa.engine")
         params = ctx.params
         mask_branch = chosen_branch(ctx, "mask")
         device = params.get("device") or "auto"
-        reporter = ProgressReporter(ctx)
-        options = {
-            "label_field": params.get("label_field", "ssa_engine"),
-            "mask_branch": mask_branch,
-            "light": bool(params.get("light", False)),
-            "top_k": int(params.get("top_k", 3)),
-            "vocabulary": params.get("vocabulary") or None,
-            "device": None if device == "auto" else device,
-            "batch_size": int(params.get("batch_size", 1)),
-            "progress": False,
-            "progress_callback": reporter,
-            **if_exists_flags(ctx),
-        }
+        options = {}
         if params.get("points_per_side") and not mask_branch.startswith("field:"):
             options["points_per_side"] = int(params["points_per_side"])
+        models = {
+            role: params[f"{role}_model"] for role in MODEL_ROLES if params.get(f"{role}_model")
+        }
         summary = engine.apply_ssa_engine(
-            ctx.target_view(), **_supported(engine.apply_ssa_engine, options, reporter)
+            ctx.target_view(),
+            label_field=params.get("label_field", "ssa_engine"),
+            mask_branch=mask_branch,
+            light=bool(params.get("light", False)),
+            top_k=int(params.get("top_k", 3)),
+            vocabulary=params.get("vocabulary") or None,
+            vocabulary_mode=params.get("vocabulary_mode", "add"),
+            spacy_model=params.get("spacy_model") or DEFAULT_SPACY_MODEL,
+            write_segmentation=bool(params.get("write_segmentation", False)),
+            device=None if device == "auto" else device,
+            batch_size=int(params.get("batch_size", 1)),
+            models=models or None,
+            progress=False,
+            progress_callback=ProgressReporter(ctx),
+            **if_exists_flags(ctx),
+            **options,
         )
         self._finish(ctx)
-        return _summary_dict(summary, options["label_field"])
+        return {
+            "label_field": summary.label_field,
+            "num_labelled": summary.num_labelled,
+            "num_failed": len(summary.failures),
+            "num_skipped": summary.skipped_existing,
+            "failures": [f"{s.filepath}: {s.error}" for s in summary.failures[:20]],
+        }
 
     def resolve_output(self, ctx):
         outputs = types.Object()
         outputs.str("label_field", label="Label field")
         outputs.int("num_labelled", label="Samples labelled")
         outputs.int("num_failed", label="Samples failed")
+        outputs.int("num_skipped", label="Samples skipped (already labelled)")
+        outputs.list("failures", types.String(), label="First failures")
         return types.Property(outputs, view=types.View(label="SSA-engine finished"))
-
-
-def _supported(fn, options: dict, reporter: ProgressReporter) -> dict:
-    """The options ``fn`` accepts; progress goes through FiftyOne's callable when it has no
-    ``progress_callback``."""
-    parameters = inspect.signature(fn).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        accepted = set(options)
-    else:
-        accepted = set(parameters)
-    if "progress_callback" not in parameters:
-        options = {**options, "progress": reporter.fiftyone_progress()}
-    return {k: v for k, v in options.items() if k in accepted}
-
-
-def _summary_dict(summary, label_field: str) -> dict:
-    """A JSON-able summary from whatever ``apply_ssa_engine`` returned."""
-    failures = getattr(summary, "failures", None) or []
-    labelled = getattr(summary, "num_labelled", None)
-    return {
-        "label_field": getattr(summary, "label_field", label_field),
-        "num_labelled": labelled,
-        "num_failed": len(failures),
-    }

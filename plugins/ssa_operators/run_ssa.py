@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import fiftyone as fo
 import fiftyone.operators.types as types
 
@@ -93,7 +95,7 @@ class RunSSA(SSAOperator):
         inputs = types.Object()
         if require_dataset(inputs, ctx):
             inputs.view_target(ctx)
-            mask_branch = mask_branch_inputs(inputs, ctx)
+            mask_branch = mask_branch_inputs(inputs, ctx, points_default="64, the original SSA's")
             semantic_branch = semantic_branch_inputs(inputs, ctx)
             write_branch = bool(ctx.params.get("write_branch", True))
             label_field = ctx.params.get("label_field", "ssa")
@@ -177,6 +179,6 @@ def chosen_branch(ctx, kind: str) -> str:
             name = fields[0]
         return f"field:{name}"
     if source == "custom":
-        return params[f"{kind}_custom"]
+        return os.path.expanduser(params[f"{kind}_custom"])
     default = DEFAULT_MASK_PRESET if kind == "mask" else DEFAULT_SEMANTIC_PRESET
     return params.get(f"{kind}_preset", default)
