@@ -166,24 +166,25 @@ def _short_reason(err: BaseException) -> str:
     """The first sentence of an exception's message, at most 120 characters."""
     text = str(err).strip()
     if text.startswith("Weights only load failed"):
-        if "Unsupported operand" in text or "invalid load key" in text:
-            return "not a PyTorch checkpoint file"
-        return "holds objects other than tensors (refused by torch.load(weights_only=True))"
+        return "not a plain state dict of tensors (refused by torch.load(weights_only=True))"
     first = text.splitlines()[0] if text else type(err).__name__
     first = first.split(". ")[0]
     return first if len(first) <= 120 else first[:117] + "..."
 
 
 def _read_state_dict(path: Path) -> dict:
+    with open(path, "rb") as f:
+        head = f.read(2)
+    # torch.save writes a zip archive ("PK"); legacy checkpoints are pickles (protocol byte 0x80).
+    if head and not head.startswith((b"PK", b"\x80")):
+        raise ValueError(f"cannot read SAM checkpoint {path}: not a PyTorch checkpoint file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError) as err:
         raise ValueError(f"cannot read SAM checkpoint {path}: {_short_reason(err)}") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # training checkpoints wrap the state dict
-    if not isinstance(state, dict) or not all(
-        isinstance(v, torch.Tensor) for v in state.values()
-    ):
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"cannot read SAM checkpoint {path}: not a state dict of tensors")
     return state
 
