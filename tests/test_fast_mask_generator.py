@@ -10,9 +10,12 @@ from fiftyone_ssa.models.fast_mask_generator import (
     SamMaskSet,
     _boxes_from_projections,
     _upsample_logits,
-    remove_small_regions_in_box,
 )
 from fiftyone_ssa.models.sam_loader import build_sam, load_sam_dir
+from fiftyone_ssa.models.sam_small_regions import (
+    postprocess_small_regions,
+    remove_small_regions_in_box,
+)
 from tests.fixtures.sam import blob_scene, make_blob_segmenter
 
 NO_THRESHOLDS = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
@@ -251,6 +254,38 @@ def test_small_regions_on_the_box_equal_segment_anything():
         assert edited == (holes or islands)
         changed += edited
     assert 100 < changed < 600
+
+
+def test_postprocess_small_regions_equals_segment_anything():
+    from segment_anything import SamAutomaticMaskGenerator
+    from segment_anything.utils.amg import (
+        MaskData,
+        batched_mask_to_box,
+        mask_to_rle_pytorch,
+        rle_to_mask,
+    )
+
+    rng = np.random.default_rng(1)
+    height, width = 60, 90
+    masks = np.stack([_random_mask(rng, height, width) for _ in range(80)])
+    masks[5] = False  # an empty mask
+    masks[6] = masks[7]  # duplicates: NMS keeps one
+    masks[8, :, :] = True  # touches every border
+    torch_masks = torch.as_tensor(masks)
+    boxes = batched_mask_to_box(torch_masks)
+    data = MaskData(
+        rles=mask_to_rle_pytorch(torch_masks),
+        boxes=boxes.numpy().copy(),  # segment-anything edits it in place
+        index=np.arange(len(masks)),
+    )
+    expected = SamAutomaticMaskGenerator.postprocess_small_regions(data, 12, 0.7)
+    expected_masks = np.stack([rle_to_mask(rle) for rle in expected["rles"]])
+
+    got_masks, got_boxes, keep = postprocess_small_regions(torch_masks, boxes, 12, 0.7, 3)
+    np.testing.assert_array_equal(keep.numpy(), expected["index"])
+    np.testing.assert_array_equal(got_masks.numpy(), expected_masks)
+    np.testing.assert_array_equal(got_boxes.numpy(), expected["boxes"])
+    assert len(keep) < len(masks)
 
 
 def test_small_regions_work_on_the_box_only():

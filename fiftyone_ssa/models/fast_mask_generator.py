@@ -14,8 +14,9 @@ pixels), but:
   materialised once, for the masks that remain after NMS;
 - batches all point prompts of a crop (``points_per_batch``, 256 on CUDA), keeps every tensor on
   the model's device, runs NMS there, and needs no RLE;
-- removes small regions (``min_mask_region_area``) with OpenCV on each mask's bounding box (the
-  only device-to-host transfer, one per image) with exactly segment-anything's semantics;
+- removes small regions (``min_mask_region_area``) with OpenCV on each mask's bounding box
+  (:mod:`fiftyone_ssa.models.sam_small_regions`; the box crops are the only mask pixels that
+  go to the host, in one transfer) with exactly segment-anything's semantics;
 - optionally runs the image encoder and the mask decoder under autocast (``dtype``) and compiles
   the upsample-and-reduce step (``compile=True``).
 """
@@ -31,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from fiftyone_ssa.core.mask_set import MaskSet
+from fiftyone_ssa.models.sam_small_regions import postprocess_small_regions
 
 if TYPE_CHECKING:
     from segment_anything.modeling import Sam
@@ -307,7 +309,12 @@ class FastMaskGenerator:
         masks = self._materialise(data, crop_boxes, (height, width))
         boxes = data["boxes"]
         if self.min_mask_region_area > 0 and len(masks):
-            masks, boxes, keep = self._remove_small_regions(masks)
+            masks, boxes, keep = postprocess_small_regions(
+                masks,
+                boxes,
+                self.min_mask_region_area,
+                max(self.box_nms_thresh, self.crop_nms_thresh),
+            )
             data = {key: value[keep] for key, value in data.items()}
 
         return SamMaskSet(
@@ -483,165 +490,3 @@ class FastMaskGenerator:
                 logits = _upsample_logits(data["low_res"][select], input_size, size, img_size)
                 masks[select, y0:y1, x0:x1] = logits > self.mask_threshold
         return masks
-
-    def _remove_small_regions(
-        self, masks: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """segment-anything's ``postprocess_small_regions``: fill small holes, drop small islands,
-        then NMS preferring unchanged masks.
-
-        Returns:
-            masks: (K, H, W) bool, the kept masks, edited.
-            boxes: (K, 4) int64 XYXY of the kept masks.
-            keep: (K,) int64 indices of the kept masks into the input.
-        """
-        from torchvision.ops.boxes import batched_nms
-
-        host = masks.cpu().numpy()  # the one device -> host transfer
-        area = self.min_mask_region_area
-        edits, boxes, scores = [], [], []
-        for mask in host:
-            region, edited = remove_small_regions_in_box(mask, area)
-            edits.append(region if edited else None)
-            boxes.append(_box_of(region if edited else mask))
-            scores.append(0.0 if edited else 1.0)
-        boxes_cpu = torch.as_tensor(np.array(boxes, dtype=np.int64).reshape(-1, 4))
-        keep = batched_nms(
-            boxes_cpu.float(),
-            torch.as_tensor(scores),
-            torch.zeros(len(boxes_cpu)),
-            iou_threshold=max(self.box_nms_thresh, self.crop_nms_thresh),
-        )
-        keep_list = keep.tolist()
-        out = masks[keep.to(self.device)]
-        for row, index in enumerate(keep_list):
-            if edits[index] is not None:
-                y0, x0, region = edits[index]
-                h, w = region.shape
-                out[row, y0 : y0 + h, x0 : x0 + w] = torch.from_numpy(region).to(self.device)
-        return out, boxes_cpu[keep].to(self.device), keep.to(self.device)
-
-
-def _box_of(mask_or_region) -> list[int]:
-    """XYXY inclusive box of a full mask, or of ``(y0, x0, region)`` in image coordinates."""
-    if isinstance(mask_or_region, tuple):
-        y0, x0, region = mask_or_region
-    else:
-        y0, x0, region = 0, 0, mask_or_region
-    rows = np.flatnonzero(region.any(1))
-    if not len(rows):
-        return [0, 0, 0, 0]
-    cols = np.flatnonzero(region.any(0))
-    return [x0 + cols[0], y0 + rows[0], x0 + cols[-1], y0 + rows[-1]]
-
-
-def remove_small_regions_in_box(
-    mask: np.ndarray, area_thresh: float
-) -> tuple[tuple[int, int, np.ndarray], bool]:
-    """segment-anything's small-region removal (holes, then islands) on the mask's bounding box.
-
-    Gives exactly what ``remove_small_regions(mask, area_thresh, "holes")`` followed by
-    ``remove_small_regions(..., "islands")`` give on the full mask, with OpenCV's connected
-    components run on the box (padded by one pixel) instead of the whole image. Components of
-    the background that touch the padded border continue outside the box; their true size adds
-    the pixels outside, which is computed in closed form. The rare cases where the result could
-    differ (a hole that reaches outside the box and is still small; a tie between the largest of
-    only-small islands) fall back to the full-image computation.
-
-    Args:
-        mask: (H, W) bool.
-        area_thresh: regions smaller than this are filled (holes) or removed (islands).
-
-    Returns:
-        ``((y0, x0, region), changed)``: the edited (h, w) bool region whose top-left pixel is
-        (x0, y0) (pixels outside it are unchanged), and whether anything changed.
-    """
-    height, width = mask.shape
-    rows = np.flatnonzero(mask.any(1))
-    if len(rows):
-        cols = np.flatnonzero(mask.any(0))
-        y0 = max(int(rows[0]) - 1, 0)
-        x0 = max(int(cols[0]) - 1, 0)
-        y0, x0 = y0 - y0 % 2, x0 - x0 % 2  # keep OpenCV's 2x2 block grid aligned
-        box = (y0, x0, min(int(rows[-1]) + 2, height), min(int(cols[-1]) + 2, width))
-        crop = mask[box[0] : box[2], box[1] : box[3]]
-        filled = _fill_small_holes(crop, box, (height, width), area_thresh)
-        if filled is not None:
-            region, holes_changed = filled
-            cleaned = _remove_small_islands(region, area_thresh)
-            if cleaned is not None:
-                region, islands_changed = cleaned
-                return (y0, x0, region), holes_changed or islands_changed
-    from segment_anything.utils.amg import remove_small_regions
-
-    region, holes_changed = remove_small_regions(mask, area_thresh, mode="holes")
-    region, islands_changed = remove_small_regions(region, area_thresh, mode="islands")
-    return (0, 0, region), holes_changed or islands_changed
-
-
-def _outside_parts(box, image_size) -> list[tuple[int, list[str]]]:
-    """Connected parts of the image outside ``box``: (pixel count, box sides they touch)."""
-    y0, x0, y1, x1 = box
-    height, width = image_size
-    full_width, full_height = x0 == 0 and x1 == width, y0 == 0 and y1 == height
-    if full_width and full_height:
-        return []
-    if full_width:
-        parts = [(width * y0, ["top"]), (width * (height - y1), ["bottom"])]
-    elif full_height:
-        parts = [(height * x0, ["left"]), (height * (width - x1), ["right"])]
-    else:
-        sides = [
-            side
-            for side, padded in (
-                ("top", y0 > 0),
-                ("bottom", y1 < height),
-                ("left", x0 > 0),
-                ("right", x1 < width),
-            )
-            if padded
-        ]
-        parts = [(height * width - (y1 - y0) * (x1 - x0), sides)]
-    return [(size, sides) for size, sides in parts if size > 0]
-
-
-def _fill_small_holes(crop: np.ndarray, box, image_size, area_thresh: float):
-    """Holes mode on the padded box; None when the full image must decide."""
-    import cv2
-
-    n, labels, stats, _ = cv2.connectedComponentsWithStats((~crop).astype(np.uint8), 8)
-    sizes = stats[:, cv2.CC_STAT_AREA].astype(np.int64)
-    line_label = {
-        "top": labels[0, 0],
-        "bottom": labels[-1, 0],
-        "left": labels[0, 0],
-        "right": labels[0, -1],
-    }
-    reaches_outside = np.zeros(n, dtype=bool)
-    for size, sides in _outside_parts(box, image_size):
-        for label in {int(line_label[side]) for side in sides}:
-            sizes[label] += size
-            reaches_outside[label] = True
-    small = [label for label in range(1, n) if sizes[label] < area_thresh]
-    if not small:
-        return crop, False
-    if reaches_outside[small].any():
-        return None
-    return crop | np.isin(labels, small), True
-
-
-def _remove_small_islands(crop: np.ndarray, area_thresh: float):
-    """Islands mode on the padded box; None when the full image must decide."""
-    import cv2
-
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(crop.astype(np.uint8), 8)
-    sizes = stats[1:, cv2.CC_STAT_AREA]
-    small = [i + 1 for i, size in enumerate(sizes) if size < area_thresh]
-    if not small:
-        return crop, False
-    keep = [label for label in range(1, n) if label not in set(small)]
-    if not keep:  # every island is small: keep the largest (ties: OpenCV's label order)
-        if (sizes == sizes.max()).sum() > 1:
-            return None
-        keep = [int(np.argmax(sizes)) + 1]
-    return np.isin(labels, keep), True
