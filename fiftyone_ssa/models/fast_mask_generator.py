@@ -19,6 +19,12 @@ pixels), but:
   go to the host, in one transfer) with exactly segment-anything's semantics;
 - optionally runs the image encoder and the mask decoder under autocast (``dtype``) and compiles
   the upsample-and-reduce step (``compile=True``).
+
+Measured (H100, ViT-H with random "blob" weights, 1500x2250 image, the original SSA settings,
+1505 masks): segment-anything 39.9 s, this generator 5.1 to 5.5 s in float32 with the same masks
+(encoder 1.0 s, mask decoder 2.9 s, upsampling and stability 0.4 s, small regions 0.7 s),
+3.5 s with bf16 autocast. The mask decoder (segment-anything's own module) is now the largest
+cost.
 """
 
 from __future__ import annotations
@@ -190,9 +196,12 @@ class FastMaskGenerator:
         point_grids: explicit (n, 2) grids in [0, 1] per crop layer.
         min_mask_region_area: fill holes and remove islands smaller than this, then re-run NMS.
         mask_threshold: logit threshold; the model's ``mask_threshold`` (0.0) by default.
-        dtype: autocast dtype for the encoder and decoder (``torch.bfloat16`` on CUDA); ``None``
-            runs in float32 and reproduces segment-anything.
-        compile: ``torch.compile`` the upsample-and-reduce step (worth it on CUDA).
+        dtype: autocast dtype for the encoder and decoder (``torch.bfloat16`` on CUDA: about
+            1.5x faster on an H100 with ViT-H); it changes the logits slightly, so masks differ
+            from segment-anything's at boundaries and near thresholds. ``None`` runs in float32
+            and reproduces segment-anything.
+        compile: ``torch.compile`` the upsample-and-reduce step (no gain measured on an H100;
+            for experiments).
 
     Raises:
         ValueError: on inconsistent settings.
