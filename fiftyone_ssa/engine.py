@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from fiftyone_ssa import runs
+from fiftyone_ssa.batching import check_label_field, guard, iter_batches, prefetch, safe_reader
 from fiftyone_ssa.core.crops import mask_boxes_xywh, scale_boxes
 from fiftyone_ssa.core.mask_set import MaskSet
 from fiftyone_ssa.core.vocabulary import build_candidates, check_vocabulary, refine_coco_name
@@ -45,10 +46,6 @@ from fiftyone_ssa.pipeline import (
     MAX_INLINE_MASK_PIXELS,
     SampleSummary,
     SSARunSummary,
-    _check_field,
-    _guard,
-    _prefetch,
-    _safe_read,
 )
 
 logger = logging.getLogger(__name__)
@@ -336,7 +333,7 @@ def validate_engine_request(
             f"Expected a top-level field name for `label_field`, but got {label_field!r}"
         )
     if isinstance(masks, FieldMaskBranch):
-        _check_field(samples, masks.field, fo.Detections, "mask branch")
+        check_label_field(samples, masks.field, fo.Detections, "mask branch")
     outputs = engine_output_fields(label_field, write_segmentation)
     if getattr(masks, "field", None) in outputs:
         raise ValueError(
@@ -449,19 +446,11 @@ def apply_ssa_engine(
     targets = _SegmentationTargets(dataset, seg_field) if write_segmentation else None
     settings = {"top_k": top_k, "vocabulary": vocabulary, "vocabulary_mode": vocabulary_mode}
 
-    def batches():
-        batch = []
-        for sample in select.iter_samples(progress=False):
-            batch.append(sample)
-            if len(batch) == batch_size:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
-
     done = 0
     with fou.ProgressBar(total=total, progress=progress) as pbar:
-        for batch, images in _prefetch(batches(), _safe_read(True), num_workers):
+        for batch, images in prefetch(
+            iter_batches(select, batch_size), safe_reader(True), num_workers
+        ):
             results = _label_batch(batch, images, masks, models, settings, skip_failures)
             for sample, (outcome, seconds) in zip(batch, results):
                 entry = SampleSummary(sample.id, sample.filepath, seconds=seconds)
@@ -517,7 +506,7 @@ def _label_batch(batch, images, masks, models, settings, skip_failures):
     mask_sets = [
         image
         if isinstance(image, Exception)
-        else _guard(_sample_masks, sample, image, masks, models.device)
+        else guard(_sample_masks, sample, image, masks, models.device)
         for sample, image in zip(batch, images)
     ]
     live = [i for i, m in enumerate(mask_sets) if not isinstance(m, Exception)]

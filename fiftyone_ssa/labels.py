@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fiftyone_ssa.core.crops import mask_boxes_xyxy
 from fiftyone_ssa.core.mask_set import MaskSet
 
 
@@ -82,31 +83,6 @@ def class_map_to_numpy(class_map: torch.Tensor) -> np.ndarray:
     return class_map.cpu().numpy().astype(dtype)
 
 
-def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """Tight pixel boxes of masks, inclusive: (N, 4) int64 ``[x0, y0, x1, y1]``.
-
-    Empty masks get ``[0, 0, -1, -1]``.
-
-    Args:
-        masks: (N, H, W) bool.
-    """
-    n, h, w = masks.shape
-    if n == 0:
-        return torch.zeros((0, 4), dtype=torch.int64, device=masks.device)
-    cols = masks.any(dim=1)  # (N, W)
-    rows = masks.any(dim=2)  # (N, H)
-    xs = torch.arange(w, device=masks.device)
-    ys = torch.arange(h, device=masks.device)
-    x0 = torch.where(cols, xs, w).amin(dim=1)
-    x1 = torch.where(cols, xs, -1).amax(dim=1)
-    y0 = torch.where(rows, ys, h).amin(dim=1)
-    y1 = torch.where(rows, ys, -1).amax(dim=1)
-    empty = x1 < 0
-    x0[empty] = 0
-    y0[empty] = 0
-    return torch.stack([x0, y0, x1, y1], dim=1)
-
-
 def build_detections(
     masks: torch.Tensor,
     labels: Sequence[str],
@@ -123,7 +99,7 @@ def build_detections(
             (keeps large sample documents small).
     """
     n, height, width = masks.shape
-    boxes = mask_boxes(masks).cpu().tolist()
+    boxes = mask_boxes_xyxy(masks).cpu().tolist()
     detections = []
     for i, (x0, y0, x1, y1) in enumerate(boxes):
         if x1 < 0:

@@ -6,7 +6,6 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 
 from fiftyone_ssa import runs
-from fiftyone_ssa.core.images import read_rgb, read_size
+from fiftyone_ssa.batching import check_label_field, guard, iter_batches, prefetch, safe_reader
 from fiftyone_ssa.core.mask_set import MaskSet
 from fiftyone_ssa.core.voting import paint_masks, painting_order, vote_mask_classes
 from fiftyone_ssa.labels import (
@@ -87,16 +86,6 @@ def output_fields(label_field: str, write_branch: bool = True) -> list[str]:
     return fields
 
 
-def _check_field(samples, name: str, label_type: type, role: str) -> None:
-    schema = samples.get_field_schema(flat=True)
-    if name not in schema:
-        raise ValueError(f"{role} field {name!r} does not exist on the dataset")
-    doc_type = getattr(schema[name], "document_type", None)
-    if doc_type is None or not issubclass(doc_type, label_type):
-        got = doc_type.__name__ if doc_type else type(schema[name]).__name__
-        raise ValueError(f"{role} field {name!r} holds {got}, expected {label_type.__name__}")
-
-
 def _field_classes(samples, name: str) -> dict[int, str]:
     dataset = samples._dataset
     targets = dataset.mask_targets.get(name) or dataset.default_mask_targets or {}
@@ -120,9 +109,9 @@ def validate_ssa_request(
             f"Expected a top-level field name for `label_field`, but got {label_field!r}"
         )
     if isinstance(semantic, FieldSemanticBranch):
-        _check_field(samples, semantic.field, fo.Segmentation, "semantic branch")
+        check_label_field(samples, semantic.field, fo.Segmentation, "semantic branch")
     if isinstance(masks, FieldMaskBranch):
-        _check_field(samples, masks.field, fo.Detections, "mask branch")
+        check_label_field(samples, masks.field, fo.Detections, "mask branch")
     inputs = {getattr(semantic, "field", None), getattr(masks, "field", None)}
     outputs = output_fields(label_field, write_branch)
     clash = inputs.intersection(outputs)
@@ -137,35 +126,6 @@ def validate_ssa_request(
             f"field {existing[0]!r} already exists; pass overwrite=True (--overwrite) to replace "
             "it or skip_existing=True (--skip-existing) to label only the samples without it"
         )
-
-
-def _prefetch(samples_batches, read: Callable, num_workers: int):
-    """Yields (batch, images), decoding the next batch's images in the background."""
-    if num_workers <= 0:
-        for batch in samples_batches:
-            yield batch, [read(s) for s in batch]
-        return
-    with ThreadPoolExecutor(num_workers) as pool:
-        pending = None
-        for batch in samples_batches:
-            futures = [pool.submit(read, s) for s in batch]
-            if pending is not None:
-                yield pending[0], [f.result() for f in pending[1]]
-            pending = (batch, futures)
-        if pending is not None:
-            yield pending[0], [f.result() for f in pending[1]]
-
-
-def _safe_read(needs_image: bool):
-    """Reads a sample's image, or only its size when no model needs the pixels."""
-
-    def read(sample):
-        try:
-            return read_rgb(sample.filepath) if needs_image else read_size(sample.filepath)
-        except Exception as err:  # reported per sample
-            return err
-
-    return read
 
 
 def label_one_image(
@@ -292,24 +252,14 @@ def apply_ssa(
     needs_image = not (
         isinstance(semantic, FieldSemanticBranch) and isinstance(masks, FieldMaskBranch)
     )
-    read = _safe_read(needs_image)
+    read = safe_reader(needs_image)
     fields = [f for f in (getattr(semantic, "field", None), getattr(masks, "field", None)) if f]
     select = view.select_fields(fields) if fields else view.select_fields()
     seen_classes: dict[int, str] = {}
 
-    def batches():
-        batch = []
-        for sample in select.iter_samples(progress=False):
-            batch.append(sample)
-            if len(batch) == batch_size:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
-
     done = 0
     with fou.ProgressBar(total=total, progress=progress) as pbar:
-        for batch, images in _prefetch(batches(), read, num_workers):
+        for batch, images in prefetch(iter_batches(select, batch_size), read, num_workers):
             results = _label_batch(
                 batch, images, semantic, masks, work_device, top_k, skip_failures
             )
@@ -359,7 +309,7 @@ def _class_maps(batch, images, semantic, device) -> list:
                 maps[i] = (
                     ValueError(f"sample has no {semantic.field!r} label")
                     if label is None
-                    else _guard(segmentation_to_tensor, label, device)
+                    else guard(segmentation_to_tensor, label, device)
                 )
         return maps
     live = [i for i in range(len(batch)) if maps[i] is None]
@@ -390,19 +340,9 @@ def _label_batch(batch, images, semantic, masks, device, top_k, skip_failures):
         t0 = time.perf_counter()
         outcome = class_map
         if not isinstance(class_map, Exception):
-            outcome = _guard(
-                _label_sample, sample, image, class_map, semantic, masks, device, top_k
-            )
+            outcome = guard(_label_sample, sample, image, class_map, semantic, masks, device, top_k)
         results.append((outcome, shared_seconds + time.perf_counter() - t0))
     return results
-
-
-def _guard(fn, *args):
-    """``fn(*args)``, or the exception it raised (reported per sample)."""
-    try:
-        return fn(*args)
-    except Exception as err:  # reported per sample
-        return err
 
 
 def _label_sample(sample, image, class_map, semantic, masks, device, top_k):

@@ -18,6 +18,34 @@ import torch.nn.functional as F
 _MODES = ("nearest", "bilinear", "bicubic")
 
 
+def mask_boxes_xyxy(masks: torch.Tensor) -> torch.Tensor:
+    """Tight inclusive pixel boxes of masks.
+
+    Args:
+        masks: (N, H, W) bool.
+
+    Returns:
+        (N, 4) int64 ``[x0, y0, x1, y1]`` (inclusive); an empty mask gets ``[0, 0, -1, -1]``.
+    """
+    if masks.dim() != 3:
+        raise ValueError(f"Expected `masks` to be (N, H, W), but got shape {tuple(masks.shape)}")
+    n, h, w = masks.shape
+    if n == 0:
+        return torch.zeros((0, 4), dtype=torch.int64, device=masks.device)
+    cols = masks.any(dim=1)  # (N, W)
+    rows = masks.any(dim=2)  # (N, H)
+    xs = torch.arange(w, device=masks.device)
+    ys = torch.arange(h, device=masks.device)
+    x0 = torch.where(cols, xs, w).amin(dim=1)
+    x1 = torch.where(cols, xs, -1).amax(dim=1)
+    y0 = torch.where(rows, ys, h).amin(dim=1)
+    y1 = torch.where(rows, ys, -1).amax(dim=1)
+    empty = x1 < 0
+    x0[empty] = 0
+    y0[empty] = 0
+    return torch.stack([x0, y0, x1, y1], dim=1)
+
+
 def mask_boxes_xywh(masks: torch.Tensor) -> torch.Tensor:
     """Tight pixel boxes of masks.
 
@@ -27,22 +55,8 @@ def mask_boxes_xywh(masks: torch.Tensor) -> torch.Tensor:
     Returns:
         (N, 4) float32 ``[x, y, w, h]``; an empty mask gets ``[0, 0, 0, 0]``.
     """
-    if masks.dim() != 3:
-        raise ValueError(f"Expected `masks` to be (N, H, W), but got shape {tuple(masks.shape)}")
-    n, h, w = masks.shape
-    if n == 0:
-        return torch.zeros((0, 4), dtype=torch.float32, device=masks.device)
-    cols = masks.any(dim=1)  # (N, W)
-    rows = masks.any(dim=2)  # (N, H)
-    xs = torch.arange(w, device=masks.device)
-    ys = torch.arange(h, device=masks.device)
-    x0 = torch.where(cols, xs, w).amin(dim=1)
-    x1 = torch.where(cols, xs, -1).amax(dim=1)
-    y0 = torch.where(rows, ys, h).amin(dim=1)
-    y1 = torch.where(rows, ys, -1).amax(dim=1)
-    boxes = torch.stack([x0, y0, x1 - x0 + 1, y1 - y0 + 1], dim=1).float()
-    boxes[x1 < 0] = 0
-    return boxes
+    x0, y0, x1, y1 = mask_boxes_xyxy(masks).unbind(dim=1)
+    return torch.stack([x0, y0, x1 - x0 + 1, y1 - y0 + 1], dim=1).float()
 
 
 def scale_boxes(boxes: torch.Tensor, factor: float, image_size: tuple[int, int]) -> torch.Tensor:

@@ -116,7 +116,29 @@ def _load_error(path: Path, err: Exception) -> ValueError:
     return ValueError(f"cannot load a semantic segmentation model from {path}: {first}")
 
 
-class TransformersSemanticBranch(SemanticBranch):
+class _PretrainedBranch(SemanticBranch):
+    """A branch backed by a transformers model and processor saved with ``save_pretrained``."""
+
+    def _load(self, path, device, half: bool, processor_cls, model_cls) -> None:
+        """Loads processor and model from ``path`` onto the device (bfloat16 on CUDA if ``half``).
+
+        Raises:
+            ValueError: one line, whatever went wrong (config, weights, shapes).
+        """
+        self.path = Path(path)
+        self.name = str(path)
+        self.device = torch.device(device) if device else default_device()
+        try:
+            self.processor = processor_cls.from_pretrained(self.path, local_files_only=True)
+            self.model = model_cls.from_pretrained(self.path, local_files_only=True)
+        except Exception as err:  # hub, config, safetensors and shape errors alike
+            raise _load_error(self.path, err) from None
+        self.model.to(self.device).eval()
+        self.dtype = torch.bfloat16 if (half and self.device.type == "cuda") else torch.float32
+        self.classes = {int(k): str(v) for k, v in self.model.config.id2label.items()}
+
+
+class TransformersSemanticBranch(_PretrainedBranch):
     """A transformers semantic segmentation model (Segformer, BEiT, DPT, UperNet, ...).
 
     Uses the model's own image processor for resizing and normalisation, upsamples the logits
@@ -131,19 +153,7 @@ class TransformersSemanticBranch(SemanticBranch):
     def __init__(self, path: str | os.PathLike, device=None, half: bool = True):
         from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
-        self.path = Path(path)
-        self.name = str(path)
-        self.device = torch.device(device) if device else default_device()
-        try:
-            self.processor = AutoImageProcessor.from_pretrained(self.path, local_files_only=True)
-            self.model = AutoModelForSemanticSegmentation.from_pretrained(
-                self.path, local_files_only=True
-            )
-        except Exception as err:  # hub, config, safetensors and shape errors alike
-            raise _load_error(self.path, err) from None
-        self.model.to(self.device).eval()
-        self.dtype = torch.bfloat16 if (half and self.device.type == "cuda") else torch.float32
-        self.classes = {int(k): str(v) for k, v in self.model.config.id2label.items()}
+        self._load(path, device, half, AutoImageProcessor, AutoModelForSemanticSegmentation)
 
     @torch.no_grad()
     def predict(self, images):
@@ -156,7 +166,7 @@ class TransformersSemanticBranch(SemanticBranch):
         ]
 
 
-class OneFormerSemanticBranch(SemanticBranch):
+class OneFormerSemanticBranch(_PretrainedBranch):
     """OneFormer in its semantic task: per-class scores from query classes and masks.
 
     Scores are ``sum_q softmax(class_q)[c] * sigmoid(mask_q)`` (transformers' own
@@ -172,19 +182,7 @@ class OneFormerSemanticBranch(SemanticBranch):
     def __init__(self, path: str | os.PathLike, device=None, half: bool = True):
         from transformers import OneFormerForUniversalSegmentation, OneFormerProcessor
 
-        self.path = Path(path)
-        self.name = str(path)
-        self.device = torch.device(device) if device else default_device()
-        try:
-            self.processor = OneFormerProcessor.from_pretrained(self.path, local_files_only=True)
-            self.model = OneFormerForUniversalSegmentation.from_pretrained(
-                self.path, local_files_only=True
-            )
-        except Exception as err:  # hub, config, safetensors and shape errors alike
-            raise _load_error(self.path, err) from None
-        self.model.to(self.device).eval()
-        self.dtype = torch.bfloat16 if (half and self.device.type == "cuda") else torch.float32
-        self.classes = {int(k): str(v) for k, v in self.model.config.id2label.items()}
+        self._load(path, device, half, OneFormerProcessor, OneFormerForUniversalSegmentation)
 
     @torch.no_grad()
     def class_scores(self, image: np.ndarray) -> torch.Tensor:
@@ -205,7 +203,7 @@ class OneFormerSemanticBranch(SemanticBranch):
         return [upsample_argmax(self.class_scores(image), image.shape[:2]) for image in images]
 
 
-class CLIPSegSemanticBranch(SemanticBranch):
+class CLIPSegSemanticBranch(_PretrainedBranch):
     """CLIPSeg with a user-given class list (open vocabulary): argmax over class prompts.
 
     Args:
@@ -226,18 +224,7 @@ class CLIPSegSemanticBranch(SemanticBranch):
                 "Expected `classes` to be a non-empty list of class names for CLIPSeg, but got "
                 f"{classes!r}"
             )
-        self.path = Path(path)
-        self.name = str(path)
-        self.device = torch.device(device) if device else default_device()
-        try:
-            self.processor = CLIPSegProcessor.from_pretrained(self.path, local_files_only=True)
-            self.model = CLIPSegForImageSegmentation.from_pretrained(
-                self.path, local_files_only=True
-            )
-        except Exception as err:  # hub, config, safetensors and shape errors alike
-            raise _load_error(self.path, err) from None
-        self.model.to(self.device).eval()
-        self.dtype = torch.bfloat16 if (half and self.device.type == "cuda") else torch.float32
+        self._load(path, device, half, CLIPSegProcessor, CLIPSegForImageSegmentation)
         self.classes = dict(enumerate(names))
         text = self.processor.tokenizer(names, padding=True, return_tensors="pt")
         with torch.no_grad():
