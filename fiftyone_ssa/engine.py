@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import fiftyone as fo
-import fiftyone.core.utils as fou
 import numpy as np
 import torch
 
-from fiftyone_ssa import runs
-from fiftyone_ssa.batching import check_label_field, guard, iter_batches, prefetch, safe_reader
+from fiftyone_ssa import distributed, runs
+from fiftyone_ssa.batching import check_label_field, guard
 from fiftyone_ssa.core.crops import mask_boxes_xywh, scale_boxes
 from fiftyone_ssa.core.mask_set import MaskSet
 from fiftyone_ssa.core.vocabulary import build_candidates, check_vocabulary, refine_coco_name
@@ -41,12 +40,9 @@ from fiftyone_ssa.models.masks import FieldMaskBranch
 from fiftyone_ssa.models.nouns import DEFAULT_SPACY_MODEL, NounExtractor
 from fiftyone_ssa.models.registry import create_branch
 from fiftyone_ssa.models.semantic import FieldSemanticBranch, SemanticBranch, default_device
-from fiftyone_ssa.pipeline import (
-    DEFAULT_MASK_BRANCH,
-    MAX_INLINE_MASK_PIXELS,
-    SampleSummary,
-    SSARunSummary,
-)
+from fiftyone_ssa.pipeline import DEFAULT_MASK_BRANCH, MAX_INLINE_MASK_PIXELS
+from fiftyone_ssa.run_loop import LabellingJob, execute_labelling_run
+from fiftyone_ssa.runs import SSARunSummary
 
 logger = logging.getLogger(__name__)
 
@@ -323,15 +319,13 @@ def engine_output_fields(label_field: str, write_segmentation: bool = False) -> 
 
 
 def validate_engine_request(
-    samples, label_field: str, masks, write_segmentation: bool, skip_existing: bool, overwrite: bool
+    samples, label_field: str, masks, write_segmentation: bool, vocabulary_mode: str
 ) -> None:
-    """Checks everything that can be checked before loading models; one-line ValueErrors."""
-    if len(samples) == 0:
-        raise ValueError("the view is empty: nothing to label")
-    if not label_field or "." in label_field or label_field.startswith("_"):
-        raise ValueError(
-            f"Expected a top-level field name for `label_field`, but got {label_field!r}"
-        )
+    """Checks the inputs before loading models; one-line ValueErrors.
+
+    Whether the output fields are free is checked by the run loop (it knows the run key).
+    """
+    runs.check_target(samples, label_field)
     if isinstance(masks, FieldMaskBranch):
         check_label_field(samples, masks.field, fo.Detections, "mask branch")
     outputs = engine_output_fields(label_field, write_segmentation)
@@ -340,12 +334,15 @@ def validate_engine_request(
             f"output field {masks.field!r} is also the mask branch's input; choose "
             "another label_field"
         )
-    schema = samples._dataset.get_field_schema()
-    existing = [f for f in outputs if f in schema]
-    if existing and not (overwrite or skip_existing):
+    if (
+        write_segmentation
+        and vocabulary_mode != "restrict"
+        and distributed.current_ranks().is_distributed
+    ):
         raise ValueError(
-            f"field {existing[0]!r} already exists; pass overwrite=True (--overwrite) to replace "
-            "it or skip_existing=True (--skip-existing) to label only the samples without it"
+            "write_segmentation under torchrun needs a fixed class list: pass "
+            "vocabulary_mode='restrict' and a vocabulary (--restrict-vocabulary), so "
+            "every rank gives each class the same id"
         )
 
 
@@ -369,6 +366,7 @@ def apply_ssa_engine(
     progress: bool | Callable | None = None,
     progress_callback: Callable[[int, int], None] | None = None,
     models: EngineModels | dict | None = None,
+    resume: bool = True,
     **mask_generator_options,
 ) -> SSARunSummary:
     """Runs SSA-engine over a collection: a class name and top-k proposals for every mask.
@@ -396,7 +394,7 @@ def apply_ssa_engine(
         batch_size: images whose masks go through the models together.
         num_workers: threads decoding images ahead of the models.
         skip_existing: label only samples whose ``label_field`` is empty.
-        overwrite: replace existing output fields.
+        overwrite: replace the labels of other runs in the output fields.
         skip_failures: record a failing sample in ``<label_field>_error`` and go on; False
             raises at the first failure.
         write_segmentation: also write ``<label_field>_seg``.
@@ -407,6 +405,8 @@ def apply_ssa_engine(
         models: loaded :class:`EngineModels`, or a dict of :meth:`EngineModels.load` options
             (``ade``, ``coco``, ``captioner``, ``clip``, ``clipseg``, ...: presets, Hugging Face
             ids or paths) loaded after the request is validated; by default the (light) presets.
+        resume: skip the samples an identical earlier run (same run key) already labelled;
+            False labels them again.
         **mask_generator_options: SAM settings overriding SSA-engine's (points_per_side=32,
             crop_n_layers=0, pred_iou_thresh=0.86, stability_score_thresh=0.92, ...).
 
@@ -423,58 +423,130 @@ def apply_ssa_engine(
             f"{type(models).__name__}"
         )
     vocabulary = check_vocabulary(vocabulary, vocabulary_mode)
+    device = device or distributed.default_device(distributed.current_ranks())
     options = {**engine_mask_generator_defaults(light), **mask_generator_options}
     masks = create_branch(mask_branch, kind="mask", device=device, **options)
-    validate_engine_request(
-        samples, label_field, masks, write_segmentation, skip_existing, overwrite
-    )
+    validate_engine_request(samples, label_field, masks, write_segmentation, vocabulary_mode)
+    config = {
+        "kind": "engine",
+        "label_field": label_field,
+        "mask_branch": mask_branch,
+        "light": light,
+        "top_k": top_k,
+        "vocabulary": vocabulary,
+        "vocabulary_mode": vocabulary_mode,
+        "spacy_model": spacy_model,
+        "write_segmentation": write_segmentation,
+        "models": models,
+        "mask_options": mask_generator_options,
+    }
     if not isinstance(models, EngineModels):
         options = {"light": light, "device": device, "spacy_model": spacy_model, **(models or {})}
         models = EngineModels.load(**options)
-    dataset = samples._dataset
-    summary = SSARunSummary(label_field)
-    view = samples
-    if skip_existing and label_field in dataset.get_field_schema():
-        view = samples.exists(label_field, False)
-        summary.skipped_existing = len(samples) - len(view)
-    total = len(view)
     mask_root = output_dir or os.path.join(
-        fo.config.default_dataset_dir, "fiftyone-ssa", dataset.name
+        fo.config.default_dataset_dir, "fiftyone-ssa", samples._dataset.name
     )
-    select = view.select_fields([masks.field] if isinstance(masks, FieldMaskBranch) else [])
-    seg_field = f"{label_field}_seg"
-    targets = _SegmentationTargets(dataset, seg_field) if write_segmentation else None
     settings = {"top_k": top_k, "vocabulary": vocabulary, "vocabulary_mode": vocabulary_mode}
+    job = EngineJob(label_field, masks, models, settings, write_segmentation, mask_root)
+    return execute_labelling_run(
+        samples,
+        job,
+        runs.make_run_key(config),
+        config,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        overwrite=overwrite,
+        skip_existing=skip_existing,
+        resume=resume,
+        skip_failures=skip_failures,
+        progress=progress,
+        progress_callback=progress_callback,
+    )
 
-    done = 0
-    with fou.ProgressBar(total=total, progress=progress) as pbar:
-        for batch, images in prefetch(
-            iter_batches(select, batch_size), safe_reader(True), num_workers
-        ):
-            results = _label_batch(batch, images, masks, models, settings, skip_failures)
-            for sample, (outcome, seconds) in zip(batch, results):
-                entry = SampleSummary(sample.id, sample.filepath, seconds=seconds)
-                if isinstance(outcome, Exception):
-                    if not skip_failures:
-                        raise outcome
-                    entry.error = f"{type(outcome).__name__}: {outcome}"
-                    runs.record_failure(dataset, sample.id, label_field, entry.error)
-                    logger.warning("skipping %s: %s", sample.filepath, entry.error)
-                else:
-                    mask_set, labels = outcome
-                    _write_sample(
-                        dataset, sample.id, label_field, mask_set, labels, targets, mask_root
-                    )
-                    entry.num_masks = len(mask_set)
-                    entry.classes = sorted(set(labels.class_names))
-                summary.samples.append(entry)
-                done += 1
-                pbar.update()
-                if progress_callback is not None:
-                    progress_callback(done, total)
-            if targets is not None:
-                targets.save()
-    return summary
+
+# The attributes of every detection SSA-engine writes, besides ``label`` and ``confidence``.
+ENGINE_MASK_ATTRIBUTES = {
+    "class_proposals": (fo.ListField, {"subfield": fo.StringField}),
+    "caption": fo.StringField,
+    "ade_name": fo.StringField,
+    "coco_name": fo.StringField,
+    "predicted_iou": fo.FloatField,
+    "stability_score": fo.FloatField,
+    "area": fo.IntField,
+}
+
+
+class EngineJob(LabellingJob):
+    """SSA-engine as a :class:`LabellingJob`: masks, then every engine model, batched."""
+
+    def __init__(
+        self,
+        label_field: str,
+        masks,
+        models: EngineModels,
+        settings: dict,
+        write_segmentation: bool,
+        mask_root: str,
+    ):
+        self.label_field = label_field
+        self.masks = masks
+        self.models = models
+        self.settings = settings
+        self.write_segmentation = write_segmentation
+        self.mask_root = mask_root
+        self.input_fields = [masks.field] if isinstance(masks, FieldMaskBranch) else []
+        self.seg_field = f"{label_field}_seg"
+        self.targets: _SegmentationTargets | None = None
+
+    def output_types(self) -> dict[str, type]:
+        types = {self.label_field: fo.Detections, runs.error_field(self.label_field): str}
+        if self.write_segmentation:
+            types[self.seg_field] = fo.Segmentation
+        return types
+
+    def output_schema(self) -> dict[str, tuple[type, dict]]:
+        lf = self.label_field
+        schema = runs.label_schema(lf, fo.Detections, ENGINE_MASK_ATTRIBUTES)
+        schema[f"{lf}.{runs.RUN_KEY_ATTRIBUTE}"] = (fo.StringField, {})
+        if self.write_segmentation:
+            schema.update(runs.label_schema(self.seg_field, fo.Segmentation, {}))
+        schema[runs.error_field(lf)] = (fo.StringField, {})
+        return schema
+
+    def prepare(self, dataset: fo.Dataset) -> None:
+        if self.write_segmentation and self.settings["vocabulary_mode"] == "restrict":
+            # A fixed class list: ids known before any rank labels anything.
+            targets = _SegmentationTargets(dataset, self.seg_field)
+            for name in self.settings["vocabulary"]:
+                targets.id_of(name)
+            targets.save()
+
+    def start(self, dataset: fo.Dataset) -> None:
+        if self.write_segmentation:
+            self.targets = _SegmentationTargets(
+                dataset, self.seg_field, frozen=distributed.current_ranks().is_distributed
+            )
+
+    def label_batch(self, batch, images, skip_failures):
+        return _label_batch(batch, images, self.masks, self.models, self.settings, skip_failures)
+
+    def write(self, dataset, sample_id, outcome, run_key):
+        mask_set, labels = outcome
+        _write_sample(
+            dataset,
+            sample_id,
+            self.label_field,
+            mask_set,
+            labels,
+            self.targets,
+            self.mask_root,
+            run_key,
+        )
+        return len(mask_set), sorted(set(labels.class_names))
+
+    def after_batch(self, dataset: fo.Dataset) -> None:
+        if self.targets is not None:
+            self.targets.save()
 
 
 def _sample_masks(sample, image: np.ndarray, masks, device: torch.device) -> MaskSet:
@@ -534,15 +606,18 @@ def _label_batch(batch, images, masks, models, settings, skip_failures):
 class _SegmentationTargets:
     """Class name <-> id of ``<label_field>_seg``, extending the dataset's mask targets."""
 
-    def __init__(self, dataset: fo.Dataset, field: str):
+    def __init__(self, dataset: fo.Dataset, field: str, frozen: bool = False):
         self.dataset = dataset
         self.field = field
+        self.frozen = frozen
         existing = dataset.mask_targets.get(field) or {}
         self.ids = {str(name): int(i) for i, name in existing.items()}
         self.changed = False
 
     def id_of(self, name: str) -> int:
         if name not in self.ids:
+            if self.frozen:
+                raise RuntimeError(f"class {name!r} has no id in the fixed class list")
             self.ids[name] = max(self.ids.values(), default=0) + 1
             self.changed = True
         return self.ids[name]
@@ -566,6 +641,7 @@ def _write_sample(
     labels: MaskLabels,
     targets: _SegmentationTargets | None,
     mask_root: str,
+    run_key: str,
 ) -> None:
     """Writes one sample's output fields in a single update."""
     areas = mask_set.masks.flatten(1).sum(dim=1)
@@ -588,9 +664,9 @@ def _write_sample(
     mask_dir = None
     if sum(area_list) > MAX_INLINE_MASK_PIXELS:
         mask_dir = os.path.join(mask_root, label_field, str(sample_id))
-    values = {
-        label_field: build_detections(mask_set.masks, labels.class_names, attributes, mask_dir)
-    }
+    detections = build_detections(mask_set.masks, labels.class_names, attributes, mask_dir)
+    detections[runs.RUN_KEY_ATTRIBUTE] = run_key
+    values = {label_field: detections, runs.error_field(label_field): None}
     if targets is not None:
         height, width = mask_set.masks.shape[1:]
         ids = torch.tensor(
@@ -601,4 +677,4 @@ def _write_sample(
         base = torch.zeros((height, width), dtype=torch.int64, device=mask_set.masks.device)
         painted = paint_masks(base, mask_set.masks, ids, painting_order(areas))
         values[targets.field] = fo.Segmentation(mask=class_map_to_numpy(painted))
-    runs.write_sample_fields(dataset, sample_id, values, clear=[runs.error_field(label_field)])
+    runs.write_sample_fields(dataset, sample_id, values)

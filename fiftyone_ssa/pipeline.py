@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import fiftyone as fo
-import fiftyone.core.utils as fou
 import numpy as np
 import torch
 
-from fiftyone_ssa import runs
-from fiftyone_ssa.batching import check_label_field, guard, iter_batches, prefetch, safe_reader
+from fiftyone_ssa import distributed, runs
+from fiftyone_ssa.batching import check_label_field, guard
 from fiftyone_ssa.core.mask_set import MaskSet
 from fiftyone_ssa.core.voting import paint_masks, painting_order, vote_mask_classes
 from fiftyone_ssa.labels import (
@@ -27,55 +24,23 @@ from fiftyone_ssa.labels import (
 from fiftyone_ssa.models.masks import FieldMaskBranch, MaskBranch
 from fiftyone_ssa.models.registry import create_branch
 from fiftyone_ssa.models.semantic import FieldSemanticBranch, SemanticBranch
+from fiftyone_ssa.run_loop import LabellingJob, execute_labelling_run
+from fiftyone_ssa.runs import SampleSummary, SSARunSummary
 
-logger = logging.getLogger(__name__)
+__all__ = ["SSARunSummary", "SampleSummary", "apply_ssa", "label_one_image"]
 
 DEFAULT_SEMANTIC_BRANCH = "segformer-b5-ade20k"
 DEFAULT_MASK_BRANCH = "sam-vit-h"
 # Above this many mask pixels per sample, instance masks go to disk (``mask_path``).
 MAX_INLINE_MASK_PIXELS = 8_000_000
 
-
-@dataclass
-class SampleSummary:
-    """What one sample got."""
-
-    sample_id: str
-    filepath: str
-    num_masks: int = 0
-    classes: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    error: str | None = None
-
-
-@dataclass
-class SSARunSummary:
-    """The outcome of a run: per-sample summaries, skipped samples and their reasons."""
-
-    label_field: str
-    samples: list[SampleSummary] = field(default_factory=list)
-    skipped_existing: int = 0
-
-    @property
-    def failures(self) -> list[SampleSummary]:
-        return [s for s in self.samples if s.error]
-
-    @property
-    def num_labelled(self) -> int:
-        return sum(1 for s in self.samples if not s.error)
-
-    def __str__(self) -> str:
-        text = (
-            f"{self.num_labelled} samples labelled into '{self.label_field}', "
-            f"{len(self.failures)} failed, {self.skipped_existing} skipped (already labelled)"
-        )
-        for failure in self.failures[:20]:
-            text += f"\n  {failure.filepath}: {failure.error}"
-        if len(self.failures) > 20:
-            text += (
-                f"\n  ... and {len(self.failures) - 20} more (filter on '{self.label_field}_error')"
-            )
-        return text
+# The attributes of every mask detection SSA writes, besides ``label`` and ``confidence``.
+MASK_ATTRIBUTES = {
+    "class_proposals": (fo.ListField, {"subfield": fo.StringField}),
+    "predicted_iou": fo.FloatField,
+    "stability_score": fo.FloatField,
+    "area": fo.IntField,
+}
 
 
 def output_fields(label_field: str, write_branch: bool = True) -> list[str]:
@@ -93,21 +58,13 @@ def _field_classes(samples, name: str) -> dict[int, str]:
 
 
 def validate_ssa_request(
-    samples,
-    label_field: str,
-    semantic: SemanticBranch,
-    masks: MaskBranch,
-    write_branch: bool,
-    skip_existing: bool,
-    overwrite: bool,
+    samples, label_field: str, semantic: SemanticBranch, masks: MaskBranch, write_branch: bool
 ) -> None:
-    """Checks everything that can be checked before any work; raises ValueError with one line."""
-    if len(samples) == 0:
-        raise ValueError("the view is empty: nothing to label")
-    if not label_field or "." in label_field or label_field.startswith("_"):
-        raise ValueError(
-            f"Expected a top-level field name for `label_field`, but got {label_field!r}"
-        )
+    """Checks the inputs before any work; raises ValueError with one line.
+
+    Whether the output fields are free is checked by the run loop (it knows the run key).
+    """
+    runs.check_target(samples, label_field)
     if isinstance(semantic, FieldSemanticBranch):
         check_label_field(samples, semantic.field, fo.Segmentation, "semantic branch")
     if isinstance(masks, FieldMaskBranch):
@@ -118,13 +75,6 @@ def validate_ssa_request(
     if clash:
         raise ValueError(
             f"output field {clash.pop()!r} is also an input; choose another label_field"
-        )
-    schema = samples._dataset.get_field_schema()
-    existing = [f for f in outputs if f in schema]
-    if existing and not (overwrite or skip_existing):
-        raise ValueError(
-            f"field {existing[0]!r} already exists; pass overwrite=True (--overwrite) to replace "
-            "it or skip_existing=True (--skip-existing) to label only the samples without it"
         )
 
 
@@ -178,6 +128,7 @@ def apply_ssa(
     output_dir: str | None = None,
     progress: bool | Callable | None = None,
     progress_callback: Callable[[int, int], None] | None = None,
+    resume: bool = True,
     **mask_generator_options,
 ) -> SSARunSummary:
     """Runs SSA close-set over a collection and writes its label fields.
@@ -190,7 +141,10 @@ def apply_ssa(
     ``<label_field>_masks`` (``fo.Detections``, one per mask: ``label``, ``confidence`` = vote
     share, ``class_proposals``, ``predicted_iou``, ``stability_score``, ``area``) and, unless
     ``write_branch=False``, ``<label_field>_branch`` (the semantic branch alone). Each sample is
-    written in one update, so an interrupted run leaves samples fully labelled or untouched.
+    written in one update, so an interrupted run leaves samples fully labelled or untouched,
+    and ``<label_field>.run_key`` records the run that wrote it: re-running the same call
+    labels only what is missing. Under ``torchrun`` each rank labels a disjoint shard on its
+    own GPU (see ``fiftyone_ssa.distributed``) and rank 0 returns the merged summary.
 
     Args:
         samples: a FiftyOne dataset or view.
@@ -204,7 +158,7 @@ def apply_ssa(
         batch_size: images per semantic-branch call.
         num_workers: threads decoding images ahead of the models.
         skip_existing: label only samples whose ``label_field`` is empty.
-        overwrite: replace existing output fields.
+        overwrite: replace the labels of other runs in the output fields.
         write_branch: also write ``<label_field>_branch``.
         top_k: class proposals per mask.
         classes: class names for an open-vocabulary (CLIPSeg) semantic branch.
@@ -214,6 +168,9 @@ def apply_ssa(
             directory).
         progress: FiftyOne's progress argument (True/False/None or a callable).
         progress_callback: called with (done, total) after each sample (used by operators).
+        resume: skip the samples an identical earlier run (same run key: label field,
+            branches and their options) already labelled, e.g. after a crash; False labels
+            them again.
         **mask_generator_options: SAM automatic mask generation settings overriding SSA's
             defaults (points_per_side=64, pred_iou_thresh=0.86, ...).
 
@@ -224,79 +181,160 @@ def apply_ssa(
         raise ValueError(f"Expected `batch_size` to be >= 1, but got {batch_size}")
     if top_k < 1:
         raise ValueError(f"Expected `top_k` to be >= 1, but got {top_k}")
+    device = device or distributed.default_device(distributed.current_ranks())
     branch_kwargs = {"device": device}
     if classes:
         branch_kwargs["classes"] = list(classes)
     semantic = create_branch(semantic_branch, kind="semantic", **branch_kwargs)
     masks = create_branch(mask_branch, kind="mask", device=device, **mask_generator_options)
-    validate_ssa_request(
-        samples, label_field, semantic, masks, write_branch, skip_existing, overwrite
-    )
-    dataset = samples._dataset
+    validate_ssa_request(samples, label_field, semantic, masks, write_branch)
     if isinstance(semantic, FieldSemanticBranch):
         semantic.classes = _field_classes(samples, semantic.field)
     work_device = torch.device(device) if device else semantic.device
     if isinstance(semantic, FieldSemanticBranch) and not isinstance(masks, FieldMaskBranch):
         work_device = masks.device
-
-    summary = SSARunSummary(label_field)
-    view = samples
-    if skip_existing and label_field in dataset.get_field_schema():
-        view = samples.exists(label_field, False)
-        summary.skipped_existing = len(samples) - len(view)
-    total = len(view)
+    config = {
+        "kind": "ssa",
+        "label_field": label_field,
+        "semantic_branch": semantic_branch,
+        "mask_branch": mask_branch,
+        "classes": classes,
+        "top_k": top_k,
+        "write_branch": write_branch,
+        "mask_options": mask_generator_options,
+    }
     mask_root = output_dir or os.path.join(
-        fo.config.default_dataset_dir, "fiftyone-ssa", dataset.name
+        fo.config.default_dataset_dir, "fiftyone-ssa", samples._dataset.name
+    )
+    job = SSAJob(label_field, semantic, masks, work_device, top_k, write_branch, mask_root)
+    return execute_labelling_run(
+        samples,
+        job,
+        runs.make_run_key(config),
+        config,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        overwrite=overwrite,
+        skip_existing=skip_existing,
+        resume=resume,
+        skip_failures=skip_failures,
+        progress=progress,
+        progress_callback=progress_callback,
     )
 
-    needs_image = not (
-        isinstance(semantic, FieldSemanticBranch) and isinstance(masks, FieldMaskBranch)
-    )
-    read = safe_reader(needs_image)
-    fields = [f for f in (getattr(semantic, "field", None), getattr(masks, "field", None)) if f]
-    select = view.select_fields(fields) if fields else view.select_fields()
-    seen_classes: dict[int, str] = {}
 
-    done = 0
-    with fou.ProgressBar(total=total, progress=progress) as pbar:
-        for batch, images in prefetch(iter_batches(select, batch_size), read, num_workers):
-            results = _label_batch(
-                batch, images, semantic, masks, work_device, top_k, skip_failures
-            )
-            for sample, (outcome, seconds) in zip(batch, results):
-                entry = SampleSummary(sample.id, sample.filepath, seconds=seconds)
-                if isinstance(outcome, Exception):
-                    if not skip_failures:
-                        raise outcome
-                    entry.error = f"{type(outcome).__name__}: {outcome}"
-                    runs.record_failure(dataset, sample.id, label_field, entry.error)
-                    logger.warning("skipping %s: %s", sample.filepath, entry.error)
-                else:
-                    _write_sample(
-                        dataset,
-                        sample.id,
-                        label_field,
-                        outcome,
-                        semantic.classes,
-                        write_branch,
-                        mask_root,
-                        seen_classes,
-                    )
-                    entry.num_masks = len(outcome["mask_set"])
-                    entry.classes = sorted(
-                        {
-                            semantic.classes.get(int(c), str(int(c)))
-                            for c in outcome["painted"].unique().tolist()
-                        }
-                    )
-                summary.samples.append(entry)
-                done += 1
-                pbar.update()
-                if progress_callback is not None:
-                    progress_callback(done, total)
+class SSAJob(LabellingJob):
+    """SSA close-set as a :class:`LabellingJob`: class maps, masks, votes, painted maps."""
 
-    _finalize_schema(dataset, label_field, semantic.classes, seen_classes, write_branch)
-    return summary
+    def __init__(
+        self,
+        label_field: str,
+        semantic: SemanticBranch,
+        masks: MaskBranch,
+        device: torch.device,
+        top_k: int,
+        write_branch: bool,
+        mask_root: str,
+    ):
+        self.label_field = label_field
+        self.semantic = semantic
+        self.masks = masks
+        self.device = device
+        self.top_k = top_k
+        self.write_branch = write_branch
+        self.mask_root = mask_root
+        self.input_fields = [
+            f for f in (getattr(semantic, "field", None), getattr(masks, "field", None)) if f
+        ]
+        self.needs_image = not (
+            isinstance(semantic, FieldSemanticBranch) and isinstance(masks, FieldMaskBranch)
+        )
+        self.seen_classes: dict[int, str] = {}
+
+    def _segmentation_fields(self) -> list[str]:
+        fields = [self.label_field]
+        if self.write_branch:
+            fields.append(f"{self.label_field}_branch")
+        return fields
+
+    def output_types(self) -> dict[str, type]:
+        types = {name: fo.Segmentation for name in self._segmentation_fields()}
+        types[f"{self.label_field}_masks"] = fo.Detections
+        types[runs.error_field(self.label_field)] = str
+        return types
+
+    def output_schema(self) -> dict[str, tuple[type, dict]]:
+        lf = self.label_field
+        schema = runs.label_schema(lf, fo.Segmentation, {runs.RUN_KEY_ATTRIBUTE: fo.StringField})
+        schema.update(runs.label_schema(f"{lf}_masks", fo.Detections, MASK_ATTRIBUTES))
+        if self.write_branch:
+            schema.update(runs.label_schema(f"{lf}_branch", fo.Segmentation, {}))
+        schema[runs.error_field(lf)] = (fo.StringField, {})
+        return schema
+
+    def prepare(self, dataset: fo.Dataset) -> None:
+        if self.semantic.classes:
+            self._set_mask_targets(dataset, dict(self.semantic.classes))
+
+    def label_batch(self, batch, images, skip_failures):
+        return _label_batch(
+            batch, images, self.semantic, self.masks, self.device, self.top_k, skip_failures
+        )
+
+    def write(self, dataset, sample_id, outcome, run_key):
+        classes = self.semantic.classes
+        mask_set: MaskSet = outcome["mask_set"]
+        vote = outcome["vote"]
+        labels = vote.labels.cpu().tolist()
+        painted_ids = outcome["painted"].unique().cpu().tolist()
+        for c in set(labels) | set(painted_ids):
+            self.seen_classes.setdefault(int(c), classes.get(int(c), str(int(c))))
+        confidence = vote.confidence.cpu().tolist()
+        areas = vote.areas.cpu().tolist()
+        ious = mask_set.predicted_iou.cpu().tolist()
+        stabilities = mask_set.stability_score.cpu().tolist()
+        attributes = [
+            {
+                "confidence": confidence[i],
+                "class_proposals": [classes.get(c, str(c)) for c in outcome["proposals"][i]],
+                "predicted_iou": None if np.isnan(ious[i]) else ious[i],
+                "stability_score": None if np.isnan(stabilities[i]) else stabilities[i],
+                "area": int(areas[i]),
+            }
+            for i in range(len(labels))
+        ]
+        lf = self.label_field
+        mask_dir = None
+        if sum(areas) > MAX_INLINE_MASK_PIXELS:
+            mask_dir = os.path.join(self.mask_root, f"{lf}_masks", str(sample_id))
+        names = [classes.get(c, str(c)) for c in labels]
+        painted = class_map_to_numpy(outcome["painted"])
+        values = {
+            lf: fo.Segmentation(mask=painted, **{runs.RUN_KEY_ATTRIBUTE: run_key}),
+            f"{lf}_masks": build_detections(mask_set.masks, names, attributes, mask_dir),
+            runs.error_field(lf): None,
+        }
+        if self.write_branch:
+            values[f"{lf}_branch"] = fo.Segmentation(mask=class_map_to_numpy(outcome["class_map"]))
+        runs.write_sample_fields(dataset, sample_id, values)
+        return len(mask_set), sorted({classes.get(int(c), str(int(c))) for c in painted_ids})
+
+    def shared_state(self) -> dict[int, str]:
+        return self.seen_classes
+
+    def finish(self, dataset: fo.Dataset, states: list[dict[int, str]]) -> None:
+        if self.semantic.classes:
+            return
+        seen: dict[int, str] = {}
+        for state in states:
+            seen.update(state)
+        if seen:
+            self._set_mask_targets(dataset, seen)
+
+    def _set_mask_targets(self, dataset: fo.Dataset, targets: dict[int, str]) -> None:
+        for name in self._segmentation_fields():
+            dataset.mask_targets[name] = targets
+        dataset.save()
 
 
 def _class_maps(batch, images, semantic, device) -> list:
@@ -371,51 +409,3 @@ def _label_sample(sample, image, class_map, semantic, masks, device, top_k):
     result["mask_set"] = mask_set
     result["class_map"] = class_map
     return result
-
-
-def _write_sample(
-    dataset, sample_id, label_field, result, classes, write_branch, mask_root, seen_classes
-):
-    """Writes one sample's output fields in a single update."""
-    mask_set: MaskSet = result["mask_set"]
-    vote = result["vote"]
-    labels = vote.labels.cpu().tolist()
-    for c in set(labels) | set(result["painted"].unique().cpu().tolist()):
-        seen_classes.setdefault(int(c), classes.get(int(c), str(int(c))))
-    names = [classes.get(c, str(c)) for c in labels]
-    confidence = vote.confidence.cpu().tolist()
-    areas = vote.areas.cpu().tolist()
-    ious = mask_set.predicted_iou.cpu().tolist()
-    stabilities = mask_set.stability_score.cpu().tolist()
-    attributes = [
-        {
-            "confidence": confidence[i],
-            "class_proposals": [classes.get(c, str(c)) for c in result["proposals"][i]],
-            "predicted_iou": None if np.isnan(ious[i]) else ious[i],
-            "stability_score": None if np.isnan(stabilities[i]) else stabilities[i],
-            "area": int(areas[i]),
-        }
-        for i in range(len(labels))
-    ]
-    mask_dir = None
-    if sum(areas) > MAX_INLINE_MASK_PIXELS:
-        mask_dir = os.path.join(mask_root, f"{label_field}_masks", str(sample_id))
-    values = {
-        label_field: fo.Segmentation(mask=class_map_to_numpy(result["painted"])),
-        f"{label_field}_masks": build_detections(mask_set.masks, names, attributes, mask_dir),
-    }
-    if write_branch:
-        values[f"{label_field}_branch"] = fo.Segmentation(
-            mask=class_map_to_numpy(result["class_map"])
-        )
-    runs.write_sample_fields(dataset, sample_id, values, clear=[f"{label_field}_error"])
-
-
-def _finalize_schema(dataset, label_field, classes, seen_classes, write_branch):
-    """Mask targets for the Segmentation fields."""
-    targets = dict(classes) if classes else dict(seen_classes)
-    if targets:
-        dataset.mask_targets[label_field] = targets
-        if write_branch:
-            dataset.mask_targets[f"{label_field}_branch"] = targets
-        dataset.save()

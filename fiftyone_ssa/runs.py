@@ -1,10 +1,77 @@
-"""Writing results to samples: one update per sample, and recorded per-sample failures."""
+"""The record of a labelling run: its run key, its output fields, and one update per sample.
+
+A run's *run key* is a short hash of what decides its labels (the label field, the branches and
+their options; not the batch size, device or view). Every sample a run labels carries the key on
+its main label (``<label_field>.run_key``), written in the same single database update as the
+rest of its labels. Re-running the same command therefore finds exactly the samples that are
+still missing, whether the last run crashed, a rank was killed, or the view grew.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 import fiftyone as fo
+from fiftyone import ViewField as F
+
+# ``dataset.info`` key under which each label field's last run configuration is kept.
+RUNS_INFO_KEY = "fiftyone_ssa_runs"
+RUN_KEY_ATTRIBUTE = "run_key"
+
+
+@dataclass
+class SampleSummary:
+    """What one sample got."""
+
+    sample_id: str
+    filepath: str
+    num_masks: int = 0
+    classes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class SSARunSummary:
+    """The outcome of a run: per-sample summaries, skipped samples and their reasons."""
+
+    label_field: str
+    samples: list[SampleSummary] = field(default_factory=list)
+    skipped_existing: int = 0
+    run_key: str = ""
+
+    @property
+    def failures(self) -> list[SampleSummary]:
+        return [s for s in self.samples if s.error]
+
+    @property
+    def num_labelled(self) -> int:
+        return sum(1 for s in self.samples if not s.error)
+
+    def merge(self, others: list[SSARunSummary]) -> SSARunSummary:
+        """One summary of several ranks' runs (their samples, in rank order)."""
+        merged = SSARunSummary(self.label_field, [], self.skipped_existing, self.run_key)
+        for summary in [self, *others]:
+            merged.samples.extend(summary.samples)
+        return merged
+
+    def __str__(self) -> str:
+        text = (
+            f"{self.num_labelled} samples labelled into '{self.label_field}', "
+            f"{len(self.failures)} failed, {self.skipped_existing} skipped (already labelled)"
+        )
+        if self.run_key:
+            text += f" [run key {self.run_key}]"
+        for failure in self.failures[:20]:
+            text += f"\n  {failure.filepath}: {failure.error}"
+        if len(self.failures) > 20:
+            text += f"\n  ... and {len(self.failures) - 20} more (filter on '{error_field(self.label_field)}')"
+        return text
 
 
 def error_field(label_field: str) -> str:
@@ -12,33 +79,179 @@ def error_field(label_field: str) -> str:
     return f"{label_field}_error"
 
 
-def write_sample_fields(
-    dataset: fo.Dataset, sample_id: str, values: dict[str, Any], clear: list[str] = ()
+def check_target(samples, label_field: str) -> None:
+    """Raises ValueError (one line) for an empty collection or an unusable output field name."""
+    if len(samples) == 0:
+        raise ValueError("the view is empty: nothing to label")
+    if not isinstance(label_field, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", label_field):
+        raise ValueError(
+            "Expected `label_field` to be a top-level field name (letters, digits and "
+            f"underscores, starting with a letter), but got {label_field!r}"
+        )
+
+
+def spec_name(spec: Any) -> Any:
+    """A stable, JSON-able name of a branch specification (strings and paths as they are)."""
+    if spec is None or isinstance(spec, (str, int, float, bool)):
+        return spec
+    if isinstance(spec, os.PathLike):
+        return os.fspath(spec)
+    if isinstance(spec, (list, tuple)):
+        return [spec_name(s) for s in spec]
+    if isinstance(spec, dict):
+        return {str(k): spec_name(v) for k, v in sorted(spec.items())}
+    # Objects are named by their class (functions and classes by themselves).
+    named = spec if hasattr(spec, "__qualname__") else type(spec)
+    return f"{named.__module__}.{named.__qualname__}"
+
+
+def make_run_key(config: dict[str, Any]) -> str:
+    """The run key of a labelling configuration: 12 hex digits of its SHA-1.
+
+    Args:
+        config: what decides the labels (label field, branch specs, options); values are
+            normalised with :func:`spec_name`.
+    """
+    text = json.dumps(spec_name(config), sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def check_outputs_free(
+    samples,
+    label_field: str,
+    outputs: dict[str, type],
+    run_key: str,
+    overwrite: bool,
+    skip_existing: bool,
 ) -> None:
-    """Sets several fields of one sample in a single database update.
+    """Refuses output fields that hold someone else's data; one-line ValueErrors.
+
+    Existing output fields are accepted with ``overwrite`` or ``skip_existing``, or when every
+    label in ``label_field`` comes from this very run (resuming it). A field of another type is
+    always refused.
+
+    Args:
+        samples: the collection to label.
+        label_field: the run's main output field (carries the run key).
+        outputs: every output field -> the label type the run writes there (``str`` for text).
+        run_key: this run's key.
+        overwrite: replacing existing labels is allowed.
+        skip_existing: samples with a label will be skipped.
+    """
+    dataset = samples._dataset
+    schema = dataset.get_field_schema()
+    for name, label_type in outputs.items():
+        if name not in schema:
+            continue
+        doc_type = getattr(schema[name], "document_type", None)
+        ok = (
+            isinstance(schema[name], fo.StringField)
+            if label_type is str
+            else doc_type is not None and issubclass(doc_type, label_type)
+        )
+        if not ok:
+            got = doc_type.__name__ if doc_type else type(schema[name]).__name__
+            want = "text" if label_type is str else label_type.__name__
+            raise ValueError(
+                f"field {name!r} already exists and holds {got}, not {want}; choose another "
+                "label_field or delete that field"
+            )
+    existing = [name for name in outputs if name in schema]
+    if not existing or overwrite or skip_existing:
+        return
+    resumable = label_field in schema and not foreign_labels(dataset, label_field, run_key)
+    if not resumable:
+        raise ValueError(
+            f"field {existing[0]!r} already exists; pass overwrite=True (--overwrite) to replace "
+            "it or skip_existing=True (--skip-existing) to label only the samples without it"
+        )
+
+
+def foreign_labels(dataset: fo.Dataset, label_field: str, run_key: str) -> bool:
+    """Whether any sample has a ``label_field`` label that another run wrote."""
+    others = dataset.exists(label_field).match(F(f"{label_field}.{RUN_KEY_ATTRIBUTE}") != run_key)
+    return bool(others.limit(1).count())
+
+
+def pending_samples(samples, label_field: str, run_key: str, skip_existing: bool, resume: bool):
+    """The samples a run still has to label.
+
+    Args:
+        samples: the collection to label.
+        label_field: the run's main output field.
+        run_key: this run's key.
+        skip_existing: skip samples with any ``label_field`` label.
+        resume: skip samples this very run (same run key) already labelled.
+    """
+    if label_field not in samples._dataset.get_field_schema():
+        return samples
+    if skip_existing:
+        return samples.exists(label_field, False)
+    if resume:
+        return samples.match(F(f"{label_field}.{RUN_KEY_ATTRIBUTE}") != run_key)
+    return samples
+
+
+def declare_output_fields(dataset: fo.Dataset, schema: dict[str, tuple[type, dict]]) -> None:
+    """Adds the run's output fields and label attributes to the dataset schema.
+
+    Done once, before any sample is written (by rank 0 in a distributed run), so that ranks
+    never race to extend the schema and every attribute is filterable in the App.
+
+    Args:
+        dataset: the dataset.
+        schema: field path (e.g. ``"ssa_masks.detections.area"``) -> (FiftyOne field class,
+            keyword arguments of ``add_sample_field``), parents before children.
+    """
+    existing = dataset.get_field_schema(flat=True)
+    for path, (field_type, kwargs) in schema.items():
+        if path not in existing:
+            dataset.add_sample_field(path, field_type, **kwargs)
+
+
+def label_schema(label_field: str, label_type: type, attributes: dict[str, Any]) -> dict:
+    """The :func:`declare_output_fields` entries of one label field and its attributes.
+
+    Args:
+        label_field: the field.
+        label_type: ``fo.Segmentation`` or ``fo.Detections`` (attributes then go on every
+            detection).
+        attributes: attribute name -> FiftyOne field class, or (field class, kwargs).
+    """
+    schema: dict[str, tuple[type, dict]] = {
+        label_field: (fo.EmbeddedDocumentField, {"embedded_doc_type": label_type})
+    }
+    prefix = f"{label_field}.detections" if label_type is fo.Detections else label_field
+    for name, spec in attributes.items():
+        field_type, kwargs = spec if isinstance(spec, tuple) else (spec, {})
+        schema[f"{prefix}.{name}"] = (field_type, kwargs)
+    return schema
+
+
+def record_run(dataset: fo.Dataset, label_field: str, run_key: str, config: dict) -> None:
+    """Keeps the configuration behind ``label_field`` in ``dataset.info`` (for provenance)."""
+    runs = dict(dataset.info.get(RUNS_INFO_KEY) or {})
+    runs[label_field] = {"run_key": run_key, "config": spec_name(config)}
+    dataset.info[RUNS_INFO_KEY] = runs
+    dataset.save()
+
+
+def write_sample_fields(dataset: fo.Dataset, sample_id: str, values: dict[str, Any]) -> None:
+    """Sets several (declared) fields of one sample in a single database update.
 
     Either every field is written or none is, so an interrupted run never leaves a
     half-labelled sample.
 
     Args:
-        dataset: the dataset.
+        dataset: the dataset; the fields must have been declared.
         sample_id: the sample's id.
         values: field name -> value.
-        clear: fields to reset to None in the same update when they exist (e.g. a previous
-            error).
     """
     sample = dataset[sample_id]
-    schema = dataset.get_field_schema()
-    updates = dict(values)
-    for name in clear:
-        if name in schema and name not in updates:
-            updates[name] = None
-    sample.update_fields(updates, expand_schema=True, dynamic=True)
+    sample.update_fields(values, expand_schema=False)
     sample.save()
 
 
 def record_failure(dataset: fo.Dataset, sample_id: str, label_field: str, message: str) -> None:
     """Stores why a sample failed in ``<label_field>_error`` (filterable in the App)."""
-    sample = dataset[sample_id]
-    sample[error_field(label_field)] = message
-    sample.save()
+    write_sample_fields(dataset, sample_id, {error_field(label_field): message})

@@ -108,22 +108,34 @@ def test_output_schema(scene_dataset):
 
 def test_refuses_existing_field_unless_overwrite_and_skip_existing(scene_dataset):
     ds = scene_dataset(n=3)
-    apply_ssa(ds[:1], semantic_branch="field:coarse", mask_branch="field:instances")
+    branches = {"semantic_branch": "field:coarse", "mask_branch": "field:instances"}
+    apply_ssa(ds[:1], **branches)
+    # Another configuration may not touch the first run's labels...
     with pytest.raises(ValueError, match="already exists"):
-        apply_ssa(ds, semantic_branch="field:coarse", mask_branch="field:instances")
-    summary = apply_ssa(
-        ds, semantic_branch="field:coarse", mask_branch="field:instances", skip_existing=True
-    )
+        apply_ssa(ds, top_k=2, **branches)
+    # ...but skipping labelled samples is fine
+    summary = apply_ssa(ds, top_k=2, skip_existing=True, **branches)
     assert summary.skipped_existing == 1 and summary.num_labelled == 2
     assert ds.count("ssa") == 3
-    summary = apply_ssa(
-        ds,
-        semantic_branch="field:coarse",
-        mask_branch="field:instances",
-        overwrite=True,
-        write_branch=False,
-    )
-    assert summary.num_labelled == 3
+    summary = apply_ssa(ds, overwrite=True, write_branch=False, **branches)
+    assert summary.num_labelled == 3 and summary.skipped_existing == 0
+    # The same call again: everything is done already (same run key)
+    again = apply_ssa(ds, overwrite=True, write_branch=False, **branches)
+    assert again.num_labelled == 0 and again.skipped_existing == 3
+    assert again.run_key == summary.run_key
+    forced = apply_ssa(ds, overwrite=True, write_branch=False, resume=False, **branches)
+    assert forced.num_labelled == 3
+
+
+def test_same_call_resumes_without_overwrite(scene_dataset):
+    ds = scene_dataset(n=4)
+    branches = {"semantic_branch": "field:coarse", "mask_branch": "field:instances"}
+    first = apply_ssa(ds[:2], **branches)
+    rest = apply_ssa(ds, **branches)
+    assert rest.run_key == first.run_key
+    assert rest.num_labelled == 2 and rest.skipped_existing == 2
+    assert len(ds.match(fo.ViewField("ssa.run_key") == first.run_key)) == 4
+    assert ds.info["fiftyone_ssa_runs"]["ssa"]["run_key"] == first.run_key
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 
 def load_samples(dataset_name: str, view_tag: list[str] | None = None, limit: int | None = None):
@@ -38,6 +39,11 @@ def add_run_arguments(parser: argparse.ArgumentParser, default_field: str) -> No
         "--skip-existing", action="store_true", help="label only samples without the output field"
     )
     parser.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="label again the samples an identical earlier run (same run key) already labelled",
+    )
+    parser.add_argument(
         "--fail-fast",
         action="store_true",
         help="stop at the first failing sample instead of recording it",
@@ -56,3 +62,20 @@ def parse_mask_options(pairs: list[str] | None) -> dict:
             int(number) if number.is_integer() and "." not in value else number
         )
     return options
+
+
+def run_on_ranks(label: Callable[[], object]) -> int:
+    """Runs ``label()`` on this process's rank (joining torchrun's group when launched by it).
+
+    Rank 0 prints the merged summary; the exit code is 1 when nothing could be labelled.
+    """
+    from fiftyone_ssa import distributed
+
+    ranks = distributed.init_from_environment()
+    try:
+        summary = label()
+    finally:
+        distributed.shutdown()
+    if ranks.is_main:
+        print(summary)
+    return 1 if summary.failures and not summary.num_labelled else 0

@@ -10,6 +10,7 @@ from fiftyone_ssa.cli.common import (
     add_target_arguments,
     load_samples,
     parse_mask_options,
+    run_on_ranks,
 )
 
 
@@ -120,25 +121,26 @@ def run(args: argparse.Namespace) -> int:
         "clipseg": args.clipseg_model,
     }
     samples = load_samples(args.dataset, args.view_tag, args.limit)
-    summary = apply_ssa_engine(
-        samples,
-        label_field=args.label_field,
-        mask_branch=args.mask_branch,
-        light=args.light,
-        top_k=args.top_k,
-        vocabulary=vocabulary,
-        vocabulary_mode="restrict" if args.restrict_vocabulary else "add",
-        spacy_model=args.spacy_model,
-        device=args.device,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        skip_existing=args.skip_existing,
-        overwrite=args.overwrite,
-        skip_failures=not args.fail_fast,
-        write_segmentation=args.write_segmentation,
-        progress=True,
-        models={k: v for k, v in models.items() if v is not None},
-        **parse_mask_options(args.mask_option),
+    return run_on_ranks(
+        lambda: apply_ssa_engine(
+            samples,
+            label_field=args.label_field,
+            mask_branch=args.mask_branch,
+            light=args.light,
+            top_k=args.top_k,
+            vocabulary=vocabulary,
+            vocabulary_mode="restrict" if args.restrict_vocabulary else "add",
+            spacy_model=args.spacy_model,
+            device=args.device,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            skip_existing=args.skip_existing,
+            resume=not args.no_resume,
+            overwrite=args.overwrite,
+            skip_failures=not args.fail_fast,
+            write_segmentation=args.write_segmentation,
+            progress=True,
+            models={k: v for k, v in models.items() if v is not None},
+            **parse_mask_options(args.mask_option),
+        )
     )
-    print(summary)
-    return 1 if summary.failures and not summary.num_labelled else 0

@@ -9,6 +9,7 @@ from fiftyone_ssa.cli.common import (
     add_target_arguments,
     load_samples,
     parse_mask_options,
+    run_on_ranks,
 )
 
 
@@ -50,22 +51,23 @@ def run(args: argparse.Namespace) -> int:
     from fiftyone_ssa.pipeline import apply_ssa
 
     samples = load_samples(args.dataset, args.view_tag, args.limit)
-    summary = apply_ssa(
-        samples,
-        label_field=args.label_field,
-        semantic_branch=args.semantic_branch,
-        mask_branch=args.mask_branch,
-        device=args.device,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        skip_existing=args.skip_existing,
-        overwrite=args.overwrite,
-        write_branch=not args.no_branch_field,
-        top_k=args.top_k,
-        classes=args.classes,
-        skip_failures=not args.fail_fast,
-        progress=True,
-        **parse_mask_options(args.mask_option),
+    return run_on_ranks(
+        lambda: apply_ssa(
+            samples,
+            label_field=args.label_field,
+            semantic_branch=args.semantic_branch,
+            mask_branch=args.mask_branch,
+            device=args.device,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            skip_existing=args.skip_existing,
+            resume=not args.no_resume,
+            overwrite=args.overwrite,
+            write_branch=not args.no_branch_field,
+            top_k=args.top_k,
+            classes=args.classes,
+            skip_failures=not args.fail_fast,
+            progress=True,
+            **parse_mask_options(args.mask_option),
+        )
     )
-    print(summary)
-    return 1 if summary.failures and not summary.num_labelled else 0

@@ -1,0 +1,203 @@
+"""The loop every labelling run shares: pending samples, shards, batches, writes and summary.
+
+A :class:`LabellingJob` says what a kind of run (SSA, SSA-engine) reads, computes and writes;
+:func:`execute_labelling_run` does the rest, the same way for both:
+
+1. every rank checks that the output fields are free (or that it resumes its own run);
+2. rank 0 declares the output fields, records the run and splits the pending samples (those
+   without a label of this run key) into one contiguous id range per rank;
+3. each rank labels its range batch by batch, images decoded ahead in threads, and writes each
+   sample in one update (or records why it failed);
+4. the ranks meet; rank 0 finishes the dataset-level settings and merges the summaries.
+
+Without torchrun there is one rank and steps 2-4 involve no communication.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import fiftyone as fo
+import fiftyone.core.utils as fou
+
+from fiftyone_ssa import distributed, runs
+from fiftyone_ssa.batching import iter_batches, prefetch, safe_reader
+from fiftyone_ssa.runs import SampleSummary, SSARunSummary
+
+logger = logging.getLogger(__name__)
+
+
+class LabellingJob:
+    """What differs between kinds of labelling runs; subclasses fill in the hooks.
+
+    Attributes:
+        label_field: the main output field; it carries the run key.
+        input_fields: fields the job reads from each sample (besides its file path).
+        needs_image: whether the job needs the decoded pixels (else only the image size).
+    """
+
+    label_field: str
+    input_fields: list[str] = []
+    needs_image: bool = True
+
+    def output_types(self) -> dict[str, type]:
+        """Output field -> the label type written there (``str`` for text fields)."""
+        raise NotImplementedError
+
+    def output_schema(self) -> dict[str, tuple[type, dict]]:
+        """The fields and label attributes to declare (see ``runs.declare_output_fields``)."""
+        raise NotImplementedError
+
+    def prepare(self, dataset: fo.Dataset) -> None:
+        """Dataset-level settings known before labelling (rank 0 only, before any write)."""
+
+    def start(self, dataset: fo.Dataset) -> None:
+        """Per-rank set-up once the dataset's settings are final (every rank)."""
+
+    def label_batch(
+        self, batch: list, images: list, skip_failures: bool
+    ) -> list[tuple[Any, float]]:
+        """(outcome or the exception that stopped it, seconds) for each sample of a batch."""
+        raise NotImplementedError
+
+    def write(self, dataset: fo.Dataset, sample_id: str, outcome: Any, run_key: str):
+        """Writes one sample's outcome in one update; returns (number of masks, class names)."""
+        raise NotImplementedError
+
+    def after_batch(self, dataset: fo.Dataset) -> None:
+        """Called after each batch is written."""
+
+    def shared_state(self) -> Any:
+        """What rank 0's :meth:`finish` needs from every rank (picklable)."""
+        return None
+
+    def finish(self, dataset: fo.Dataset, states: list[Any]) -> None:
+        """Dataset-level settings after labelling (rank 0 only), from every rank's state."""
+
+
+def execute_labelling_run(
+    samples,
+    job: LabellingJob,
+    run_key: str,
+    config: dict[str, Any],
+    batch_size: int = 1,
+    num_workers: int = 2,
+    overwrite: bool = False,
+    skip_existing: bool = False,
+    resume: bool = True,
+    skip_failures: bool = True,
+    progress: bool | Callable | None = None,
+    progress_callback: Callable[[int, int], None] | None = None,
+) -> SSARunSummary:
+    """Runs ``job`` over the samples (this rank's shard of them under torchrun).
+
+    Args:
+        samples: a FiftyOne dataset or view.
+        job: the kind of run.
+        run_key: the run's key (``runs.make_run_key(config)``).
+        config: the configuration behind the key (recorded in ``dataset.info``).
+        batch_size: samples per ``job.label_batch`` call.
+        num_workers: threads decoding images ahead of the models.
+        overwrite: replace labels of other runs.
+        skip_existing: skip samples with any ``label_field`` label.
+        resume: skip samples this run (same key) already labelled.
+        skip_failures: record failing samples and go on; False raises at the first failure.
+        progress: FiftyOne's progress argument (shown by rank 0 only).
+        progress_callback: called with (done, total) after each sample.
+
+    Returns:
+        The run's summary; under torchrun, rank 0 gets every rank's samples merged.
+    """
+    ranks = distributed.current_ranks()
+    dataset = samples._dataset
+    label_field = job.label_field
+    runs.check_outputs_free(
+        samples, label_field, job.output_types(), run_key, overwrite, skip_existing
+    )
+    distributed.barrier()  # every rank has checked before rank 0 changes anything
+
+    plan = None
+    if ranks.is_main:
+        runs.declare_output_fields(dataset, job.output_schema())
+        job.prepare(dataset)
+        runs.record_run(dataset, label_field, run_key, config)
+        pending = runs.pending_samples(samples, label_field, run_key, skip_existing, resume)
+        ranges = None
+        if ranks.is_distributed:
+            ranges = distributed.split_evenly(sorted(pending.values("_id")), ranks.world_size)
+        plan = (ranges, len(samples) - len(pending))
+    ranges, skipped = distributed.broadcast_from_main(plan)
+    if ranks.is_distributed:
+        dataset.reload()
+    job.start(dataset)
+
+    mine = runs.pending_samples(samples, label_field, run_key, skip_existing, resume)
+    if ranges is not None:
+        bounds = ranges[ranks.rank]
+        mine = (
+            mine.mongo([{"$match": {"_id": {"$gte": bounds[0], "$lte": bounds[1]}}}])
+            if bounds
+            else mine.limit(0)
+        )
+    summary = SSARunSummary(label_field, skipped_existing=skipped, run_key=run_key)
+    _label_samples(
+        dataset,
+        mine,
+        job,
+        run_key,
+        summary,
+        batch_size,
+        num_workers,
+        skip_failures,
+        progress if ranks.is_main else False,
+        progress_callback,
+    )
+
+    states = distributed.gather_to_all(job.shared_state())
+    summaries = distributed.gather_to_all(summary)
+    if ranks.is_main:
+        job.finish(dataset, states)
+    distributed.barrier()  # dataset-level settings are final when any rank returns
+    if ranks.is_distributed:
+        dataset.reload()
+    return summaries[0].merge(summaries[1:]) if ranks.is_main else summary
+
+
+def _label_samples(
+    dataset,
+    view,
+    job: LabellingJob,
+    run_key: str,
+    summary: SSARunSummary,
+    batch_size: int,
+    num_workers: int,
+    skip_failures: bool,
+    progress,
+    progress_callback,
+) -> None:
+    """Labels every sample of ``view``, appending to ``summary``."""
+    total = len(view)
+    select = view.select_fields(job.input_fields)
+    read = safe_reader(job.needs_image)
+    done = 0
+    with fou.ProgressBar(total=total, progress=progress) as pbar:
+        for batch, images in prefetch(iter_batches(select, batch_size), read, num_workers):
+            results = job.label_batch(batch, images, skip_failures)
+            for sample, (outcome, seconds) in zip(batch, results):
+                entry = SampleSummary(sample.id, sample.filepath, seconds=seconds)
+                if isinstance(outcome, Exception):
+                    if not skip_failures:
+                        raise outcome
+                    entry.error = f"{type(outcome).__name__}: {outcome}"
+                    runs.record_failure(dataset, sample.id, job.label_field, entry.error)
+                    logger.warning("skipping %s: %s", sample.filepath, entry.error)
+                else:
+                    entry.num_masks, entry.classes = job.write(dataset, sample.id, outcome, run_key)
+                summary.samples.append(entry)
+                done += 1
+                pbar.update()
+                if progress_callback is not None:
+                    progress_callback(done, total)
+            job.after_batch(dataset)
