@@ -3,55 +3,9 @@
 import fiftyone as fo
 import numpy as np
 import pytest
-from PIL import Image
 
 from fiftyone_ssa import apply_ssa
-from tests.scenes import SCENE_CLASSES, coarsen, make_scene, miou
-
-
-def _instances_to_detections(instances):
-    dets = []
-    h, w = instances.shape[1:]
-    for inst in instances:
-        ys, xs = np.nonzero(inst)
-        y0, y1, x0, x1 = ys.min(), ys.max(), xs.min(), xs.max()
-        dets.append(
-            fo.Detection(
-                label="object",
-                bounding_box=[x0 / w, y0 / h, (x1 - x0 + 1) / w, (y1 - y0 + 1) / h],
-                mask=inst[y0 : y1 + 1, x0 : x1 + 1],
-            )
-        )
-    return fo.Detections(detections=dets)
-
-
-@pytest.fixture
-def scene_dataset(make_dataset, tmp_path):
-    """Samples with ground truth, a coarse semantic field and the true instance masks."""
-
-    def _build(n=4, noise=0.05, factor=8, perfect=False, seed=0):
-        rng = np.random.default_rng(seed)
-        ds = make_dataset()
-        samples = []
-        for i in range(n):
-            image, gt, instances = make_scene(rng)
-            path = tmp_path / f"scene_{seed}_{i}.png"
-            Image.fromarray(image).save(path)
-            coarse = gt.copy() if perfect else coarsen(gt, rng, factor=factor, noise=noise)
-            samples.append(
-                fo.Sample(
-                    filepath=str(path),
-                    ground_truth=fo.Segmentation(mask=gt),
-                    coarse=fo.Segmentation(mask=coarse),
-                    instances=_instances_to_detections(instances),
-                )
-            )
-        ds.add_samples(samples)
-        ds.mask_targets = {"ground_truth": SCENE_CLASSES, "coarse": SCENE_CLASSES}
-        ds.save()
-        return ds
-
-    return _build
+from tests.scenes import SCENE_CLASSES, miou
 
 
 def _dataset_miou(ds, field):
