@@ -653,6 +653,16 @@ def test_apply_ssa_engine_existing_fields_and_failures(
     assert summary.num_labelled == 3
     for sample in engine_dataset.exists("ssa_engine"):
         assert all(len(d.class_proposals) == 1 for d in sample["ssa_engine"].detections)
+        assert sample["ssa_engine"].run_key == summary.run_key
+    # The same call again finds nothing left to do (resumed by run key)
+    again = apply_ssa_engine(
+        engine_dataset.exists("ssa_engine"),
+        mask_branch="field:gt",
+        overwrite=True,
+        models=tiny_engine_models,
+        top_k=1,
+    )
+    assert again.num_labelled == 0 and again.skipped_existing == 3
     with pytest.raises(ValueError, match="does not exist"):
         apply_ssa_engine(
             engine_dataset, label_field="other", mask_branch="field:nope", models=tiny_engine_models
