@@ -1,0 +1,62 @@
+"""Run keys, shards and the output-field checks of the run loop."""
+
+import fiftyone as fo
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from fiftyone_ssa import runs
+from fiftyone_ssa.distributed import split_evenly
+
+
+@given(st.integers(0, 60), st.integers(1, 9))
+def test_split_evenly_is_disjoint_contiguous_and_balanced(n, parts):
+    ids = list(range(0, 3 * n, 3))
+    ranges = split_evenly(ids, parts)
+    assert len(ranges) == parts
+    covered = []
+    for bounds in ranges:
+        if bounds is not None:
+            covered.append([i for i in ids if bounds[0] <= i <= bounds[1]])
+    assert sum(covered, []) == ids  # every id once, in order
+    sizes = [len(c) for c in covered] + [0] * ranges.count(None)
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_split_evenly_rejects_no_parts():
+    with pytest.raises(ValueError, match="parts"):
+        split_evenly([1, 2], 0)
+
+
+def test_run_key_depends_on_labelling_settings_only():
+    base = {"label_field": "ssa", "semantic_branch": "field:coarse", "top_k": 3}
+    assert runs.make_run_key(base) == runs.make_run_key(dict(reversed(base.items())))
+    assert runs.make_run_key(base) != runs.make_run_key({**base, "top_k": 2})
+    assert len(runs.make_run_key(base)) == 12
+
+    def branch(image):
+        return image
+
+    named = runs.make_run_key({**base, "semantic_branch": branch})
+    assert named == runs.make_run_key({**base, "semantic_branch": branch})
+    assert runs.spec_name(branch).endswith("branch")
+
+
+@pytest.mark.parametrize("name", ["", "a.b", "_private", "../x", "a/b", "1st", None])
+def test_bad_label_field_names_are_refused(make_dataset, name):
+    ds = make_dataset()
+    ds.add_sample(fo.Sample(filepath="/tmp/none.png"))
+    with pytest.raises(ValueError, match="label_field"):
+        runs.check_target(ds, name)
+
+
+def test_empty_view_is_refused(make_dataset):
+    with pytest.raises(ValueError, match="empty"):
+        runs.check_target(make_dataset(), "ssa")
+
+
+def test_existing_field_of_another_type_is_refused_even_with_overwrite(make_dataset):
+    ds = make_dataset()
+    ds.add_sample(fo.Sample(filepath="/tmp/none.png", ssa=fo.Classification(label="x")))
+    with pytest.raises(ValueError, match="holds Classification, not Segmentation"):
+        runs.check_outputs_free(ds, "ssa", {"ssa": fo.Segmentation}, "k", True, False)
