@@ -22,7 +22,7 @@ from fiftyone_ssa.batching import check_label_field, guard
 from fiftyone_ssa.core.mask_set import MaskSet
 from fiftyone_ssa.core.vocabulary import check_vocabulary
 from fiftyone_ssa.core.voting import paint_masks, painting_order
-from fiftyone_ssa.labels import build_detections, class_map_to_numpy, detections_to_mask_set
+from fiftyone_ssa.labels import build_detections, class_map_to_numpy
 from fiftyone_ssa.models.engine_models import (
     CAPTION_CROP_SCALE,
     CLIP_CROP_SCALE,
@@ -37,7 +37,7 @@ from fiftyone_ssa.models.engine_models import (
 from fiftyone_ssa.models.masks import FieldMaskBranch
 from fiftyone_ssa.models.nouns import DEFAULT_SPACY_MODEL
 from fiftyone_ssa.models.registry import create_branch
-from fiftyone_ssa.pipeline import DEFAULT_MASK_BRANCH, MAX_INLINE_MASK_PIXELS
+from fiftyone_ssa.pipeline import DEFAULT_MASK_BRANCH, MAX_INLINE_MASK_PIXELS, sample_masks
 from fiftyone_ssa.run_loop import LabellingJob, execute_labelling_run
 from fiftyone_ssa.runs import SSARunSummary
 
@@ -296,20 +296,7 @@ class EngineJob(LabellingJob):
 
 def _sample_masks(sample, image: np.ndarray, masks, device: torch.device) -> MaskSet:
     """The sample's non-empty masks on ``device``: from its field or from the mask branch."""
-    size = tuple(image.shape[:2])
-    if isinstance(masks, FieldMaskBranch):
-        mask_set = detections_to_mask_set(sample[masks.field], size, device)
-    else:
-        mask_set = masks.generate(image)
-        if tuple(mask_set.masks.shape[1:]) != size:
-            raise ValueError(
-                f"mask branch returned {tuple(mask_set.masks.shape[1:])} masks for a {size} image"
-            )
-        mask_set = MaskSet(
-            mask_set.masks.to(device),
-            mask_set.predicted_iou.to(device),
-            mask_set.stability_score.to(device),
-        )
+    mask_set = sample_masks(sample, image, tuple(image.shape[:2]), masks, device)
     return mask_set.select(mask_set.masks.flatten(1).any(dim=1))
 
 

@@ -383,6 +383,38 @@ def _label_batch(batch, images, semantic, masks, device, top_k, skip_failures):
     return results
 
 
+def sample_masks(
+    sample, image: np.ndarray | None, size: tuple[int, int], masks: MaskBranch, device
+) -> MaskSet:
+    """A sample's masks on ``device``: from its Detections field or from the mask branch.
+
+    Args:
+        sample: the sample (with the mask branch's field, if any).
+        image: (H, W, 3) uint8 RGB; may be None for a field branch.
+        size: the image's (H, W).
+        masks: the mask branch.
+        device: where the masks go.
+
+    Returns:
+        N masks (N, H, W) bool with their scores.
+
+    Raises:
+        ValueError: the mask branch produced masks of another size.
+    """
+    if isinstance(masks, FieldMaskBranch):
+        return detections_to_mask_set(sample[masks.field], size, device)
+    mask_set = masks.generate(image)
+    if tuple(mask_set.masks.shape[1:]) != tuple(size):
+        raise ValueError(
+            f"mask branch returned {tuple(mask_set.masks.shape[1:])} masks for a {size} image"
+        )
+    return MaskSet(
+        mask_set.masks.to(device),
+        mask_set.predicted_iou.to(device),
+        mask_set.stability_score.to(device),
+    )
+
+
 def _label_sample(sample, image, class_map, semantic, masks, device, top_k):
     """SSA for one sample; ``image`` is the RGB array, or only its (H, W) for field branches."""
     size = tuple(class_map.shape)
@@ -392,19 +424,7 @@ def _label_sample(sample, image, class_map, semantic, masks, device, top_k):
             f"semantic map is {size[1]}x{size[0]} but the image is {image_size[1]}x{image_size[0]}"
         )
     image = None if isinstance(image, tuple) else image
-    if isinstance(masks, FieldMaskBranch):
-        mask_set = detections_to_mask_set(sample[masks.field], size, device)
-    else:
-        mask_set = masks.generate(image)
-        mask_set = MaskSet(
-            mask_set.masks.to(device),
-            mask_set.predicted_iou.to(device),
-            mask_set.stability_score.to(device),
-        )
-        if tuple(mask_set.masks.shape[1:]) != size:
-            raise ValueError(
-                f"mask branch returned {tuple(mask_set.masks.shape[1:])} masks for a {size} image"
-            )
+    mask_set = sample_masks(sample, image, size, masks, device)
     result = label_one_image(image, class_map, mask_set, semantic.classes, top_k)
     result["mask_set"] = mask_set
     result["class_map"] = class_map
