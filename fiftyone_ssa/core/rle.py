@@ -141,8 +141,16 @@ def decompress_counts(counts: str | bytes) -> np.ndarray:
     return runs
 
 
-def _rle_runs(rle: RLE) -> tuple[int, int, np.ndarray]:
-    """Parses an RLE (compressed or uncompressed) into ``(h, w, runs)``."""
+def rle_runs(rle: RLE) -> tuple[int, int, np.ndarray]:
+    """Parses an RLE (compressed or uncompressed) into ``(h, w, runs)``.
+
+    Args:
+        rle: ``{"size": [h, w], "counts": str | bytes | list[int]}``.
+
+    Returns:
+        The height, the width and (M,) int64 run lengths (zeros first, column-major). The
+        runs are not checked to sum to ``h * w``.
+    """
     if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
         raise ValueError(
             f"Expected `rle` to be a dict with 'size' and 'counts', but got {rle!r:.80}"
@@ -216,7 +224,7 @@ def rle_to_mask(rle: RLE, box: Sequence[int] | None = None) -> np.ndarray:
     Returns:
         (H, W) bool, or (y1 - y0, x1 - x0) bool when ``box`` is given.
     """
-    h, w, runs = _rle_runs(rle)
+    h, w, runs = rle_runs(rle)
     total = int(runs.sum())
     if total != h * w:
         raise ValueError(
@@ -246,7 +254,7 @@ def rle_area(rle: RLE) -> int:
     Args:
         rle: ``{"size": [h, w], "counts": str | bytes | list[int]}``.
     """
-    _, _, runs = _rle_runs(rle)
+    _, _, runs = rle_runs(rle)
     return int(runs[1::2].sum())
 
 
@@ -264,7 +272,7 @@ def rle_to_bbox(rle: RLE) -> list[float]:
     Returns:
         ``[x, y, w, h]`` as floats, in pixels.
     """
-    h, w, runs = _rle_runs(rle)
+    h, w, runs = rle_runs(rle)
     m = (len(runs) // 2) * 2
     if m == 0:
         return [0.0, 0.0, 0.0, 0.0]
@@ -378,7 +386,7 @@ def rles_to_masks(rles: Sequence[RLE], device: torch.device | str | None = None)
     device = torch.device(device) if device is not None else torch.device("cpu")
     if len(rles) == 0:
         return torch.zeros((0, 0, 0), dtype=torch.bool, device=device)
-    parsed = [_rle_runs(rle) for rle in rles]
+    parsed = [rle_runs(rle) for rle in rles]
     h, w = parsed[0][0], parsed[0][1]
     for i, (hi, wi, runs) in enumerate(parsed):
         if (hi, wi) != (h, w):

@@ -39,6 +39,24 @@ class VoteResult:
     labels: torch.Tensor
     confidence: torch.Tensor
 
+    @classmethod
+    def from_votes(cls, votes: torch.Tensor) -> VoteResult:
+        """Areas, winning labels and confidences of (N, C) int64 votes.
+
+        Args:
+            votes: (N, C) int64, pixels of each mask per class.
+        """
+        areas = votes.sum(dim=1)
+        # argmax returns the first maximal index, i.e. the lowest class id on ties.
+        labels = votes.argmax(dim=1) if votes.shape[1] else torch.zeros_like(areas)
+        winning = votes.gather(1, labels[:, None]).squeeze(1)
+        confidence = torch.where(
+            areas > 0,
+            winning.float() / areas.clamp(min=1).float(),
+            torch.zeros_like(areas).float(),
+        )
+        return cls(votes=votes, areas=areas, labels=labels, confidence=confidence)
+
     def proposals(self, top_k: int = 3) -> list[list[int]]:
         """Class ids of each mask ordered by vote share, descending, at most ``top_k``.
 
@@ -142,15 +160,7 @@ def vote_mask_classes(
     """
     if num_classes is None:
         num_classes = int(class_map.max()) + 1 if class_map.numel() else 1
-    votes = count_votes(masks, class_map, num_classes)
-    areas = votes.sum(dim=1)
-    # argmax returns the first maximal index, i.e. the lowest class id on ties.
-    labels = votes.argmax(dim=1) if num_classes else torch.zeros_like(areas)
-    winning = votes.gather(1, labels[:, None]).squeeze(1)
-    confidence = torch.where(
-        areas > 0, winning.float() / areas.clamp(min=1).float(), torch.zeros_like(areas).float()
-    )
-    return VoteResult(votes=votes, areas=areas, labels=labels, confidence=confidence)
+    return VoteResult.from_votes(count_votes(masks, class_map, num_classes))
 
 
 def painting_order(areas: torch.Tensor) -> torch.Tensor:

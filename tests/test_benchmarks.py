@@ -1,0 +1,42 @@
+"""Smoke runs of the benchmarks with their smallest settings, so that they do not rot."""
+
+import re
+
+from benchmarks import bench_voting
+from benchmarks.run import run
+
+
+def test_harness_runs_every_stage_but_sam_with_tiny_models(tmp_path):
+    results = run(
+        "tiny",
+        device="cpu",
+        images=1,
+        stages=("decode", "semantic", "voting", "engine", "database"),
+        cache=tmp_path / "models",
+    )
+    stages = [r.stage for r in results.rows]
+    for expected in [
+        "image decode (JPEG -> RGB)",
+        "semantic branch (segformer-b0-ade20k)",
+        "voting+painting: reference (per mask, RLE)",
+        "voting+painting: ours from RLE (runs)",
+        "SSA-engine: ours (batched)",
+        "  ours: BLIP captioner",
+        "SSA-engine: reference (per mask, bs 1)",
+        "  reference: CLIPSeg decider",
+        "write labels to FiftyOne",
+    ]:
+        assert expected in stages
+    engine = results.row("SSA-engine: ours (batched)")
+    assert engine.masks == 3 and engine.seconds > 0 and engine.host_peak_mb > 0
+    assert re.search(r"\d+\.\dx the reference", engine.note)
+    markdown = results.markdown()
+    assert "RANDOM weights" in markdown
+    assert markdown.count("\n| ") == len(results.rows) + 2  # header, rule, one line per row
+
+
+def test_voting_benchmark_runs(capsys):
+    bench_voting.main(["--device", "cpu", "--images", "1", "--masks", "6", "--height", "60"])
+    out = capsys.readouterr().out
+    assert "ours from RLE, run space" in out
+    assert "pixels equal to the reference" in out
