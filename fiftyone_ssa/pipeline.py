@@ -14,6 +14,7 @@ import torch
 from fiftyone_ssa import distributed, runs
 from fiftyone_ssa.batching import check_label_field, guard
 from fiftyone_ssa.core.mask_set import MaskSet
+from fiftyone_ssa.core.rle_voting import vote_and_paint_masks
 from fiftyone_ssa.core.voting import paint_masks, painting_order, vote_mask_classes
 from fiftyone_ssa.labels import (
     build_detections,
@@ -101,8 +102,12 @@ def label_one_image(
     num_classes = max(
         int(class_map.max()) + 1 if class_map.numel() else 1, max(classes, default=-1) + 1
     )
-    vote = vote_mask_classes(mask_set.masks, class_map, num_classes)
-    painted = paint_masks(class_map, mask_set.masks, vote.labels, painting_order(vote.areas))
+    if mask_set.masks.device.type == "cpu":
+        # Same results; through the masks' runs it is about 2x faster on the CPU.
+        vote, painted = vote_and_paint_masks(mask_set.masks, class_map, num_classes)
+    else:
+        vote = vote_mask_classes(mask_set.masks, class_map, num_classes)
+        painted = paint_masks(class_map, mask_set.masks, vote.labels, painting_order(vote.areas))
     return {
         "painted": painted,
         "labels": vote.labels,

@@ -196,3 +196,28 @@ def test_sa1b_sized_image_matches_dense():
         ry, rx = rng.integers(2, h // 3), rng.integers(2, w // 3)
         masks[i] = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1
     assert_same(masks, class_map, 150)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(0, 6), st.integers(1, 12), st.integers(1, 12), st.integers(1, 5), st.integers(0, 99)
+)
+def test_dense_masks_through_runs_equal_dense_voting(n, h, w, c, seed):
+    from fiftyone_ssa.core.rle_voting import vote_and_paint_masks
+
+    masks, class_map = random_case(np.random.default_rng(seed), n, h, w, c)
+    ref_vote, ref_painted = dense(masks, class_map, c)
+    vote, painted = vote_and_paint_masks(torch.from_numpy(masks), torch.from_numpy(class_map), c)
+    assert torch.equal(vote.votes, ref_vote.votes)
+    assert torch.equal(vote.labels, ref_vote.labels)
+    assert torch.equal(vote.areas, ref_vote.areas)
+    assert torch.equal(painted, ref_painted)
+
+
+def test_dense_masks_through_runs_check_sizes():
+    from fiftyone_ssa.core.rle_voting import vote_and_paint_masks
+
+    with pytest.raises(ValueError, match="same size"):
+        vote_and_paint_masks(
+            torch.zeros(2, 3, 4, dtype=torch.bool), torch.zeros(4, 3, dtype=torch.long)
+        )

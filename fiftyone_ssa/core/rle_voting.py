@@ -312,3 +312,50 @@ def vote_and_paint_rles(
     vote = vote_rle_classes(runs, class_map, num_classes)
     painted = paint_runs(class_map, runs, vote.labels, painting_order(vote.areas))
     return vote, painted
+
+
+def dense_masks_to_runs(masks: torch.Tensor) -> MaskRuns:
+    """The foreground runs of dense masks, read in row-major order.
+
+    Row-major runs of a mask are the column-major (COCO) runs of its transpose, so the result
+    describes the (N, W, H) transposed masks: vote against ``class_map.t()`` and transpose the
+    painted map back (as :func:`vote_and_paint_masks` does). Reading rows avoids copying the
+    masks into column-major order.
+
+    Args:
+        masks: (N, H, W) bool.
+
+    Returns:
+        The runs of the transposed masks (``height`` = W, ``width`` = H).
+    """
+    if masks.dim() != 3:
+        raise ValueError(f"Expected `masks` to be (N, H, W), but got shape {tuple(masks.shape)}")
+    n, h, w = masks.shape
+    flat = masks.reshape(n, h * w).to(torch.uint8)
+    border = torch.zeros(n, 1, dtype=torch.uint8, device=masks.device)
+    edges = torch.diff(flat, dim=1, prepend=border, append=border)  # 1 rise, 255 fall
+    mask_index, starts = (edges == 1).nonzero(as_tuple=True)
+    ends = (edges == 255).nonzero(as_tuple=True)[1]
+    return MaskRuns(w, h, n, starts, ends - starts, mask_index)
+
+
+def vote_and_paint_masks(
+    masks: torch.Tensor, class_map: torch.Tensor, num_classes: int | None = None
+) -> tuple[VoteResult, torch.Tensor]:
+    """SSA's close-set step for dense masks through their runs (faster than dense on the CPU).
+
+    Args:
+        masks: (N, H, W) bool.
+        class_map: (H, W) integer class ids.
+        num_classes: C; defaults to ``class_map.max() + 1``.
+
+    Returns:
+        ``(vote, painted)``, equal to ``core.voting``'s dense results.
+    """
+    if class_map.dim() != 2 or tuple(masks.shape[1:]) != tuple(class_map.shape):
+        raise ValueError(
+            f"Expected masks (N, H, W) and a class map (H, W) of the same size, but got "
+            f"{tuple(masks.shape)} and {tuple(class_map.shape)}"
+        )
+    vote, painted_t = vote_and_paint_rles(dense_masks_to_runs(masks), class_map.t(), num_classes)
+    return vote, painted_t.t().contiguous()
