@@ -57,4 +57,21 @@ if ! db_ok; then
     fi
     db_ok || { log "FiftyOne's database still does not start:"; "$PY" scripts/check_database.py; exit 1; }
 fi
+# Headless Chromium for the App's browser test (tests/test_app_e2e.py): Debian's package, since
+# Playwright's own browser download needs more than the package registries. Without it the test
+# is skipped; a failed attempt is stamped so that re-runs do not retry (delete the stamp to retry).
+chromium_stamp="$VENV/.ssa-chromium-stamp"
+if [ ! -x /usr/bin/chromium ] && [ ! -e "$chromium_stamp" ]; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        log "installing Debian's chromium for the browser test"
+        apt_install() { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1; }
+        if ! apt_install && ! { apt-get update -qq >/dev/null 2>&1 && apt_install; }; then
+            log "could not install chromium: the browser test will be skipped (rm $chromium_stamp to retry)"
+            echo "apt-get install chromium failed $(date -u +%FT%TZ)" > "$chromium_stamp"
+        fi
+    else
+        log "no /usr/bin/chromium (and no root apt-get to install it): the browser test will be skipped"
+        echo "no root apt-get $(date -u +%FT%TZ)" > "$chromium_stamp"
+    fi
+fi
 log "environment ready: $VENV"

@@ -1,0 +1,1 @@
+"""Helpers for end-to-end tests in a real browser: the FiftyOne App server and Chromium."""
