@@ -188,9 +188,7 @@ def apply_ssa_engine(
     if not isinstance(models, EngineModels):
         options = {"light": light, "device": device, "spacy_model": spacy_model, **(models or {})}
         models = EngineModels.load(**options)
-    mask_root = output_dir or os.path.join(
-        fo.config.default_dataset_dir, "fiftyone-ssa", samples._dataset.name
-    )
+    mask_root = runs.mask_directory(samples, output_dir)
     settings = {"top_k": top_k, "vocabulary": vocabulary, "vocabulary_mode": vocabulary_mode}
     job = EngineJob(label_field, masks, models, settings, write_segmentation, mask_root)
     return execute_labelling_run(

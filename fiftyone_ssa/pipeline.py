@@ -208,9 +208,7 @@ def apply_ssa(
         "write_branch": write_branch,
         "mask_options": mask_generator_options,
     }
-    mask_root = output_dir or os.path.join(
-        fo.config.default_dataset_dir, "fiftyone-ssa", samples._dataset.name
-    )
+    mask_root = runs.mask_directory(samples, output_dir)
     job = SSAJob(label_field, semantic, masks, work_device, top_k, write_branch, mask_root)
     return execute_labelling_run(
         samples,

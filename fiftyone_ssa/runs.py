@@ -90,6 +90,18 @@ def check_target(samples, label_field: str) -> None:
         )
 
 
+def mask_directory(samples, output_dir: str | None = None) -> str:
+    """Where a run writes instance masks too large to keep in the database.
+
+    Args:
+        samples: the collection being labelled.
+        output_dir: the user's choice; default ``<FiftyOne dataset dir>/fiftyone-ssa/<dataset>``.
+    """
+    return output_dir or os.path.join(
+        fo.config.default_dataset_dir, "fiftyone-ssa", samples._dataset.name
+    )
+
+
 def spec_name(spec: Any) -> Any:
     """A stable, JSON-able name of a branch specification (strings and paths as they are)."""
     if spec is None or isinstance(spec, (str, int, float, bool)):

@@ -33,6 +33,7 @@ from packaging.utils import canonicalize_name
 from PIL import Image
 
 from fiftyone_ssa import apply_ssa
+from tests.fixtures.datasets import instances_to_detections
 from tests.scenes import SCENE_CLASSES, coarsen, make_scene, miou
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -61,22 +62,6 @@ def plugins_dir(tmp_path_factory):
         yield root
 
 
-def _detections(instances: np.ndarray) -> fo.Detections:
-    dets = []
-    h, w = instances.shape[1:]
-    for inst in instances:
-        ys, xs = np.nonzero(inst)
-        y0, y1, x0, x1 = ys.min(), ys.max(), xs.min(), xs.max()
-        dets.append(
-            fo.Detection(
-                label="object",
-                bounding_box=[x0 / w, y0 / h, (x1 - x0 + 1) / w, (y1 - y0 + 1) / h],
-                mask=inst[y0 : y1 + 1, x0 : x1 + 1],
-            )
-        )
-    return fo.Detections(detections=dets)
-
-
 @pytest.fixture
 def scene_dataset(make_dataset, tmp_path, plugins_dir):
     """Scenes with ground truth, two coarse predictions, instance masks and plain boxes."""
@@ -89,7 +74,7 @@ def scene_dataset(make_dataset, tmp_path, plugins_dir):
             image, gt, instances = make_scene(rng, height=48, width=64, n_objects=5)
             path = tmp_path / f"scene_{seed}_{i}.png"
             Image.fromarray(image).save(path)
-            boxes = _detections(instances)
+            boxes = instances_to_detections(instances)
             for det in boxes.detections:
                 det.mask = None
             samples.append(
@@ -98,7 +83,7 @@ def scene_dataset(make_dataset, tmp_path, plugins_dir):
                     ground_truth=fo.Segmentation(mask=gt),
                     coarse=fo.Segmentation(mask=coarsen(gt, rng, factor=8, noise=0.05)),
                     noisy=fo.Segmentation(mask=coarsen(gt, rng, factor=4, noise=0.2)),
-                    instances=_detections(instances),
+                    instances=instances_to_detections(instances),
                     boxes=boxes,
                 )
             )
