@@ -44,7 +44,7 @@ VARIANTS = {
 
 def blob_model(name: str, tiny: bool, device: torch.device, iou_target: float | None):
     """A random SAM of the preset with blob-segmenting weights (see the module docstring)."""
-    from tests.fixtures.sam import make_blob_segmenter
+    from fiftyone_ssa.models.tiny_sam import make_blob_segmenter
 
     torch.manual_seed(0)
     model = random_init.build_random_model(name, TINY_OVERRIDES["sam"] if tiny else None)
