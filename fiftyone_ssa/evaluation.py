@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import fiftyone.core.fields as fof
@@ -408,6 +409,37 @@ class MIoUResults(SegmentationResults):
         }
         extra.update(num_resized=d.get("num_resized", 0), num_skipped=d.get("num_skipped", 0))
         return super()._from_dict(d, samples, config, eval_key, **extra, **kwargs)
+
+
+def check_ground_truth_targets(samples: Any, gt_field: str, pred_fields: Sequence[str]) -> None:
+    """Refuses to compare predictions that name their ids differently against unnamed ids.
+
+    A ground truth without mask targets is read with the predictions' targets (see
+    :func:`evaluate_miou`); when several predicted fields name their ids differently, each
+    would read the same ground truth differently, so the comparison would be meaningless.
+
+    Args:
+        samples: a FiftyOne dataset or view.
+        gt_field: the ground-truth Segmentation field.
+        pred_fields: the predicted Segmentation fields.
+
+    Raises:
+        ValueError: one line saying which mask targets to set.
+    """
+    if samples.get_mask_targets(gt_field):
+        return
+    named = {}
+    for field in pred_fields:
+        targets = samples.get_mask_targets(field)
+        if targets:
+            named[field] = tuple(sorted((int(k), str(v)) for k, v in targets.items()))
+    if len(set(named.values())) > 1:
+        fields = ", ".join(repr(f) for f in named)
+        raise ValueError(
+            f"ground truth {gt_field!r} has no mask targets and the predictions {fields} name "
+            f"their class ids differently; set dataset.mask_targets[{gt_field!r}] (id -> class "
+            "name) so that classes are matched by name"
+        )
 
 
 def _evaluation_mask_targets(

@@ -32,10 +32,56 @@ def segmentation_to_tensor(label: fo.Segmentation, device: torch.device) -> torc
     return torch.from_numpy(mask.astype(np.int64)).to(device)
 
 
+def detection_full_mask(det: fo.Detection, width: int, height: int) -> np.ndarray:
+    """The image-size mask of a Detection: its mask pasted into its box (a filled box if none).
+
+    The box is rounded to the nearest pixel (FiftyOne's ``to_segmentation`` truncates, which
+    shifts a box by one pixel when its relative coordinates are not exact binary fractions, and
+    resizes masks bilinearly); a mask whose shape differs from the box is resized with nearest
+    neighbours; parts outside the image are dropped.
+
+    Args:
+        det: the Detection (``mask`` or ``mask_path``).
+        width: image width.
+        height: image height.
+
+    Returns:
+        (height, width) bool.
+
+    Raises:
+        OSError: the detection's ``mask_path`` cannot be read.
+    """
+    full = np.zeros((height, width), dtype=bool)
+    x, y, w, h = det.bounding_box or (0.0, 0.0, 0.0, 0.0)
+    x0, y0 = round(x * width), round(y * height)
+    x1, y1 = round((x + w) * width), round((y + h) * height)
+    if x1 <= x0 or y1 <= y0:
+        return full
+    mask = det.get_mask()
+    if mask is None:
+        patch = np.ones((y1 - y0, x1 - x0), dtype=bool)
+    else:
+        mask = np.asarray(mask)
+        if mask.ndim == 3:
+            mask = mask[..., 0]
+        patch = mask.astype(bool)
+        if patch.shape != (y1 - y0, x1 - x0):
+            if patch.size == 0:
+                return full
+            rows = (np.arange(y1 - y0) * 2 + 1) * patch.shape[0] // (2 * (y1 - y0))
+            cols = (np.arange(x1 - x0) * 2 + 1) * patch.shape[1] // (2 * (x1 - x0))
+            patch = patch[rows][:, cols]
+    cx0, cy0 = max(x0, 0), max(y0, 0)
+    cx1, cy1 = min(x1, width), min(y1, height)
+    if cx1 > cx0 and cy1 > cy0:
+        full[cy0:cy1, cx0:cx1] = patch[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
+    return full
+
+
 def detections_to_mask_set(
     label: fo.Detections | None, size: tuple[int, int], device: torch.device
 ) -> MaskSet:
-    """Full-image masks of instance Detections, rendered the way FiftyOne renders them.
+    """Full-image masks of instance Detections (see :func:`detection_full_mask`).
 
     Detections without a mask are skipped.
 
@@ -47,17 +93,16 @@ def detections_to_mask_set(
     Returns:
         The masks (N, H, W) bool with the detections' ``predicted_iou`` and
         ``stability_score`` attributes (NaN where absent).
+
+    Raises:
+        OSError: a ``mask_path`` cannot be read.
     """
     height, width = size
     masks, ious, stabilities = [], [], []
     for det in label.detections if label is not None else []:
         if det.mask is None and det.mask_path is None:
             continue
-        if det.mask is None:
-            det = det.copy()
-            det.mask = det.get_mask()
-        full = det.to_segmentation(frame_size=(width, height), target=1).mask
-        masks.append(full.astype(bool))
+        masks.append(detection_full_mask(det, width, height))
         ious.append(_float_attr(det, "predicted_iou"))
         stabilities.append(_float_attr(det, "stability_score"))
     if not masks:

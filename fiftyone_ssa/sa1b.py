@@ -45,6 +45,7 @@ from fiftyone_ssa.core.rle import (
     rle_to_bbox,
     rle_to_mask,
 )
+from fiftyone_ssa.labels import detection_full_mask  # noqa: F401 (re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -256,8 +257,9 @@ def _read_image(
         image_path = image_path or _image_from_record(record, dataset_dir, stem)
         width, height = _image_size(image_path)
         image_id = _check_image_record(record, width, height)
+        image_mask_dir = _mask_subdir(mask_dir, stem)
         detections = [
-            _annotation_to_detection(ann, k, width, height, os.path.join(mask_dir, stem))
+            _annotation_to_detection(ann, k, width, height, image_mask_dir)
             for k, ann in enumerate(record["annotations"])
         ]
         sample = fo.Sample(filepath=image_path, metadata=_metadata(image_path, width, height))
@@ -269,6 +271,16 @@ def _read_image(
         return _ImageResult(key, error=str(err))
     except Exception as err:  # any unexpected failure is still one file's problem
         return _ImageResult(key, error=f"{type(err).__name__}: {err}")
+
+
+def _mask_subdir(mask_dir: str, stem: str) -> str:
+    """``<mask_dir>/<stem>``, refusing stems that would put masks elsewhere (``..``, ``.``)."""
+    path = os.path.join(mask_dir, stem)
+    if stem in ("", ".", "..") or os.path.dirname(os.path.normpath(path)) != os.path.normpath(
+        mask_dir
+    ):
+        raise SA1BFileError(f"file name stem {stem!r} cannot name a mask directory")
+    return path
 
 
 def _load_json(path: str) -> dict:
@@ -708,43 +720,3 @@ def _detection_to_annotation(det: fo.Detection, ann_id: Any, width: int, height:
         "class_name": det.label if det.label is not None else "",
         "class_proposals": list(proposals) if proposals is not None else [],
     }
-
-
-def detection_full_mask(det: fo.Detection, width: int, height: int) -> np.ndarray:
-    """The image-size mask of a Detection: its mask pasted into its box (a filled box if none).
-
-    The box is rounded to pixels (FiftyOne's renderer truncates, which shifts boxes whose
-    relative coordinates are not exact binary fractions); a mask whose shape differs from the
-    box is resized with nearest neighbours; parts outside the image are dropped.
-
-    Args:
-        det: the Detection (``mask`` or ``mask_path``).
-        width: image width.
-        height: image height.
-
-    Returns:
-        (height, width) bool.
-    """
-    full = np.zeros((height, width), dtype=bool)
-    x, y, w, h = det.bounding_box or (0.0, 0.0, 0.0, 0.0)
-    x0, y0 = round(x * width), round(y * height)
-    x1, y1 = round((x + w) * width), round((y + h) * height)
-    if x1 <= x0 or y1 <= y0:
-        return full
-    mask = det.get_mask()
-    if mask is None:
-        patch = np.ones((y1 - y0, x1 - x0), dtype=bool)
-    else:
-        mask = np.asarray(mask)
-        if mask.ndim == 3:
-            mask = mask[..., 0]
-        patch = mask.astype(bool)
-        if patch.shape != (y1 - y0, x1 - x0):
-            rows = (np.arange(y1 - y0) + 0.5) * patch.shape[0] // (y1 - y0)
-            cols = (np.arange(x1 - x0) + 0.5) * patch.shape[1] // (x1 - x0)
-            patch = patch[rows.astype(int)][:, cols.astype(int)]
-    cx0, cy0 = max(x0, 0), max(y0, 0)
-    cx1, cy1 = min(x1, width), min(y1, height)
-    if cx1 > cx0 and cy1 > cy0:
-        full[cy0:cy1, cx0:cx1] = patch[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
-    return full

@@ -248,3 +248,68 @@ def test_core_metrics_import_no_fiftyone():
         "sys.exit(1 if bad else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+# --------------------------------------------------------------- properties (issue 10)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.tuples(st.integers(1, 8), st.integers(1, 8)), min_size=1, max_size=5),
+    num_classes=st.integers(1, 5),
+    ignore_fraction=st.sampled_from([0.0, 0.5, 1.0]),
+    seed=st.integers(0, 2**16),
+)
+def test_property_streaming_over_images_equals_the_naive_sum(
+    sizes, num_classes, ignore_fraction, seed
+):
+    """Images of random shapes, some all-ignore: per-image updates sum to mmsegmentation's
+    collection-level metrics."""
+    rng = np.random.default_rng(seed)
+    pairs = [random_pair(rng, size, num_classes, ignore_fraction) for size in sizes]
+    stream = StreamingConfusionMatrix(num_classes, ignore_index=IGNORE)
+    for pred, gt in pairs:
+        stream.update(pred, gt)
+    got = stream.compute()
+    iou, acc, miou, macc, aacc = naive_mmseg(pairs, num_classes)
+    assert_close_nan(got.iou, iou)
+    assert_close_nan(got.accuracy, acc)
+    assert_close_nan([got.miou, got.macc, got.aacc], [miou, macc, aacc])
+    assert int(stream.matrix.sum()) == sum(int((gt != IGNORE).sum()) for _, gt in pairs)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    height=st.integers(1, 9),
+    width=st.integers(1, 9),
+    num_classes=st.integers(2, 6),
+    data=st.data(),
+)
+def test_property_full_image_and_empty_classes(height, width, num_classes, data):
+    """A class covering the whole image in both maps scores IoU 1 and every other class is
+    NaN (absent from both, so not counted); predicting it where the ground truth has another
+    class scores 0 for both."""
+    c = data.draw(st.integers(0, num_classes - 1))
+    other = data.draw(st.integers(0, num_classes - 1).filter(lambda k: k != c))
+    full = torch.full((height, width), c)
+    metrics = segmentation_metrics(pixel_confusion_matrix(full, full, num_classes))
+    assert metrics.iou[c] == 1.0 and metrics.miou == 1.0 and metrics.aacc == 1.0
+    assert torch.isnan(torch.cat([metrics.iou[:c], metrics.iou[c + 1 :]])).all()
+    wrong = segmentation_metrics(
+        pixel_confusion_matrix(full, torch.full((height, width), other), num_classes)
+    )
+    assert wrong.iou[c] == 0.0 and wrong.iou[other] == 0.0 and wrong.miou == 0.0
+    assert wrong.aacc == 0.0
+
+
+@settings(max_examples=30, deadline=None)
+@given(height=st.integers(1, 9), width=st.integers(1, 9), num_classes=st.integers(1, 5))
+def test_property_reduced_all_zero_ground_truth_is_all_ignored(height, width, num_classes):
+    """ADE20K's raw 0 is 'other': with reduce_zero_label an all-zero ground truth has no valid
+    pixel, so every metric is NaN and nothing is counted."""
+    pred = torch.randint(0, num_classes, (height, width))
+    gt = torch.zeros((height, width), dtype=torch.long)
+    matrix = pixel_confusion_matrix(pred, gt, num_classes, reduce_zero_label=True)
+    assert int(matrix.sum()) == 0
+    metrics = segmentation_metrics(matrix)
+    assert np.isnan(metrics.miou) and np.isnan(metrics.aacc)

@@ -214,3 +214,60 @@ def test_core_rle_does_not_import_pycocotools():
         for alias in node.names
     } | {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert not any("pycocotools" in (n or "") or "fiftyone" in (n or "") for n in names)
+
+
+# --------------------------------------------------------------- properties (issue 10)
+
+
+@st.composite
+def mask_batches(draw):
+    """(N, H, W) bool stacks of random shapes with empty, full, overlapping and duplicate masks."""
+    h, w = draw(st.integers(1, 20)), draw(st.integers(1, 20))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    kinds = draw(
+        st.lists(st.sampled_from(["rect", "noise", "empty", "full", "dup"]), min_size=1, max_size=6)
+    )
+    masks = []
+    for kind in kinds:
+        if kind == "empty":
+            masks.append(np.zeros((h, w), bool))
+        elif kind == "full":
+            masks.append(np.ones((h, w), bool))
+        elif kind == "dup" and masks:
+            masks.append(masks[-1].copy())
+        elif kind == "noise":
+            masks.append(rng.random((h, w)) < rng.random())
+        else:
+            y0, x0 = rng.integers(0, h), rng.integers(0, w)
+            mask = np.zeros((h, w), bool)
+            mask[y0 : rng.integers(y0, h + 1), x0 : rng.integers(x0, w + 1)] = True
+            masks.append(mask)
+    return np.stack(masks)
+
+
+@settings(max_examples=150, deadline=None)
+@given(mask_batches())
+def test_property_batch_encoder_equals_pycocotools_on_every_mask(masks):
+    rles = R.masks_to_rles(torch.from_numpy(masks))
+    assert len(rles) == len(masks)
+    for mask, rle in zip(masks, rles):
+        ref = coco_encode(mask)
+        assert rle["size"] == list(mask.shape)
+        assert rle["counts"] == ref["counts"].decode("ascii")
+        assert R.rle_area(rle) == int(mask.sum()) == int(mask_utils.area(ref))
+        assert R.rle_to_bbox(rle) == mask_utils.toBbox(ref).tolist()
+    back = R.rles_to_masks(rles)
+    np.testing.assert_array_equal(back.numpy(), masks)
+
+
+@settings(max_examples=100, deadline=None)
+@given(mask_batches(), st.data())
+def test_property_window_decode_is_a_crop(masks, data):
+    h, w = masks.shape[1:]
+    x0 = data.draw(st.integers(0, w - 1))
+    y0 = data.draw(st.integers(0, h - 1))
+    x1 = data.draw(st.integers(x0, w))
+    y1 = data.draw(st.integers(y0, h))
+    for mask in masks:
+        rle = R.mask_to_rle(mask)
+        np.testing.assert_array_equal(R.rle_to_mask(rle, box=(x0, y0, x1, y1)), mask[y0:y1, x0:x1])

@@ -157,3 +157,90 @@ def test_cuda_equals_cpu():
         torch.from_numpy(class_map).cuda(), torch.from_numpy(masks).cuda(), gpu.labels
     )
     assert torch.equal(out_cpu, out_gpu.cpu())
+
+
+# --------------------------------------------------------------- properties (issue 10)
+
+
+@st.composite
+def mask_stacks(draw):
+    """Random (masks, class map, C): random shapes, rectangles and ragged blobs that overlap,
+    exact duplicates, empty masks and full-image masks."""
+    h, w = draw(st.integers(1, 16)), draw(st.integers(1, 16))
+    c = draw(st.integers(1, 5))
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    class_map = rng.integers(0, c, size=(h, w))
+    kinds = draw(st.lists(st.sampled_from(["rect", "ragged", "empty", "full", "dup"]), max_size=9))
+    masks = []
+    for kind in kinds:
+        if kind == "empty":
+            masks.append(np.zeros((h, w), bool))
+        elif kind == "full":
+            masks.append(np.ones((h, w), bool))
+        elif kind == "dup" and masks:
+            masks.append(masks[int(rng.integers(0, len(masks)))].copy())
+        else:
+            y0, x0 = rng.integers(0, h), rng.integers(0, w)
+            y1, x1 = rng.integers(y0, h + 1), rng.integers(x0, w + 1)
+            mask = np.zeros((h, w), bool)
+            mask[y0:y1, x0:x1] = True
+            if kind == "ragged":
+                mask &= rng.random((h, w)) < 0.6
+            masks.append(mask)
+    stack = np.stack(masks) if masks else np.zeros((0, h, w), bool)
+    return stack, class_map, c
+
+
+@settings(max_examples=150, deadline=None)
+@given(mask_stacks(), st.integers(1, 4))
+def test_property_vote_invariants(case, top_k):
+    """Votes sum to the area; the label wins (lowest id on ties) with confidence votes/area;
+    proposals are the classes with votes, by share, the label first; duplicates agree."""
+    masks, class_map, c = case
+    vote = vote_mask_classes(torch.from_numpy(masks), torch.from_numpy(class_map), c)
+    areas = masks.reshape(len(masks), masks.shape[1] * masks.shape[2]).sum(1)
+    np.testing.assert_array_equal(vote.areas.numpy(), areas)
+    np.testing.assert_array_equal(vote.votes.sum(1).numpy(), areas)
+    proposals = vote.proposals(top_k)
+    for i, mask in enumerate(masks):
+        counts = np.bincount(class_map[mask], minlength=c)
+        np.testing.assert_array_equal(vote.votes[i].numpy(), counts)
+        label = int(vote.labels[i])
+        if areas[i] == 0:
+            assert label == 0 and float(vote.confidence[i]) == 0.0 and proposals[i] == []
+            continue
+        assert label == int(np.flatnonzero(counts == counts.max())[0])
+        assert float(vote.confidence[i]) == pytest.approx(counts[label] / areas[i])
+        assert 0 < float(vote.confidence[i]) <= 1
+        assert proposals[i][0] == label and len(proposals[i]) <= top_k
+        shares = [counts[k] for k in proposals[i]]
+        assert all(s > 0 for s in shares) and shares == sorted(shares, reverse=True)
+        expected = sorted(np.flatnonzero(counts), key=lambda k: (-counts[k], k))[:top_k]
+        assert proposals[i] == [int(k) for k in expected]
+    for i in range(len(masks)):
+        for j in range(i):
+            if np.array_equal(masks[i], masks[j]):
+                assert int(vote.labels[i]) == int(vote.labels[j])
+
+
+@settings(max_examples=150, deadline=None)
+@given(mask_stacks())
+def test_property_painting_invariants(case):
+    """Uncovered pixels keep the branch; a covered pixel takes the label of the smallest mask
+    covering it (the latest in input order among equal areas); a full-image mask alone
+    paints everything its label."""
+    masks, class_map, c = case
+    vote = vote_mask_classes(torch.from_numpy(masks), torch.from_numpy(class_map), c)
+    out = paint_masks(torch.from_numpy(class_map), torch.from_numpy(masks), vote.labels).numpy()
+    covered = masks.any(0) if len(masks) else np.zeros(class_map.shape, bool)
+    np.testing.assert_array_equal(out[~covered], class_map[~covered])
+    areas = masks.reshape(len(masks), masks.shape[1] * masks.shape[2]).sum(1)
+    labels = vote.labels.numpy()
+    for y, x in zip(*np.nonzero(covered)):
+        over = [i for i in range(len(masks)) if masks[i, y, x]]
+        top = min(over, key=lambda i: (areas[i], -i))
+        assert out[y, x] == labels[top]
+    if len(masks) == 1 and masks[0].all():
+        assert (out == labels[0]).all()
+    assert out.dtype == class_map.dtype

@@ -10,6 +10,11 @@ import argparse
 import importlib
 import sys
 
+_MODELS_DIR_HELP = (
+    "directory holding model weights (default: $FIFTYONE_SSA_MODELS_DIR, else FiftyOne's "
+    "model zoo directory)"
+)
+
 # Subcommand modules, in the order ``--help`` lists them.
 _COMMAND_MODULES = ["run", "engine", "eval", "sa1b", "models", "demo"]
 
@@ -19,12 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fiftyone-ssa",
         description="Semantic Segment Anything for FiftyOne: semantic labels for SAM masks.",
     )
-    parser.add_argument(
-        "--models-dir",
-        default=None,
-        help="directory holding model weights (default: $FIFTYONE_SSA_MODELS_DIR, else "
-        "FiftyOne's model zoo directory)",
-    )
+    parser.add_argument("--models-dir", default=None, help=_MODELS_DIR_HELP)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:
         try:
@@ -34,7 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # subcommand not shipped yet
             raise
         module.add_parser(subparsers)
+    # ``--models-dir`` is also accepted after the subcommand (``fiftyone-ssa run ... --models-dir``).
+    for subparser in set(subparsers.choices.values()):
+        if "--models-dir" not in subparser._option_string_actions:
+            subparser.add_argument("--models-dir", default=argparse.SUPPRESS, help=_MODELS_DIR_HELP)
     return parser
+
+
+def one_line(err: BaseException) -> str:
+    """An exception's message on one line (whitespace runs, newlines included, collapsed)."""
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -49,8 +58,9 @@ def main(argv: list[str] | None = None) -> None:
         set_models_dir(args.models_dir)
     try:
         code = args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as err:
-        # Wrong use and missing weights end with one clear line, not a traceback.
-        print(f"fiftyone-ssa {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, OSError, RuntimeError, ImportError) as err:
+        # Wrong use, missing weights and unreadable files end with one clear line, not a
+        # traceback (also what --fail-fast stops with).
+        print(f"fiftyone-ssa {args.command}: error: {one_line(err)}", file=sys.stderr)
         sys.exit(1)
     sys.exit(code or 0)

@@ -59,8 +59,12 @@ def run(args: argparse.Namespace) -> int:
         format_comparison_table,
         plot_per_class_iou,
     )
+    from fiftyone_ssa.evaluation import check_ground_truth_targets
 
+    if not fo.dataset_exists(args.dataset):
+        raise ValueError(f"no dataset named {args.dataset!r}; `fiftyone datasets list` lists them")
     dataset = fo.load_dataset(args.dataset)
+    check_ground_truth_targets(dataset, args.gt, args.pred)
     results = compare_miou(
         dataset,
         args.pred,

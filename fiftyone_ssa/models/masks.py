@@ -141,10 +141,20 @@ class SamMaskBranch(MaskBranch):
 
 def _guess_sam_architecture(checkpoint: Path) -> str:
     """vit_b / vit_l / vit_h from the width of a checkpoint's patch embedding."""
-    try:
-        state = torch.load(checkpoint, map_location="meta", weights_only=True, mmap=True)
-    except Exception as err:  # pickle, zip and format errors of every kind
-        raise ValueError(f"cannot read SAM checkpoint {checkpoint}: {err}") from None
+    from fiftyone_ssa.models import sam_loader
+
+    with open(checkpoint, "rb") as f:
+        zipped = f.read(2) == b"PK"
+    if not zipped:  # legacy pickles cannot be memory-mapped: read (and check) them in full
+        state = sam_loader.read_state_dict(checkpoint)
+    else:
+        try:
+            state = torch.load(checkpoint, map_location="meta", weights_only=True, mmap=True)
+        except Exception as err:  # pickle, zip and format errors of every kind
+            reason = sam_loader.short_reason(err)
+            raise ValueError(f"cannot read SAM checkpoint {checkpoint}: {reason}") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]  # training checkpoints wrap the state dict
     weight = state.get("image_encoder.patch_embed.proj.weight") if isinstance(state, dict) else None
     widths = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
     if weight is None or weight.shape[0] not in widths:
@@ -184,8 +194,8 @@ def load_sam_branch(
             raise FileNotFoundError(f"{source} has no sam_config.json: not a saved SAM directory")
         model = sam_loader.load_sam_dir(source, device=device)
     else:
-        if not source.is_file():
-            raise FileNotFoundError(f"missing SAM checkpoint {source}")
+        if not source.is_file():  # the loader's message says how to provide it
+            raise FileNotFoundError(sam_loader.missing_checkpoint_message(source))
         arch = model_type or _guess_sam_architecture(source)
         model = sam_loader.load_sam(source, arch, device=device)
     return SamMaskBranch(model, name=name or str(source), fast=fast, **options)

@@ -168,7 +168,30 @@ def create_branch(name: Any, kind: str = "semantic", **kwargs) -> SemanticBranch
         return _semantic_from_dir(path, **kwargs)
     if weights.looks_like_hf_id(name) and kind == "semantic":
         return _semantic_from_dir(weights.resolve(name), **kwargs)
+    if _looks_like_path(name):
+        if kind == "mask":
+            from fiftyone_ssa.models.sam_loader import missing_checkpoint_message
+
+            raise FileNotFoundError(missing_checkpoint_message(path))
+        raise FileNotFoundError(
+            f"missing semantic branch directory {path}: no such directory; pass a directory "
+            "saved with save_pretrained, a preset (`fiftyone-ssa models list`) or a Hugging "
+            "Face id"
+        )
     raise _unknown(name, kind)
+
+
+_PATH_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
+
+
+def _looks_like_path(name: str) -> bool:
+    """Whether a branch name that matches nothing was meant as a file or directory."""
+    return (
+        "/" in name
+        or "\\" in name
+        or name.startswith((".", "~"))
+        or name.lower().endswith(_PATH_SUFFIXES)
+    )
 
 
 def _register_presets() -> None:

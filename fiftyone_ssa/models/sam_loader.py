@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
-import zipfile
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -162,7 +160,7 @@ def build_sam(config: dict | str) -> Sam:
     return sam
 
 
-def _short_reason(err: BaseException) -> str:
+def short_reason(err: BaseException) -> str:
     """The first sentence of an exception's message, at most 120 characters."""
     text = str(err).strip()
     if text.startswith("Weights only load failed"):
@@ -172,7 +170,14 @@ def _short_reason(err: BaseException) -> str:
     return first if len(first) <= 120 else first[:117] + "..."
 
 
-def _read_state_dict(path: Path) -> dict:
+def read_state_dict(path: str | os.PathLike) -> dict:
+    """The state dict of a checkpoint, read with ``weights_only=True`` (no code in it runs).
+
+    Raises:
+        ValueError: one line: not a PyTorch checkpoint, refused by ``weights_only``, or not a
+            dict of tensors.
+    """
+    path = Path(path)
     with open(path, "rb") as f:
         head = f.read(2)
     # torch.save writes a zip archive ("PK"); legacy checkpoints are pickles (protocol byte 0x80).
@@ -180,8 +185,8 @@ def _read_state_dict(path: Path) -> dict:
         raise ValueError(f"cannot read SAM checkpoint {path}: not a PyTorch checkpoint file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError) as err:
-        raise ValueError(f"cannot read SAM checkpoint {path}: {_short_reason(err)}") from None
+    except Exception as err:  # unpickling, zip, EOF and format errors of every kind
+        raise ValueError(f"cannot read SAM checkpoint {path}: {short_reason(err)}") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # training checkpoints wrap the state dict
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -219,6 +224,22 @@ def _check_compatible(model: torch.nn.Module, state: dict, path: Path, name: str
     )
 
 
+def missing_checkpoint_message(path: str | os.PathLike) -> str:
+    """One line naming a missing SAM checkpoint and how to provide it."""
+    from fiftyone_ssa.models.weights import PRESETS
+
+    name = Path(path).name
+    preset = next((p.name for p in PRESETS.values() if p.filename and p.filename == name), None)
+    hint = (
+        f"run `fiftyone-ssa models download {preset}` (needs internet), copy the file "
+        "there, or pass a local path"
+        if preset
+        else "pass the local path of a SAM checkpoint (.pth) or of a directory saved by "
+        "save_sam, or a preset (`fiftyone-ssa models list`)"
+    )
+    return f"missing SAM checkpoint {path}: no such file; {hint}"
+
+
 def load_sam(
     checkpoint: str | os.PathLike,
     config: dict | str,
@@ -238,14 +259,16 @@ def load_sam(
     """
     path = Path(checkpoint)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"missing SAM checkpoint {path}: run `fiftyone-ssa models download sam-vit-b` "
-            "or pass a local path"
-        )
+        raise FileNotFoundError(missing_checkpoint_message(path))
     cfg = resolve_sam_config(config)
-    state = _read_state_dict(path)
+    state = read_state_dict(path)
+    # Compare shapes on a model without storage first: a wrong architecture fails at once,
+    # before gigabytes of ViT-H are allocated.
+    with torch.device("meta"):
+        skeleton = build_sam(cfg)
+    _check_compatible(skeleton, state, path, cfg["name"])
+    del skeleton
     model = build_sam(cfg)
-    _check_compatible(model, state, path, cfg["name"])
     model.load_state_dict(state, strict=True)
     model.eval()
     return model.to(torch.device(device) if device is not None else "cpu")

@@ -16,6 +16,10 @@ import torch
 
 from fiftyone_ssa.core.upsample import upsample_argmax
 
+# Our images are always (H, W, 3): without this, image processors guess the channel axis
+# from the shape and take a 1-pixel-high (1, W, 3) or (3, 3, 3) image for channels-first.
+CHANNELS_LAST = {"input_data_format": "channels_last"}
+
 
 def default_device() -> torch.device:
     """CUDA when available, else the CPU."""
@@ -157,7 +161,7 @@ class TransformersSemanticBranch(_PretrainedBranch):
 
     @torch.no_grad()
     def predict(self, images):
-        inputs = self.processor(images=list(images), return_tensors="pt")
+        inputs = self.processor(images=list(images), return_tensors="pt", **CHANNELS_LAST)
         pixels = inputs["pixel_values"].to(self.device)
         with torch.autocast(self.device.type, self.dtype, enabled=self.dtype != torch.float32):
             logits = self.model(pixel_values=pixels).logits
@@ -187,7 +191,9 @@ class OneFormerSemanticBranch(_PretrainedBranch):
     @torch.no_grad()
     def class_scores(self, image: np.ndarray) -> torch.Tensor:
         """Low-resolution class scores of one image: (C, h, w) float32."""
-        inputs = self.processor(images=[image], task_inputs=["semantic"], return_tensors="pt")
+        inputs = self.processor(
+            images=[image], task_inputs=["semantic"], return_tensors="pt", **CHANNELS_LAST
+        )
         inputs = {k: v.to(self.device) for k, v in inputs.items() if torch.is_tensor(v)}
         with torch.autocast(self.device.type, self.dtype, enabled=self.dtype != torch.float32):
             out = self.model(
@@ -237,7 +243,9 @@ class CLIPSegSemanticBranch(_PretrainedBranch):
     @torch.no_grad()
     def predict(self, images):
         names = list(self.classes.values())
-        pixels = self.processor.image_processor(images=list(images), return_tensors="pt")
+        pixels = self.processor.image_processor(
+            images=list(images), return_tensors="pt", **CHANNELS_LAST
+        )
         pixels = pixels["pixel_values"].to(self.device)
         maps = []
         for i, image in enumerate(images):

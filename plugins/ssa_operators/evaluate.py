@@ -225,10 +225,24 @@ class EvaluateMIoU(SSAOperator):
 
 
 def _mask_targets_notices(inputs, dataset, gt_field: str, pred_fields: list[str]) -> None:
-    """Warns where class names cannot be matched (classes are matched by name)."""
+    """Warns where class names cannot be matched (classes are matched by name); refuses
+    predictions that name their ids differently against a ground truth without names (the
+    library's ``check_ground_truth_targets``, without importing it into the form)."""
     gt_named = has_mask_targets(dataset, gt_field)
     named = [f for f in pred_fields if has_mask_targets(dataset, f)]
     unnamed = [f for f in pred_fields if f not in named]
+    distinct = {
+        tuple(sorted((int(k), str(v)) for k, v in dataset.get_mask_targets(f).items()))
+        for f in named
+    }
+    if not gt_named and len(distinct) > 1:
+        block(
+            inputs,
+            "gt_targets_error",
+            f"Ground truth {gt_field!r} has no mask targets and {', '.join(named)} name their "
+            f"class ids differently: set mask targets on {gt_field!r} to match classes by name",
+        )
+        return
     if not gt_named and named:
         notice(
             inputs,

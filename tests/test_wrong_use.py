@@ -1,0 +1,401 @@
+"""Wrong use of the CLI ends with one clear line on stderr and exit code 1, before any work.
+
+Every case runs ``fiftyone-ssa`` (in process through ``cli.main``; a few through the installed
+console script in a subprocess) and checks: exit code 1, exactly one stderr line
+``fiftyone-ssa <command>: error: ...`` saying what is wrong, and that the dataset's schema and
+samples are unchanged (no output field was created).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import fiftyone as fo
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fiftyone_ssa.cli import main
+from fiftyone_ssa.labels import build_detections
+from tests.fixtures.sam import blob_scene
+from tests.test_plugin import plugins_dir  # noqa: F401 (fixture)
+
+CLASSES = {0: "ground", 1: "thing", 2: "sky"}
+
+
+@pytest.fixture
+def cli_dataset(make_dataset, tmp_path):
+    """A persistent dataset (the CLI loads it by name) with input fields of every kind."""
+    dataset = make_dataset()
+    dataset.persistent = True
+    samples = []
+    for i in range(2):
+        path = tmp_path / f"image{i}.png"
+        Image.fromarray(blob_scene(24, 32, seed=i)).save(path)
+        masks = torch.zeros((2, 24, 32), dtype=torch.bool)
+        masks[0, :12], masks[1, :, :16] = True, True
+        samples.append(
+            fo.Sample(
+                filepath=str(path),
+                coarse=fo.Segmentation(mask=np.zeros((24, 32), np.uint8)),
+                gt=fo.Segmentation(mask=np.ones((24, 32), np.uint8)),
+                other=fo.Segmentation(mask=np.ones((24, 32), np.uint8)),
+                masks=build_detections(masks, ["a", "b"], [{}, {}]),
+                notes="a string",
+                taken=fo.Segmentation(mask=np.ones((24, 32), np.uint8)),
+            )
+        )
+    dataset.add_samples(samples)
+    dataset.mask_targets = {"coarse": CLASSES, "other": {0: "sky", 1: "ground"}}
+    dataset.save()
+    return dataset
+
+
+@pytest.fixture
+def models_dir(tmp_path, tiny_sam_dir, tiny_segformer_dir):
+    """A models directory with broken presets: corrupt, wrong architecture, truncated."""
+    root = tmp_path / "models"
+    # sam-vit-b: garbage bytes under the official file name
+    (root / "sam-vit-b").mkdir(parents=True)
+    (root / "sam-vit-b" / "sam_vit_b_01ec64.pth").write_bytes(b"not a checkpoint" * 64)
+    # sam-vit-h: a (tiny) SAM state dict of another architecture under ViT-H's file name
+    (root / "sam-vit-h").mkdir()
+    state = torch.load(Path(tiny_sam_dir) / "model.pt", weights_only=True)
+    torch.save(state, root / "sam-vit-h" / "sam_vit_h_4b8939.pth")
+    # segformer-b0-ade20k: weights truncated to half
+    shutil.copytree(tiny_segformer_dir, root / "segformer-b0-ade20k")
+    weights = root / "segformer-b0-ade20k" / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _restore_models_dir():
+    """``--models-dir`` sets a process-wide override; undo it after each test."""
+    yield
+    from fiftyone_ssa.models import weights
+
+    weights.set_models_dir(None)
+
+
+def _state(dataset):
+    dataset.reload()
+    schema = sorted(dataset.get_field_schema(flat=True))
+    return schema, dataset.count(), sorted(dataset.list_evaluations())
+
+
+def run_cli(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return exit_info.value.code, captured.err
+
+
+def assert_one_line_error(code, err, command, *expected):
+    assert code == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"fiftyone-ssa {command}: error: "), lines[0]
+    for text in expected:
+        assert text in lines[0], (text, lines[0])
+    assert "Traceback" not in err
+
+
+# Cases whose check runs only after models are loaded (their progress bars precede the error).
+LOADS_MODELS_FIRST = (
+    "needs lead: check the view and the output fields (run_loop's existence check) before "
+    "create_branch / EngineModels.load, so that no model is loaded for a refused run"
+)
+ENGINE_LOADS_BEFORE_RESOLVING = (
+    "needs lead: EngineModels.load should resolve every model's weights (weights.resolve / "
+    "_model_dir) before loading any, so a missing one fails before the others load"
+)
+
+
+def _params(cases):
+    """pytest params from (id, argv, expected[, xfail reason]) tuples."""
+    params = []
+    for case in cases:
+        marks = [pytest.mark.xfail(reason=case[3], strict=True)] if len(case) > 3 else []
+        params.append(pytest.param(case[1], case[2], id=case[0], marks=marks))
+    return params
+
+
+FIELDS = ["--semantic-branch", "field:coarse", "--mask-branch", "field:masks"]
+
+# (id, argv after "run DATASET", expected substrings); {models} and {sam}/{segformer} are filled.
+RUN_CASES = [
+    (
+        "unknown-semantic-preset",
+        ["--semantic-branch", "segformer-b9-ade20k", "--mask-branch", "field:masks"],
+        ["unknown semantic branch 'segformer-b9-ade20k'", "segformer-b0-ade20k", "field:<name>"],
+    ),
+    (
+        "unknown-mask-preset",
+        ["--semantic-branch", "field:coarse", "--mask-branch", "sam-vit-x"],
+        ["unknown mask branch 'sam-vit-x'", "sam-vit-b, sam-vit-h, sam-vit-l"],
+    ),
+    (
+        "missing-sam-preset-weights",
+        ["--semantic-branch", "field:coarse", "--mask-branch", "sam-vit-l"],
+        ["missing weights for 'sam-vit-l'", "fiftyone-ssa models download sam-vit-l"],
+    ),
+    (
+        "missing-semantic-preset-weights",
+        ["--semantic-branch", "segformer-b1-ade20k", "--mask-branch", "field:masks"],
+        ["missing weights for 'segformer-b1-ade20k'", "models download segformer-b1-ade20k"],
+    ),
+    (
+        "missing-checkpoint-path",
+        [
+            "--semantic-branch",
+            "field:coarse",
+            "--mask-branch",
+            "{tmp}/nowhere/sam_vit_b_01ec64.pth",
+        ],
+        ["missing SAM checkpoint", "nowhere/sam_vit_b_01ec64.pth", "models download sam-vit-b"],
+    ),
+    (
+        "missing-semantic-directory",
+        ["--semantic-branch", "{tmp}/no/such/model", "--mask-branch", "field:masks"],
+        ["no/such/model", "no such directory"],
+    ),
+    (
+        "corrupt-checkpoint",
+        ["--semantic-branch", "field:coarse", "--mask-branch", "sam-vit-b"],
+        ["cannot read SAM checkpoint", "sam_vit_b_01ec64.pth", "not a PyTorch checkpoint"],
+    ),
+    (
+        "corrupt-semantic-weights",
+        ["--semantic-branch", "segformer-b0-ade20k", "--mask-branch", "field:masks"],
+        ["cannot load a semantic segmentation model", "segformer-b0-ade20k"],
+    ),
+    (
+        "wrong-architecture",
+        ["--semantic-branch", "field:coarse", "--mask-branch", "sam-vit-h"],
+        ["does not match SAM architecture vit_h", "shape mismatches"],
+    ),
+    (
+        "segformer-as-mask-branch",
+        ["--semantic-branch", "field:coarse", "--mask-branch", "{segformer}"],
+        ["sam_config.json", "not a saved SAM directory"],
+    ),
+    (
+        "sam-as-semantic-branch",
+        ["--semantic-branch", "{sam}", "--mask-branch", "field:masks"],
+        ["no config.json", "not a transformers model"],
+    ),
+    (
+        "bad-mask-option",
+        ["--semantic-branch", "field:coarse", "--mask-branch", "{sam}"]
+        + ["--mask-option", "points_per_sid=3"],
+        ["points_per_sid", "points_per_side"],
+    ),
+    (
+        "missing-field",
+        ["--semantic-branch", "field:nope", "--mask-branch", "field:masks"],
+        ["'nope' does not exist"],
+    ),
+    (
+        "semantic-field-of-wrong-type",
+        ["--semantic-branch", "field:masks", "--mask-branch", "field:masks"],
+        ["'masks' holds Detections, expected Segmentation"],
+    ),
+    (
+        "semantic-field-not-a-label",
+        ["--semantic-branch", "field:notes", "--mask-branch", "field:masks"],
+        ["'notes'", "expected Segmentation"],
+    ),
+    (
+        "mask-field-of-wrong-type",
+        ["--semantic-branch", "field:coarse", "--mask-branch", "field:coarse"],
+        ["'coarse' holds Segmentation, expected Detections"],
+    ),
+    (
+        "output-field-exists",
+        [*FIELDS, "--label-field", "taken"],
+        ["'taken' already exists", "--overwrite"],
+    ),
+    (
+        "output-field-exists-with-models",
+        ["--semantic-branch", "{segformer}", "--mask-branch", "{sam}", "--label-field", "taken"],
+        ["'taken' already exists", "--overwrite"],
+        LOADS_MODELS_FIRST,
+    ),
+    (
+        "empty-view-with-models",
+        ["--semantic-branch", "{segformer}", "--mask-branch", "{sam}", "--view-tag", "nope"],
+        ["empty"],
+        LOADS_MODELS_FIRST,
+    ),
+    ("output-field-is-an-input", [*FIELDS, "--label-field", "coarse"], ["coarse"]),
+    ("empty-view", [*FIELDS, "--view-tag", "no-such-tag"], ["empty"]),
+    ("bad-batch-size", [*FIELDS, "--batch-size", "0"], ["batch_size"]),
+]
+
+
+def _fill(argv, tmp_path, tiny_sam_dir, tiny_segformer_dir):
+    values = {"tmp": tmp_path, "sam": tiny_sam_dir, "segformer": tiny_segformer_dir}
+    return [a.format(**values) for a in argv]
+
+
+@pytest.mark.parametrize("argv, expected", _params(RUN_CASES))
+def test_run_wrong_use(
+    cli_dataset, models_dir, tmp_path, tiny_sam_dir, tiny_segformer_dir, capsys, argv, expected
+):
+    before = _state(cli_dataset)
+    argv = _fill(argv, tmp_path, tiny_sam_dir, tiny_segformer_dir)
+    code, err = run_cli(
+        ["run", cli_dataset.name, *argv, "--device", "cpu", "--models-dir", models_dir], capsys
+    )
+    assert_one_line_error(code, err, "run", *expected)
+    assert _state(cli_dataset) == before
+
+
+def test_overwrite_allows_an_existing_output_field(cli_dataset, capsys):
+    code, err = run_cli(
+        ["run", cli_dataset.name, *FIELDS, "--label-field", "taken", "--overwrite"], capsys
+    )
+    assert code == 0, err
+    assert cli_dataset.first()["taken_masks"] is not None
+
+
+def test_unknown_dataset(capsys):
+    code, err = run_cli(["run", "no-such-dataset-anywhere", *FIELDS], capsys)
+    assert_one_line_error(code, err, "run", "no dataset named 'no-such-dataset-anywhere'")
+
+
+ENGINE_CASES = [
+    ("unknown-mask-branch", ["--mask-branch", "sam-vit-q"], ["unknown mask branch 'sam-vit-q'"]),
+    ("missing-field", ["--mask-branch", "field:nope"], ["'nope' does not exist"]),
+    (
+        "field-of-wrong-type",
+        ["--mask-branch", "field:coarse"],
+        ["'coarse' holds Segmentation, expected Detections"],
+    ),
+    (
+        "output-field-exists",
+        ["--mask-branch", "field:masks", "--label-field", "taken"],
+        ["'taken' already exists"],
+        LOADS_MODELS_FIRST,
+    ),
+    ("empty-view", ["--mask-branch", "field:masks", "--view-tag", "nope"], ["empty"]),
+    (
+        "missing-model-weights",
+        ["--mask-branch", "field:masks", "--ade-model", "oneformer-ade20k-swin-tiny"],
+        ["missing weights for 'oneformer-ade20k-swin-tiny'", "models download"],
+        ENGINE_LOADS_BEFORE_RESOLVING,
+    ),
+    (
+        "unknown-model",
+        ["--mask-branch", "field:masks", "--captioner", "blip-giant"],
+        ["blip-giant"],
+    ),
+]
+
+
+@pytest.mark.parametrize("argv, expected", _params(ENGINE_CASES))
+def test_engine_wrong_use(cli_dataset, models_dir, tiny_engine_dirs, capsys, argv, expected):
+    before = _state(cli_dataset)
+    models = ["--coco-model", tiny_engine_dirs["coco"], "--clip-model", tiny_engine_dirs["clip"]]
+    models += ["--clipseg-model", tiny_engine_dirs["clipseg"]]
+    models += ["--spacy-model", tiny_engine_dirs["spacy"]]
+    if "--ade-model" not in argv:
+        models += ["--ade-model", tiny_engine_dirs["ade"]]
+    if "--captioner" not in argv:
+        models += ["--captioner", tiny_engine_dirs["blip"]]
+    code, err = run_cli(
+        ["engine", cli_dataset.name, *argv, *models, "--device", "cpu", "--models-dir", models_dir],
+        capsys,
+    )
+    assert_one_line_error(code, err, "engine", *expected)
+    assert _state(cli_dataset) == before
+
+
+EVAL_CASES = [
+    ("missing-gt", ["--gt", "nope", "--pred", "coarse"], ["nope"]),
+    ("missing-pred", ["--gt", "gt", "--pred", "nope"], ["nope"]),
+    ("gt-of-wrong-type", ["--gt", "masks", "--pred", "coarse"], ["masks"]),
+    (
+        "gt-without-mask-targets-for-differently-named-predictions",
+        ["--gt", "gt", "--pred", "coarse", "--pred", "other"],
+        ["'gt' has no mask targets", "'coarse'", "'other'"],
+    ),
+]
+
+
+@pytest.mark.parametrize("argv, expected", _params(EVAL_CASES))
+def test_eval_wrong_use(cli_dataset, capsys, argv, expected):
+    before = _state(cli_dataset)
+    code, err = run_cli(["eval", cli_dataset.name, *argv, "--eval-key", "ev"], capsys)
+    assert_one_line_error(code, err, "eval", *expected)
+    assert _state(cli_dataset) == before
+
+
+def test_eval_gt_without_targets_is_fine_when_predictions_agree(cli_dataset, capsys):
+    code, err = run_cli(["eval", cli_dataset.name, "--gt", "gt", "--pred", "coarse"], capsys)
+    assert code == 0, err
+
+
+def test_sa1b_wrong_use(cli_dataset, tmp_path, capsys):
+    before = _state(cli_dataset)
+    code, err = run_cli(
+        ["export-sa1b", cli_dataset.name, tmp_path / "out", "--label-field", "nope"], capsys
+    )
+    assert_one_line_error(code, err, "export-sa1b", "nope")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    code, err = run_cli(["import-sa1b", tmp_path / "no_such_dir", "--name", "x"], capsys)
+    assert_one_line_error(code, err, "import-sa1b", "no_such_dir")
+    assert _state(cli_dataset) == before
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (
+            ["--semantic-branch", "segformer-b9-ade20k", "--mask-branch", "field:masks"],
+            "segformer-b0-ade20k",
+        ),
+        (["--semantic-branch", "field:coarse", "--mask-branch", "sam-vit-b"], "missing weights"),
+    ],
+)
+def test_console_script_prints_one_line_and_exits_1(cli_dataset, tmp_path, argv, expected):
+    """The installed ``fiftyone-ssa`` in a fresh process: no traceback, no log noise."""
+    script = Path(sys.executable).with_name("fiftyone-ssa")
+    before = _state(cli_dataset)
+    env = {**os.environ, "FIFTYONE_SSA_MODELS_DIR": str(tmp_path / "empty_models")}
+    proc = subprocess.run(
+        [str(script), "run", cli_dataset.name, *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert_one_line_error(proc.returncode, proc.stderr, "run", expected)
+    assert _state(cli_dataset) == before
+
+
+def test_models_dir_after_the_subcommand(cli_dataset, tmp_path, capsys):
+    code, err = run_cli(
+        ["run", cli_dataset.name, "--semantic-branch", "field:coarse", "--mask-branch"]
+        + ["sam-vit-b", "--models-dir", tmp_path / "elsewhere"],
+        capsys,
+    )
+    assert_one_line_error(code, err, "run", str(tmp_path / "elsewhere" / "sam-vit-b"))
+
+
+@pytest.mark.usefixtures("plugins_dir")
+def test_plugin_evaluate_form_refuses_differently_named_predictions(cli_dataset):
+    """The App's form shows the same refusal and keeps Execute disabled."""
+    from tests.test_plugin import form, invalid
+
+    params = {"gt_field": "gt", "pred_fields": ["coarse", "other"]}
+    refused = invalid(form("evaluate_miou", cli_dataset, params))
+    assert "has no mask targets" in refused["gt_targets_error"]
+    assert not invalid(form("evaluate_miou", cli_dataset, {**params, "pred_fields": ["coarse"]}))
