@@ -70,13 +70,14 @@ def compare_miou(
     Returns:
         ``{pred_field: MIoUResults}`` in the order of ``pred_fields``.
     """
-    from fiftyone_ssa.evaluation import evaluate_miou
+    from fiftyone_ssa.evaluation import check_ground_truth_targets, evaluate_miou
 
     if isinstance(pred_fields, str):
         pred_fields = [pred_fields]
     pred_fields = list(pred_fields)
     if not pred_fields or len(set(pred_fields)) != len(pred_fields):
         raise ValueError(f"Expected distinct prediction fields, but got {pred_fields}")
+    check_ground_truth_targets(samples, gt_field, pred_fields)
     keys = comparison_eval_keys(eval_key, pred_fields)
     return {
         field: evaluate_miou(

@@ -36,7 +36,7 @@ from fiftyone_ssa.models.engine_models import (
 )
 from fiftyone_ssa.models.masks import FieldMaskBranch
 from fiftyone_ssa.models.nouns import DEFAULT_SPACY_MODEL
-from fiftyone_ssa.models.registry import create_branch
+from fiftyone_ssa.models.registry import create_branch, field_name
 from fiftyone_ssa.pipeline import DEFAULT_MASK_BRANCH, MAX_INLINE_MASK_PIXELS, sample_masks
 from fiftyone_ssa.run_loop import LabellingJob, execute_labelling_run
 from fiftyone_ssa.runs import SSARunSummary
@@ -58,25 +58,44 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def engine_output_fields(label_field: str, write_segmentation: bool = False) -> list[str]:
-    """The fields ``apply_ssa_engine`` writes for ``label_field``."""
-    return [label_field, f"{label_field}_seg"] if write_segmentation else [label_field]
+def engine_output_types(label_field: str, write_segmentation: bool = False) -> dict[str, type]:
+    """The fields ``apply_ssa_engine`` writes -> their label type (``str``: text)."""
+    types = {label_field: fo.Detections, runs.error_field(label_field): str}
+    if write_segmentation:
+        types[f"{label_field}_seg"] = fo.Segmentation
+    return types
 
 
 def validate_engine_request(
-    samples, label_field: str, masks, write_segmentation: bool, vocabulary_mode: str
+    samples,
+    label_field: str,
+    mask_branch: Any,
+    write_segmentation: bool,
+    vocabulary_mode: str,
+    run_key: str,
+    overwrite: bool,
+    skip_existing: bool,
 ) -> None:
-    """Checks the inputs before loading models; one-line ValueErrors.
+    """Checks the request before any model loads; one-line ValueErrors.
 
-    Whether the output fields are free is checked by the run loop (it knows the run key).
+    Args:
+        samples: the collection to label.
+        label_field: the output field.
+        mask_branch: the mask branch's spec (see :func:`apply_ssa_engine`).
+        write_segmentation: whether ``<label_field>_seg`` is written.
+        vocabulary_mode: ``"add"`` or ``"restrict"``.
+        run_key: the run's key.
+        overwrite: see :func:`apply_ssa_engine`.
+        skip_existing: see :func:`apply_ssa_engine`.
     """
     runs.check_target(samples, label_field)
-    if isinstance(masks, FieldMaskBranch):
-        check_label_field(samples, masks.field, fo.Detections, "mask branch")
-    outputs = engine_output_fields(label_field, write_segmentation)
-    if getattr(masks, "field", None) in outputs:
+    mask_field = field_name(mask_branch)
+    if mask_field:
+        check_label_field(samples, mask_field, fo.Detections, "mask branch")
+    outputs = engine_output_types(label_field, write_segmentation)
+    if mask_field in outputs:
         raise ValueError(
-            f"output field {masks.field!r} is also the mask branch's input; choose "
+            f"output field {mask_field!r} is also the mask branch's input; choose "
             "another label_field"
         )
     if (
@@ -89,6 +108,7 @@ def validate_engine_request(
             "vocabulary_mode='restrict' and a vocabulary (--restrict-vocabulary), so "
             "every rank gives each class the same id"
         )
+    runs.check_outputs_free(samples, label_field, outputs, run_key, overwrite, skip_existing)
 
 
 def apply_ssa_engine(
@@ -168,10 +188,6 @@ def apply_ssa_engine(
             f"{type(models).__name__}"
         )
     vocabulary = check_vocabulary(vocabulary, vocabulary_mode)
-    device = device or distributed.default_device(distributed.current_ranks())
-    options = {**engine_mask_generator_defaults(light), **mask_generator_options}
-    masks = create_branch(mask_branch, kind="mask", device=device, **options)
-    validate_engine_request(samples, label_field, masks, write_segmentation, vocabulary_mode)
     config = {
         "kind": "engine",
         "label_field": label_field,
@@ -185,6 +201,20 @@ def apply_ssa_engine(
         "models": models,
         "mask_options": mask_generator_options,
     }
+    run_key = runs.make_run_key(config)
+    validate_engine_request(
+        samples,
+        label_field,
+        mask_branch,
+        write_segmentation,
+        vocabulary_mode,
+        run_key,
+        overwrite,
+        skip_existing,
+    )
+    device = device or distributed.default_device(distributed.current_ranks())
+    options = {**engine_mask_generator_defaults(light), **mask_generator_options}
+    masks = create_branch(mask_branch, kind="mask", device=device, **options)
     if not isinstance(models, EngineModels):
         options = {"light": light, "device": device, "spacy_model": spacy_model, **(models or {})}
         models = EngineModels.load(**options)
@@ -194,7 +224,7 @@ def apply_ssa_engine(
     return execute_labelling_run(
         samples,
         job,
-        runs.make_run_key(config),
+        run_key,
         config,
         batch_size=batch_size,
         num_workers=num_workers,
@@ -242,10 +272,7 @@ class EngineJob(LabellingJob):
         self.targets: _SegmentationTargets | None = None
 
     def output_types(self) -> dict[str, type]:
-        types = {self.label_field: fo.Detections, runs.error_field(self.label_field): str}
-        if self.write_segmentation:
-            types[self.seg_field] = fo.Segmentation
-        return types
+        return engine_output_types(self.label_field, self.write_segmentation)
 
     def output_schema(self) -> dict[str, tuple[type, dict]]:
         lf = self.label_field

@@ -23,7 +23,7 @@ from fiftyone_ssa.labels import (
     segmentation_to_tensor,
 )
 from fiftyone_ssa.models.masks import FieldMaskBranch, MaskBranch
-from fiftyone_ssa.models.registry import create_branch
+from fiftyone_ssa.models.registry import create_branch, field_name
 from fiftyone_ssa.models.semantic import FieldSemanticBranch, SemanticBranch
 from fiftyone_ssa.run_loop import LabellingJob, execute_labelling_run
 from fiftyone_ssa.runs import SampleSummary, SSARunSummary
@@ -44,12 +44,13 @@ MASK_ATTRIBUTES = {
 }
 
 
-def output_fields(label_field: str, write_branch: bool = True) -> list[str]:
-    """The fields ``apply_ssa`` writes for ``label_field``."""
-    fields = [label_field, f"{label_field}_masks"]
+def output_types(label_field: str, write_branch: bool = True) -> dict[str, type]:
+    """The fields ``apply_ssa`` writes for ``label_field`` -> their label type (``str``: text)."""
+    types = {label_field: fo.Segmentation, f"{label_field}_masks": fo.Detections}
     if write_branch:
-        fields.append(f"{label_field}_branch")
-    return fields
+        types[f"{label_field}_branch"] = fo.Segmentation
+    types[runs.error_field(label_field)] = str
+    return types
 
 
 def _field_classes(samples, name: str) -> dict[int, str]:
@@ -59,24 +60,40 @@ def _field_classes(samples, name: str) -> dict[int, str]:
 
 
 def validate_ssa_request(
-    samples, label_field: str, semantic: SemanticBranch, masks: MaskBranch, write_branch: bool
+    samples,
+    label_field: str,
+    semantic_branch: Any,
+    mask_branch: Any,
+    write_branch: bool,
+    run_key: str,
+    overwrite: bool,
+    skip_existing: bool,
 ) -> None:
-    """Checks the inputs before any work; raises ValueError with one line.
+    """Checks the request before any model loads; raises ValueError with one line.
 
-    Whether the output fields are free is checked by the run loop (it knows the run key).
+    Args:
+        samples: the collection to label.
+        label_field: the output field.
+        semantic_branch: the semantic branch's spec (see :func:`apply_ssa`).
+        mask_branch: the mask branch's spec.
+        write_branch: whether ``<label_field>_branch`` is written.
+        run_key: the run's key.
+        overwrite: see :func:`apply_ssa`.
+        skip_existing: see :func:`apply_ssa`.
     """
     runs.check_target(samples, label_field)
-    if isinstance(semantic, FieldSemanticBranch):
-        check_label_field(samples, semantic.field, fo.Segmentation, "semantic branch")
-    if isinstance(masks, FieldMaskBranch):
-        check_label_field(samples, masks.field, fo.Detections, "mask branch")
-    inputs = {getattr(semantic, "field", None), getattr(masks, "field", None)}
-    outputs = output_fields(label_field, write_branch)
-    clash = inputs.intersection(outputs)
+    semantic_field, mask_field = field_name(semantic_branch), field_name(mask_branch)
+    if semantic_field:
+        check_label_field(samples, semantic_field, fo.Segmentation, "semantic branch")
+    if mask_field:
+        check_label_field(samples, mask_field, fo.Detections, "mask branch")
+    outputs = output_types(label_field, write_branch)
+    clash = {semantic_field, mask_field}.intersection(outputs)
     if clash:
         raise ValueError(
             f"output field {clash.pop()!r} is also an input; choose another label_field"
         )
+    runs.check_outputs_free(samples, label_field, outputs, run_key, overwrite, skip_existing)
 
 
 def label_one_image(
@@ -186,18 +203,6 @@ def apply_ssa(
         raise ValueError(f"Expected `batch_size` to be >= 1, but got {batch_size}")
     if top_k < 1:
         raise ValueError(f"Expected `top_k` to be >= 1, but got {top_k}")
-    device = device or distributed.default_device(distributed.current_ranks())
-    branch_kwargs = {"device": device}
-    if classes:
-        branch_kwargs["classes"] = list(classes)
-    semantic = create_branch(semantic_branch, kind="semantic", **branch_kwargs)
-    masks = create_branch(mask_branch, kind="mask", device=device, **mask_generator_options)
-    validate_ssa_request(samples, label_field, semantic, masks, write_branch)
-    if isinstance(semantic, FieldSemanticBranch):
-        semantic.classes = _field_classes(samples, semantic.field)
-    work_device = torch.device(device) if device else semantic.device
-    if isinstance(semantic, FieldSemanticBranch) and not isinstance(masks, FieldMaskBranch):
-        work_device = masks.device
     config = {
         "kind": "ssa",
         "label_field": label_field,
@@ -208,12 +213,34 @@ def apply_ssa(
         "write_branch": write_branch,
         "mask_options": mask_generator_options,
     }
+    run_key = runs.make_run_key(config)
+    validate_ssa_request(
+        samples,
+        label_field,
+        semantic_branch,
+        mask_branch,
+        write_branch,
+        run_key,
+        overwrite,
+        skip_existing,
+    )
+    device = device or distributed.default_device(distributed.current_ranks())
+    branch_kwargs = {"device": device}
+    if classes:
+        branch_kwargs["classes"] = list(classes)
+    semantic = create_branch(semantic_branch, kind="semantic", **branch_kwargs)
+    masks = create_branch(mask_branch, kind="mask", device=device, **mask_generator_options)
+    if isinstance(semantic, FieldSemanticBranch):
+        semantic.classes = _field_classes(samples, semantic.field)
+    work_device = torch.device(device) if device else semantic.device
+    if isinstance(semantic, FieldSemanticBranch) and not isinstance(masks, FieldMaskBranch):
+        work_device = masks.device
     mask_root = runs.mask_directory(samples, output_dir)
     job = SSAJob(label_field, semantic, masks, work_device, top_k, write_branch, mask_root)
     return execute_labelling_run(
         samples,
         job,
-        runs.make_run_key(config),
+        run_key,
         config,
         batch_size=batch_size,
         num_workers=num_workers,
@@ -255,16 +282,11 @@ class SSAJob(LabellingJob):
         self.seen_classes: dict[int, str] = {}
 
     def _segmentation_fields(self) -> list[str]:
-        fields = [self.label_field]
-        if self.write_branch:
-            fields.append(f"{self.label_field}_branch")
-        return fields
+        types = output_types(self.label_field, self.write_branch)
+        return [name for name, kind in types.items() if kind is fo.Segmentation]
 
     def output_types(self) -> dict[str, type]:
-        types = {name: fo.Segmentation for name in self._segmentation_fields()}
-        types[f"{self.label_field}_masks"] = fo.Detections
-        types[runs.error_field(self.label_field)] = str
-        return types
+        return output_types(self.label_field, self.write_branch)
 
     def output_schema(self) -> dict[str, tuple[type, dict]]:
         lf = self.label_field

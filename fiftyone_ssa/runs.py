@@ -95,10 +95,11 @@ def mask_directory(samples, output_dir: str | None = None) -> str:
 
     Args:
         samples: the collection being labelled.
-        output_dir: the user's choice; default ``<FiftyOne dataset dir>/fiftyone-ssa/<dataset>``.
+        output_dir: the user's choice; default ``<FiftyOne dataset dir>/fiftyone-ssa/<slug>``
+            (the dataset's slug: a name like ``../x`` cannot lead outside).
     """
     return output_dir or os.path.join(
-        fo.config.default_dataset_dir, "fiftyone-ssa", samples._dataset.name
+        fo.config.default_dataset_dir, "fiftyone-ssa", samples._dataset.slug
     )
 
 

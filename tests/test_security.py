@@ -494,12 +494,6 @@ def test_engine_large_masks_are_written_under_output_dir(
     assert _files_under(tmp_path) - before == {p.resolve() for p in paths}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs lead: runs.mask_directory joins the dataset NAME into the default mask root "
-    "(os.path.join(default_dataset_dir, 'fiftyone-ssa', dataset.name)); a name with '..' or a "
-    "leading '/' escapes it; use samples._dataset.slug",
-)
 @pytest.mark.parametrize("name_kind", ["dotdot", "absolute"])
 @pytest.mark.usefixtures("masks_to_disk")
 def test_default_mask_dir_stays_inside_fiftyone_dataset_dir(

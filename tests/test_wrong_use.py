@@ -107,24 +107,9 @@ def assert_one_line_error(code, err, command, *expected):
     assert "Traceback" not in err
 
 
-# Cases whose check runs only after models are loaded (their progress bars precede the error).
-LOADS_MODELS_FIRST = (
-    "needs lead: check the view and the output fields (run_loop's existence check) before "
-    "create_branch / EngineModels.load, so that no model is loaded for a refused run"
-)
-ENGINE_LOADS_BEFORE_RESOLVING = (
-    "needs lead: EngineModels.load should resolve every model's weights (weights.resolve / "
-    "_model_dir) before loading any, so a missing one fails before the others load"
-)
-
-
 def _params(cases):
-    """pytest params from (id, argv, expected[, xfail reason]) tuples."""
-    params = []
-    for case in cases:
-        marks = [pytest.mark.xfail(reason=case[3], strict=True)] if len(case) > 3 else []
-        params.append(pytest.param(case[1], case[2], id=case[0], marks=marks))
-    return params
+    """pytest params from (id, argv, expected) tuples."""
+    return [pytest.param(argv, expected, id=case_id) for case_id, argv, expected in cases]
 
 
 FIELDS = ["--semantic-branch", "field:coarse", "--mask-branch", "field:masks"]
@@ -226,13 +211,11 @@ RUN_CASES = [
         "output-field-exists-with-models",
         ["--semantic-branch", "{segformer}", "--mask-branch", "{sam}", "--label-field", "taken"],
         ["'taken' already exists", "--overwrite"],
-        LOADS_MODELS_FIRST,
     ),
     (
         "empty-view-with-models",
         ["--semantic-branch", "{segformer}", "--mask-branch", "{sam}", "--view-tag", "nope"],
         ["empty"],
-        LOADS_MODELS_FIRST,
     ),
     ("output-field-is-an-input", [*FIELDS, "--label-field", "coarse"], ["coarse"]),
     ("empty-view", [*FIELDS, "--view-tag", "no-such-tag"], ["empty"]),
@@ -283,14 +266,12 @@ ENGINE_CASES = [
         "output-field-exists",
         ["--mask-branch", "field:masks", "--label-field", "taken"],
         ["'taken' already exists"],
-        LOADS_MODELS_FIRST,
     ),
     ("empty-view", ["--mask-branch", "field:masks", "--view-tag", "nope"], ["empty"]),
     (
         "missing-model-weights",
         ["--mask-branch", "field:masks", "--ade-model", "oneformer-ade20k-swin-tiny"],
         ["missing weights for 'oneformer-ade20k-swin-tiny'", "models download"],
-        ENGINE_LOADS_BEFORE_RESOLVING,
     ),
     (
         "unknown-model",

@@ -72,6 +72,21 @@ def _model_dir(source: str | os.PathLike, task: str) -> Path:
     )
 
 
+def _check_weights_present(sources) -> None:
+    """Raises FileNotFoundError (one line) for the first preset or hub id whose weights are absent.
+
+    Loaded models and existing paths pass; unknown names are left to the loaders' errors.
+    """
+    for source in sources:
+        if not isinstance(source, (str, os.PathLike)):
+            continue
+        name = os.fspath(source)
+        if Path(name).expanduser().exists():
+            continue
+        if name in weights.PRESETS or weights.looks_like_hf_id(name):
+            weights.resolve(name)
+
+
 @dataclass
 class EngineModels:
     """The models of SSA-engine, loaded once per run.
@@ -134,6 +149,16 @@ class EngineModels:
             ValueError: a path that is not a model of the expected kind.
         """
         defaults = LIGHT_ENGINE_MODELS if light else DEFAULT_ENGINE_MODELS
+        chosen = {
+            "ade": ade,
+            "coco": coco,
+            "captioner": captioner,
+            "clip": clip,
+            "clipseg": clipseg,
+        }
+        chosen = {role: defaults[role] if v is None else v for role, v in chosen.items()}
+        _check_weights_present(chosen.values())  # fail before loading gigabytes
+        ade, coco, captioner, clip, clipseg = chosen.values()
         device = torch.device(device) if device else default_device()
         # The cheap, most often missing one first: fail before loading gigabytes.
         nouns = (

@@ -128,6 +128,17 @@ def _unknown(name: str, kind: str) -> ValueError:
     )
 
 
+def field_name(spec: Any) -> str | None:
+    """The sample field a branch reads, from its spec (``"field:<name>"`` or a field branch).
+
+    Returns:
+        The field name, or None for a model branch.
+    """
+    if isinstance(spec, str):
+        return spec[len("field:") :] if spec.startswith("field:") else None
+    return getattr(spec, "field", None)
+
+
 def create_branch(name: Any, kind: str = "semantic", **kwargs) -> SemanticBranch | MaskBranch:
     """Builds a semantic or mask branch from a name, path, id, field, instance or callable.
 
