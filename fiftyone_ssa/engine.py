@@ -228,7 +228,6 @@ def apply_ssa_engine(
         config,
         batch_size=batch_size,
         num_workers=num_workers,
-        overwrite=overwrite,
         skip_existing=skip_existing,
         resume=resume,
         skip_failures=skip_failures,
@@ -270,9 +269,6 @@ class EngineJob(LabellingJob):
         self.input_fields = [masks.field] if isinstance(masks, FieldMaskBranch) else []
         self.seg_field = f"{label_field}_seg"
         self.targets: _SegmentationTargets | None = None
-
-    def output_types(self) -> dict[str, type]:
-        return engine_output_types(self.label_field, self.write_segmentation)
 
     def output_schema(self) -> dict[str, tuple[type, dict]]:
         lf = self.label_field

@@ -244,7 +244,6 @@ def apply_ssa(
         config,
         batch_size=batch_size,
         num_workers=num_workers,
-        overwrite=overwrite,
         skip_existing=skip_existing,
         resume=resume,
         skip_failures=skip_failures,
@@ -284,9 +283,6 @@ class SSAJob(LabellingJob):
     def _segmentation_fields(self) -> list[str]:
         types = output_types(self.label_field, self.write_branch)
         return [name for name, kind in types.items() if kind is fo.Segmentation]
-
-    def output_types(self) -> dict[str, type]:
-        return output_types(self.label_field, self.write_branch)
 
     def output_schema(self) -> dict[str, tuple[type, dict]]:
         lf = self.label_field

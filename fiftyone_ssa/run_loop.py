@@ -3,7 +3,8 @@
 A :class:`LabellingJob` says what a kind of run (SSA, SSA-engine) reads, computes and writes;
 :func:`execute_labelling_run` does the rest, the same way for both:
 
-1. every rank checks that the output fields are free (or that it resumes its own run);
+1. every rank has checked the request (the caller does: output fields free, or this run's own;
+   see ``runs.check_outputs_free``) before anything is written;
 2. rank 0 declares the output fields, records the run and splits the pending samples (those
    without a label of this run key) into one contiguous id range per rank;
 3. each rank labels its range batch by batch, images decoded ahead in threads, and writes each
@@ -41,10 +42,6 @@ class LabellingJob:
     label_field: str
     input_fields: list[str] = []
     needs_image: bool = True
-
-    def output_types(self) -> dict[str, type]:
-        """Output field -> the label type written there (``str`` for text fields)."""
-        raise NotImplementedError
 
     def output_schema(self) -> dict[str, tuple[type, dict]]:
         """The fields and label attributes to declare (see ``runs.declare_output_fields``)."""
@@ -84,7 +81,6 @@ def execute_labelling_run(
     config: dict[str, Any],
     batch_size: int = 1,
     num_workers: int = 2,
-    overwrite: bool = False,
     skip_existing: bool = False,
     resume: bool = True,
     skip_failures: bool = True,
@@ -95,12 +91,11 @@ def execute_labelling_run(
 
     Args:
         samples: a FiftyOne dataset or view.
-        job: the kind of run.
+        job: the kind of run; the caller has validated the request (inputs, output fields).
         run_key: the run's key (``runs.make_run_key(config)``).
         config: the configuration behind the key (recorded in ``dataset.info``).
         batch_size: samples per ``job.label_batch`` call.
         num_workers: threads decoding images ahead of the models.
-        overwrite: replace labels of other runs.
         skip_existing: skip samples with any ``label_field`` label.
         resume: skip samples this run (same key) already labelled.
         skip_failures: record failing samples and go on; False raises at the first failure.
@@ -113,10 +108,7 @@ def execute_labelling_run(
     ranks = distributed.current_ranks()
     dataset = samples._dataset
     label_field = job.label_field
-    runs.check_outputs_free(
-        samples, label_field, job.output_types(), run_key, overwrite, skip_existing
-    )
-    distributed.barrier()  # every rank has checked before rank 0 changes anything
+    distributed.barrier()  # every rank has validated the request before rank 0 changes anything
 
     plan = None
     if ranks.is_main:
