@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fiftyone_ssa.models.engine_models import DEFAULT_ENGINE_MODELS, LIGHT_ENGINE_MODELS
+from fiftyone_ssa.models.masks import SSA_MASK_GENERATOR_DEFAULTS
+
 # Overrides that shrink each family while keeping its structure (see random_init).
 _TINY_SWIN = {
     "image_size": 64,
@@ -127,28 +130,10 @@ class BenchPreset:
     voting_masks: int
 
 
-LIGHT_ENGINE = {
-    "ade": "oneformer-ade20k-swin-tiny",
-    "coco": "oneformer-coco-swin-large",
-    "captioner": "blip-base",
-    "clip": "clip-vit-b-32",
-    "clipseg": "clipseg-rd16",
-}
-DEFAULT_ENGINE = {
-    "ade": "oneformer-ade20k-swin-large",
-    "coco": "oneformer-coco-swin-large",
-    "captioner": "blip-large",
-    "clip": "clip-vit-l-14",
-    "clipseg": "clipseg-rd64-refined",
-}
-ORIGINAL_SAM_OPTIONS = {
-    "points_per_side": 64,
-    "pred_iou_thresh": 0.86,
-    "stability_score_thresh": 0.92,
-    "crop_n_layers": 1,
-    "crop_n_points_downscale_factor": 2,
-    "min_mask_region_area": 100,
-}
+# The project's own settings (the original's), so the benchmark measures what users run.
+LIGHT_ENGINE = dict(LIGHT_ENGINE_MODELS)
+DEFAULT_ENGINE = dict(DEFAULT_ENGINE_MODELS)
+ORIGINAL_SAM_OPTIONS = dict(SSA_MASK_GENERATOR_DEFAULTS)
 
 BENCH_PRESETS: dict[str, BenchPreset] = {
     "tiny": BenchPreset(
