@@ -87,6 +87,7 @@ def test_segment_anything_generator_path(photo_dataset, tiny_sam_checkpoint):
 
 
 def test_bad_mask_option_is_refused_before_loading(photo_dataset, tiny_sam_checkpoint):
+    photo_dataset.add_sample_field("x", fo.EmbeddedDocumentField, embedded_doc_type=fo.Segmentation)
     with pytest.raises(ValueError, match="points_per_sid"):
         apply_ssa(
             photo_dataset,
