@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from fiftyone_ssa.core.crops import CropTransform
+from fiftyone_ssa.models.pretrained import load_pretrained
 from fiftyone_ssa.models.semantic import default_device
 
 # PIL resampling codes image processors store, as torch interpolation modes.
@@ -54,12 +55,6 @@ def crop_transform_from_processor(image_processor) -> CropTransform:
     )
 
 
-def load_error(kind: str, path: Path, err: Exception) -> ValueError:
-    """One line saying which model could not be loaded from where, and why."""
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return ValueError(f"cannot load a {kind} model from {path}: {first}")
-
-
 class BlipCaptioner:
     """BLIP (``BlipForConditionalGeneration``) unconditional captions of image crops.
 
@@ -86,13 +81,9 @@ class BlipCaptioner:
         self.path = Path(path)
         self.name = str(path)
         self.device = torch.device(device) if device else default_device()
-        try:
-            self.processor = BlipProcessor.from_pretrained(self.path, local_files_only=True)
-            self.model = BlipForConditionalGeneration.from_pretrained(
-                self.path, local_files_only=True
-            )
-        except (OSError, ValueError, KeyError, RuntimeError) as err:
-            raise load_error("BLIP captioning", self.path, err) from None
+        self.processor, self.model = load_pretrained(
+            self.path, BlipProcessor, BlipForConditionalGeneration, "BLIP captioning"
+        )
         self.dtype = torch.float16 if (half and self.device.type == "cuda") else torch.float32
         self.model.to(self.device, self.dtype).eval()
         self.transform = crop_transform_from_processor(self.processor.image_processor)

@@ -20,8 +20,9 @@ from pathlib import Path
 import torch
 
 from fiftyone_ssa.core.crops import chunk_boxes, crop_mask_coverage, crop_resize_masks
-from fiftyone_ssa.models.captioner import crop_transform_from_processor, load_error
+from fiftyone_ssa.models.captioner import crop_transform_from_processor
 from fiftyone_ssa.models.clip_filter import MAX_CACHED_TEXTS
+from fiftyone_ssa.models.pretrained import load_pretrained
 from fiftyone_ssa.models.semantic import default_device
 
 
@@ -58,13 +59,9 @@ class ClipSegDecider:
         self.path = Path(path)
         self.name = str(path)
         self.device = torch.device(device) if device else default_device()
-        try:
-            self.processor = CLIPSegProcessor.from_pretrained(self.path, local_files_only=True)
-            self.model = CLIPSegForImageSegmentation.from_pretrained(
-                self.path, local_files_only=True
-            )
-        except (OSError, ValueError, KeyError, RuntimeError) as err:
-            raise load_error("CLIPSeg", self.path, err) from None
+        self.processor, self.model = load_pretrained(
+            self.path, CLIPSegProcessor, CLIPSegForImageSegmentation, "CLIPSeg"
+        )
         self.dtype = torch.float16 if (half and self.device.type == "cuda") else torch.float32
         self.model.to(self.device, self.dtype).eval()
         self.transform = crop_transform_from_processor(self.processor.image_processor)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from fiftyone_ssa.core.upsample import upsample_argmax
+from fiftyone_ssa.models.pretrained import load_pretrained
 
 # Our images are always (H, W, 3): without this, image processors guess the channel axis
 # from the shape and take a 1-pixel-high (1, W, 3) or (3, 3, 3) image for channels-first.
@@ -115,11 +116,6 @@ class CallableSemanticBranch(SemanticBranch):
         return maps
 
 
-def _load_error(path: Path, err: Exception) -> ValueError:
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return ValueError(f"cannot load a semantic segmentation model from {path}: {first}")
-
-
 class _PretrainedBranch(SemanticBranch):
     """A branch backed by a transformers model and processor saved with ``save_pretrained``."""
 
@@ -132,11 +128,9 @@ class _PretrainedBranch(SemanticBranch):
         self.path = Path(path)
         self.name = str(path)
         self.device = torch.device(device) if device else default_device()
-        try:
-            self.processor = processor_cls.from_pretrained(self.path, local_files_only=True)
-            self.model = model_cls.from_pretrained(self.path, local_files_only=True)
-        except Exception as err:  # hub, config, safetensors and shape errors alike
-            raise _load_error(self.path, err) from None
+        self.processor, self.model = load_pretrained(
+            self.path, processor_cls, model_cls, "semantic segmentation"
+        )
         self.model.to(self.device).eval()
         self.dtype = torch.bfloat16 if (half and self.device.type == "cuda") else torch.float32
         self.classes = {int(k): str(v) for k, v in self.model.config.id2label.items()}

@@ -1,0 +1,35 @@
+"""Loading a transformers model and its processor from a local ``save_pretrained`` directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def load_error(kind: str, path: Path, err: Exception) -> ValueError:
+    """One line saying which model could not be loaded from where, and why."""
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return ValueError(f"cannot load a {kind} model from {path}: {first}")
+
+
+def load_pretrained(path: Path, processor_cls: Any, model_cls: Any, kind: str) -> tuple[Any, Any]:
+    """The processor and model saved in ``path``, never contacting a hub.
+
+    Args:
+        path: a local directory saved with ``save_pretrained``.
+        processor_cls: the processor class (``from_pretrained``).
+        model_cls: the model class (``from_pretrained``).
+        kind: what the model is, for the error message (e.g. ``"CLIPSeg"``).
+
+    Returns:
+        ``(processor, model)``, the model on the CPU.
+
+    Raises:
+        ValueError: one line, whatever went wrong (missing files, config, weights, shapes).
+    """
+    try:
+        processor = processor_cls.from_pretrained(path, local_files_only=True)
+        model = model_cls.from_pretrained(path, local_files_only=True)
+    except Exception as err:  # hub, config, safetensors and shape errors alike
+        raise load_error(kind, path, err) from None
+    return processor, model
