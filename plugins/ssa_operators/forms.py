@@ -287,3 +287,25 @@ class SSAOperator(foo.Operator):
         """Reloads the App's dataset after an immediate run."""
         if not ctx.delegated:
             ctx.trigger("reload_dataset")
+
+
+def run_summary_result(summary) -> dict:
+    """The operator result of a labelling run (``fiftyone_ssa``'s ``SSARunSummary``)."""
+    return {
+        "label_field": summary.label_field,
+        "num_labelled": summary.num_labelled,
+        "num_failed": len(summary.failures),
+        "num_skipped": summary.skipped_existing,
+        "failures": [f"{s.filepath}: {s.error}" for s in summary.failures[:20]],
+    }
+
+
+def run_summary_output(title: str) -> types.Property:
+    """The App's view of :func:`run_summary_result`, headed ``title``."""
+    outputs = types.Object()
+    outputs.str("label_field", label="Label field")
+    outputs.int("num_labelled", label="Samples labelled")
+    outputs.int("num_failed", label="Samples failed")
+    outputs.int("num_skipped", label="Samples skipped (already labelled)")
+    outputs.list("failures", types.String(), label="First failures")
+    return types.Property(outputs, view=types.View(label=title))

@@ -23,6 +23,8 @@ from .forms import (
     label_fields,
     output_field_inputs,
     require_dataset,
+    run_summary_output,
+    run_summary_result,
 )
 from .library import ProgressReporter, import_library
 
@@ -142,22 +144,10 @@ class RunSSA(SSAOperator):
             **options,
         )
         self._finish(ctx)
-        return {
-            "label_field": summary.label_field,
-            "num_labelled": summary.num_labelled,
-            "num_failed": len(summary.failures),
-            "num_skipped": summary.skipped_existing,
-            "failures": [f"{s.filepath}: {s.error}" for s in summary.failures[:20]],
-        }
+        return run_summary_result(summary)
 
     def resolve_output(self, ctx):
-        outputs = types.Object()
-        outputs.str("label_field", label="Label field")
-        outputs.int("num_labelled", label="Samples labelled")
-        outputs.int("num_failed", label="Samples failed")
-        outputs.int("num_skipped", label="Samples skipped (already labelled)")
-        outputs.list("failures", types.String(), label="First failures")
-        return types.Property(outputs, view=types.View(label="SSA finished"))
+        return run_summary_output("SSA finished")
 
 
 def chosen_branch(ctx, kind: str) -> str:
