@@ -31,9 +31,13 @@ from tests.fixtures.engine import (
     CAPTION_WORDS,
     TINY_COCO_CLASSES,
     build_tiny_spacy,
+    load_tiny_engine_models,
     register_tiny_clip_architecture,
 )
 from tests.fixtures.models import TINY_CLASSES
+
+# Tiny models run several times faster on one thread.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 REFINED_COCO = {refine_coco_name(c) for c in TINY_COCO_CLASSES}
 
@@ -59,15 +63,6 @@ def random_scene(rng: np.random.Generator, height: int, width: int, n: int):
             h, w = int(rng.integers(2, height - y0 + 1)), int(rng.integers(2, width - x0 + 1))
             masks[i, y0 : y0 + h, x0 : x0 + w] = True
     return image, masks
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run several times faster on one thread (no pool wake-ups per tiny op)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -759,18 +754,9 @@ def test_cli_engine(engine_dataset, tiny_engine_dirs, tmp_path, capsys):
 
 @pytest.mark.gpu
 def test_label_masks_on_cuda_in_half_precision(tiny_engine_dirs, scenes):
-    from fiftyone_ssa.engine import EngineModels, label_masks
+    from fiftyone_ssa.engine import label_masks
 
-    models = EngineModels.load(
-        device="cuda",
-        ade=str(tiny_engine_dirs["ade"]),
-        coco=str(tiny_engine_dirs["coco"]),
-        captioner=str(tiny_engine_dirs["blip"]),
-        clip=str(tiny_engine_dirs["clip"]),
-        clipseg=str(tiny_engine_dirs["clipseg"]),
-        spacy_model=build_tiny_spacy("parser"),
-        half=True,
-    )
+    models = load_tiny_engine_models(tiny_engine_dirs, device="cuda", half=True)
     assert models.captioner.dtype == models.clipseg.dtype == torch.float16 and models.clip.half
     results = label_masks(
         models, [s[0] for s in scenes], [s[1] for s in scenes], top_k=3, vocabulary=["kite"]

@@ -236,14 +236,6 @@ ENGINE_FAULTS = {
 }
 
 
-@pytest.fixture(autouse=False)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def poisoned_engine_models(tiny_engine_models):
     """The tiny engine models with an ADE branch that raises on images of POISON_SIZE."""
@@ -258,7 +250,7 @@ def poisoned_engine_models(tiny_engine_models):
     return dataclasses.replace(tiny_engine_models, ade=branch)
 
 
-@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.usefixtures("one_thread")
 def test_apply_ssa_engine_skips_and_records_every_fault(
     make_dataset, tmp_path, poisoned_engine_models
 ):
@@ -291,7 +283,7 @@ def test_apply_ssa_engine_skips_and_records_every_fault(
         assert sample["ssa_engine_error"] is None
 
 
-@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("fault", ["missing", "model-error"])
 def test_apply_ssa_engine_fail_fast_raises(make_dataset, tmp_path, poisoned_engine_models, fault):
     from fiftyone_ssa.engine import apply_ssa_engine

@@ -224,14 +224,6 @@ def test_instance_masks_round_trip_exactly_at_any_size(size):
     assert torch.equal(round_trip, kept)
 
 
-@pytest.fixture(scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # SAM settings that keep a few masks of the blob SAM on any image.
 FEW_MASKS = {
     "points_per_side": 2,
@@ -242,7 +234,7 @@ FEW_MASKS = {
 }
 
 
-@pytest.mark.usefixtures("_one_thread")
+@pytest.mark.usefixtures("one_thread")
 def test_every_kind_end_to_end_with_tiny_sam_and_segformer(
     make_dataset, tmp_path, blob_sam_dir, tiny_segformer_dir
 ):
