@@ -56,3 +56,31 @@ def miou(pred: np.ndarray, gt: np.ndarray, num_classes: int) -> float:
         if union:
             ious.append(inter / union)
     return float(np.mean(ious))
+
+
+MASK_KINDS = ("rect", "ragged", "noise", "empty", "full", "dup")
+
+
+def masks_of_kinds(rng: np.random.Generator, height: int, width: int, kinds) -> np.ndarray:
+    """(N, H, W) bool masks, one per kind: ``rect`` a random rectangle, ``ragged`` one with 40%
+    of its pixels dropped, ``noise`` random pixels, ``empty``, ``full`` (the whole image), ``dup``
+    a copy of an earlier mask (a rectangle when there is none)."""
+    masks = []
+    for kind in kinds:
+        if kind == "empty":
+            masks.append(np.zeros((height, width), bool))
+        elif kind == "full":
+            masks.append(np.ones((height, width), bool))
+        elif kind == "dup" and masks:
+            masks.append(masks[int(rng.integers(0, len(masks)))].copy())
+        elif kind == "noise":
+            masks.append(rng.random((height, width)) < rng.random())
+        else:
+            y0, x0 = rng.integers(0, height), rng.integers(0, width)
+            y1, x1 = rng.integers(y0, height + 1), rng.integers(x0, width + 1)
+            mask = np.zeros((height, width), bool)
+            mask[y0:y1, x0:x1] = True
+            if kind == "ragged":
+                mask &= rng.random((height, width)) < 0.6
+            masks.append(mask)
+    return np.stack(masks) if masks else np.zeros((0, height, width), bool)

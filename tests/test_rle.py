@@ -10,6 +10,7 @@ from hypothesis.extra.numpy import arrays
 
 from fiftyone_ssa.core import rle as R
 from tests.fixtures.sa1b import random_masks
+from tests.scenes import masks_of_kinds
 
 
 def coco_encode(mask: np.ndarray) -> dict:
@@ -227,22 +228,7 @@ def mask_batches(draw):
     kinds = draw(
         st.lists(st.sampled_from(["rect", "noise", "empty", "full", "dup"]), min_size=1, max_size=6)
     )
-    masks = []
-    for kind in kinds:
-        if kind == "empty":
-            masks.append(np.zeros((h, w), bool))
-        elif kind == "full":
-            masks.append(np.ones((h, w), bool))
-        elif kind == "dup" and masks:
-            masks.append(masks[-1].copy())
-        elif kind == "noise":
-            masks.append(rng.random((h, w)) < rng.random())
-        else:
-            y0, x0 = rng.integers(0, h), rng.integers(0, w)
-            mask = np.zeros((h, w), bool)
-            mask[y0 : rng.integers(y0, h + 1), x0 : rng.integers(x0, w + 1)] = True
-            masks.append(mask)
-    return np.stack(masks)
+    return masks_of_kinds(rng, h, w, kinds)
 
 
 @settings(max_examples=150, deadline=None)

@@ -12,6 +12,7 @@ from fiftyone_ssa.core.voting import (
     painting_order,
     vote_mask_classes,
 )
+from tests.scenes import masks_of_kinds
 
 
 def naive_ssa(masks: np.ndarray, class_map: np.ndarray, num_classes: int):
@@ -172,23 +173,7 @@ def mask_stacks(draw):
     rng = np.random.default_rng(seed)
     class_map = rng.integers(0, c, size=(h, w))
     kinds = draw(st.lists(st.sampled_from(["rect", "ragged", "empty", "full", "dup"]), max_size=9))
-    masks = []
-    for kind in kinds:
-        if kind == "empty":
-            masks.append(np.zeros((h, w), bool))
-        elif kind == "full":
-            masks.append(np.ones((h, w), bool))
-        elif kind == "dup" and masks:
-            masks.append(masks[int(rng.integers(0, len(masks)))].copy())
-        else:
-            y0, x0 = rng.integers(0, h), rng.integers(0, w)
-            y1, x1 = rng.integers(y0, h + 1), rng.integers(x0, w + 1)
-            mask = np.zeros((h, w), bool)
-            mask[y0:y1, x0:x1] = True
-            if kind == "ragged":
-                mask &= rng.random((h, w)) < 0.6
-            masks.append(mask)
-    stack = np.stack(masks) if masks else np.zeros((0, h, w), bool)
+    stack = masks_of_kinds(rng, h, w, kinds)
     return stack, class_map, c
 
 
