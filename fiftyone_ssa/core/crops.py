@@ -182,6 +182,16 @@ def crop_resize_images(
     return out
 
 
+def _check_mask_crop_args(masks: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]) -> None:
+    if masks.dim() != 3:
+        raise ValueError(f"Expected `masks` to be (N, H, W), but got shape {tuple(masks.shape)}")
+    if boxes.shape[0] != masks.shape[0]:
+        raise ValueError(
+            f"Expected one box per mask, but got {boxes.shape[0]} boxes for {masks.shape[0]} masks"
+        )
+    _check_crop_args(masks, boxes, size)
+
+
 def crop_resize_masks(
     masks: torch.Tensor, boxes: torch.Tensor, size: tuple[int, int]
 ) -> torch.Tensor:
@@ -198,13 +208,7 @@ def crop_resize_masks(
     Returns:
         (N, h, w) bool.
     """
-    if masks.dim() != 3:
-        raise ValueError(f"Expected `masks` to be (N, H, W), but got shape {tuple(masks.shape)}")
-    if boxes.shape[0] != masks.shape[0]:
-        raise ValueError(
-            f"Expected one box per mask, but got {boxes.shape[0]} boxes for {masks.shape[0]} masks"
-        )
-    _check_crop_args(masks, boxes, size)
+    _check_mask_crop_args(masks, boxes, size)
     out_h, out_w = int(size[0]), int(size[1])
     boxes = boxes.to(masks.device)
     rows = (torch.arange(out_h, device=masks.device, dtype=torch.float64) + 0.5) / out_h
@@ -235,7 +239,7 @@ def crop_mask_coverage(
     Returns:
         (N, h, w) bool.
     """
-    _check_crop_args(masks, boxes, size)
+    _check_mask_crop_args(masks, boxes, size)
     out = torch.zeros((masks.shape[0], *size), dtype=torch.bool, device=masks.device)
     for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
         crop = masks[i, y0:y1, x0:x1].float()[None, None]

@@ -23,7 +23,7 @@ from .forms import (
     run_summary_result,
 )
 from .library import ProgressReporter, import_library
-from .run_ssa import chosen_branch
+from .run_ssa import chosen_branch, fields_read
 
 # SSA-engine's models by role (full / light mode), as in fiftyone_ssa.engine (a test keeps the
 # two equal); repeated here so that building the form imports no model library.
@@ -195,12 +195,7 @@ class RunSSAEngine(SSAOperator):
                 if isinstance(label_field, str) and label_field
                 else {}
             )
-            mask_fields = (
-                {mask_branch[len("field:") :]}
-                if mask_branch and mask_branch.startswith("field:")
-                else set()
-            )
-            output_field_inputs(inputs, ctx, outputs, mask_fields, "ssa_engine")
+            output_field_inputs(inputs, ctx, outputs, fields_read(mask_branch), "ssa_engine")
             device_input(inputs, ctx)
             batch_size_input(inputs)
         return types.Property(inputs, view=types.View(label="Run SSA-engine"))

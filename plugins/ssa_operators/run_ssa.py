@@ -37,7 +37,8 @@ def ssa_outputs(label_field: str, write_branch: bool) -> dict[str, type]:
     return outputs
 
 
-def _field_of(branch: str | None) -> set[str]:
+def fields_read(branch: str | None) -> set[str]:
+    """The field a ``field:<name>`` branch reads (an empty set for a model branch)."""
     return {branch[len("field:") :]} if branch and branch.startswith("field:") else set()
 
 
@@ -106,7 +107,7 @@ class RunSSA(SSAOperator):
             else:
                 outputs = {}
             output_field_inputs(
-                inputs, ctx, outputs, _field_of(mask_branch) | _field_of(semantic_branch), "ssa"
+                inputs, ctx, outputs, fields_read(mask_branch) | fields_read(semantic_branch), "ssa"
             )
             inputs.bool(
                 "write_branch",
