@@ -125,6 +125,7 @@ def execute_labelling_run(
         dataset.reload()
     job.start(dataset)
 
+    # Built again after the reload: the other ranks' schema now has the output fields.
     mine = runs.pending_samples(samples, label_field, run_key, skip_existing, resume)
     if ranges is not None:
         bounds = ranges[ranks.rank]
