@@ -335,13 +335,51 @@ def test_clip_text_embeddings_cached_per_distinct_string(tiny_engine_models, mon
 def test_clipseg_shared_encoder_equals_full_forward(tiny_engine_models, scenes):
     decider = tiny_engine_models.clipseg
     images, boxes = _crop_inputs(scenes, 1.6)
-    pixels = decider.transform(images[0], boxes[0][:3])
+    pixels = decider.pixels(images[0], boxes[0][:3])
     crop_index = torch.tensor([0, 0, 1, 2, 2, 2])
     embeds = decider.text_embeddings(["dog", "sky", "dog", "car", "grass", "tree"])
     mine = decider.prompt_logits(decider.vision_activations(pixels), crop_index, embeds)
     with torch.no_grad():
         full = decider.model(pixel_values=pixels[crop_index], conditional_embeddings=embeds).logits
     assert torch.allclose(mine, full, atol=1e-5)
+
+
+def test_clipseg_encoder_stops_at_the_deepest_layer_the_decoder_reads(tmp_path, scenes):
+    from fiftyone_ssa.models import random_init
+    from fiftyone_ssa.models.clipseg_decider import ClipSegDecider
+
+    small = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2}
+    overrides = {
+        "model": {
+            "text_config": {**small, "num_hidden_layers": 1},
+            "vision_config": {**small, "num_hidden_layers": 5, "patch_size": 16},
+            "projection_dim": 32,
+            "extract_layers": [0, 2],
+            "reduce_dim": 16,
+            "decoder_num_attention_heads": 2,
+            "decoder_intermediate_size": 32,
+        },
+        "processor": {"size": {"height": 64, "width": 64}},
+    }
+    path = random_init.save_random_model("clipseg-rd16", tmp_path / "clipseg", 0, overrides)
+    decider = ClipSegDecider(path, device="cpu", input_size=(128, 128))
+    images, boxes = _crop_inputs(scenes, 1.6)
+    pixels = decider.pixels(images[0], boxes[0][:2])
+    assert pixels.shape == (2, 3, 128, 128)
+    activations = decider.vision_activations(pixels)
+    with torch.no_grad():
+        full = decider.model.clip.vision_model(pixel_values=pixels, output_hidden_states=True)
+        logits = decider.model(
+            pixel_values=pixels, conditional_embeddings=decider.text_embeddings(["dog", "sky"])
+        ).logits
+    assert len(full.hidden_states) == 6 and len(activations) == 2
+    for mine, theirs in zip(activations, [full.hidden_states[1], full.hidden_states[3]]):
+        assert torch.equal(mine, theirs)
+    crop_index = torch.tensor([0, 1])
+    mine = decider.prompt_logits(activations, crop_index, decider.text_embeddings(["dog", "sky"]))
+    assert mine.shape == (2, 128, 128) and torch.allclose(mine, logits, atol=1e-5)
+    with pytest.raises(ValueError, match="square"):
+        ClipSegDecider(path, device="cpu", input_size=(96, 128))
 
 
 def test_clipseg_decisions_match_a_per_mask_reference(tiny_engine_models, scenes):
@@ -354,7 +392,7 @@ def test_clipseg_decisions_match_a_per_mask_reference(tiny_engine_models, scenes
     flat = [(img, box, m) for img, b, ms in zip(images, boxes, masks) for box, m in zip(b, ms)]
     tokenizer = decider.processor.tokenizer
     for (image, box, mask), names, decision in zip(flat, proposals, decisions):
-        pixels = decider.transform(image, box[None]).expand(len(names), -1, -1, -1)
+        pixels = decider.pixels(image, box[None]).expand(len(names), -1, -1, -1)
         tokens = tokenizer(names, padding=True, return_tensors="pt")
         with torch.no_grad():
             logits = decider.model(pixel_values=pixels, **tokens).logits
@@ -364,7 +402,9 @@ def test_clipseg_decisions_match_a_per_mask_reference(tiny_engine_models, scenes
         small = F.interpolate(crop, size=logits.shape[-2:], mode="nearest-exact")[0, 0] > 0.5
         votes = torch.bincount(logits.argmax(0)[small], minlength=len(names))
         assert decision.name == names[int(votes.argmax())]
-        assert decision.share == pytest.approx(float(votes.max() / small.sum()))
+        # F.interpolate's float32 source coordinates may round a pixel centre lying exactly on
+        # a boundary the other way than the decider's float64 ones: a few pixels of 512x512.
+        assert decision.share == pytest.approx(float(votes.max() / small.sum()), abs=1e-3)
 
 
 def test_clipseg_needs_no_model_for_single_proposals(tiny_engine_models, scenes, monkeypatch):
@@ -379,13 +419,16 @@ def test_clipseg_needs_no_model_for_single_proposals(tiny_engine_models, scenes,
 
 
 def test_clipseg_thin_mask_still_votes(tiny_engine_models):
-    decider = tiny_engine_models.clipseg
+    from fiftyone_ssa.models.clipseg_decider import ClipSegDecider
+
+    # A crop much larger than the model's input (here 32x32 rather than 512x512).
+    decider = ClipSegDecider(tiny_engine_models.clipseg.path, device="cpu", input_size=(32, 32))
     image = torch.from_numpy(smooth_image(200, 200)).permute(2, 0, 1)
     mask = torch.zeros((1, 200, 200), dtype=torch.bool)
     index = torch.arange(10, 190)
     mask[0, index + 1, index] = True  # a thin diagonal nearest sampling to 32x32 misses
     box = scale_boxes(mask_boxes_xywh(mask), 1.6, (200, 200))
-    assert not crop_resize_masks(mask, box, decider.transform.size).any()
+    assert not crop_resize_masks(mask, box, decider.input_size).any()
     decision = decider.decide([image], [box], [mask], [["dog", "sky"]])[0]
     assert decision.name in ("dog", "sky") and decision.share > 0
 

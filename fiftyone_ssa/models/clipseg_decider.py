@@ -5,9 +5,12 @@ the name with the highest logit, and the mask's class is the name that wins most
 pixels in the crop (the mask cropped the same way and resized to CLIPSeg's output with nearest
 sampling). Ties go to the better CLIP rank.
 
-Batched: the vision encoder runs once per crop (not once per prompt), the light decoder once per
-(crop, name) pair, text embeddings once per distinct name. A mask with a single proposal needs no
-model call at all.
+As in the original, the crop is preprocessed at the processor's size (352x352 for CIDAS' models)
+and then resized bilinearly to 512x512, the size CLIPSeg runs at.
+
+Batched: the vision encoder runs once per crop (not once per prompt) and stops at the last layer
+the decoder reads, the light decoder runs once per (crop, name) pair, text embeddings once per
+distinct name. A mask with a single proposal needs no model call at all.
 """
 
 from __future__ import annotations
@@ -18,12 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from fiftyone_ssa.core.crops import chunk_boxes, crop_mask_coverage, crop_resize_masks
 from fiftyone_ssa.models.captioner import crop_transform_from_processor
 from fiftyone_ssa.models.clip_filter import MAX_CACHED_TEXTS
 from fiftyone_ssa.models.pretrained import load_pretrained
 from fiftyone_ssa.models.semantic import default_device
+
+# The original SSA-engine's ``clipseg_segmentation`` resizes CLIPSeg's inputs to this size.
+ORIGINAL_INPUT_SIZE = (512, 512)
 
 
 @dataclass
@@ -47,15 +54,29 @@ class ClipSegDecider:
         device: torch device; CUDA when available by default.
         half: run in float16 on CUDA.
         batch_size: crops per vision-encoder call.
+        input_size: (h, h) the preprocessed crops are resized to before the model (square:
+            CLIPSeg's decoder needs it); ``None`` keeps the processor's own size.
     """
 
     def __init__(
-        self, path: str | os.PathLike, device=None, half: bool = True, batch_size: int = 64
+        self,
+        path: str | os.PathLike,
+        device=None,
+        half: bool = True,
+        batch_size: int = 64,
+        input_size: tuple[int, int] | None = ORIGINAL_INPUT_SIZE,
     ):
         from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
         if batch_size < 1:
             raise ValueError(f"Expected `batch_size` to be >= 1, but got {batch_size}")
+        if input_size is not None and (
+            len(input_size) != 2 or input_size[0] != input_size[1] or input_size[0] < 1
+        ):
+            raise ValueError(
+                "Expected a square `input_size` (h, h) (CLIPSeg's decoder needs one), but got "
+                f"{input_size}"
+            )
         self.path = Path(path)
         self.name = str(path)
         self.device = torch.device(device) if device else default_device()
@@ -65,6 +86,7 @@ class ClipSegDecider:
         self.dtype = torch.float16 if (half and self.device.type == "cuda") else torch.float32
         self.model.to(self.device, self.dtype).eval()
         self.transform = crop_transform_from_processor(self.processor.image_processor)
+        self.input_size = tuple(input_size) if input_size else self.transform.size
         self.batch_size = batch_size
         self._text_cache: dict[str, torch.Tensor] = {}
 
@@ -90,22 +112,46 @@ class ClipSegDecider:
             self._text_cache.update(zip(chunk, embeds))
         return torch.stack([self._text_cache[t] for t in texts])
 
+    def pixels(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+        """CLIPSeg's inputs for crops of one image: processor-sized, then resized bilinearly.
+
+        Args:
+            image: (3, H, W) uint8 RGB.
+            boxes: (N, 4) int64 ``[x0, y0, x1, y1]``, end-exclusive.
+
+        Returns:
+            (N, 3, *input_size) float32 on the image's device.
+        """
+        crops = self.transform(image, boxes)
+        if tuple(crops.shape[-2:]) == self.input_size:
+            return crops
+        return F.interpolate(crops, size=self.input_size, mode="bilinear", align_corners=False)
+
     @torch.no_grad()
     def vision_activations(self, pixels: torch.Tensor) -> list[torch.Tensor]:
         """The vision encoder's hidden states the decoder reads, one encoder pass per crop.
 
+        The encoder stops after the deepest layer in ``config.extract_layers``: the layers
+        above it only feed the pooled output, which segmentation never reads.
+
         Args:
-            pixels: (B, 3, h, w) float32 preprocessed crops.
+            pixels: (B, 3, h, w) float32, as :meth:`pixels` makes them.
 
         Returns:
             One (B, L, C) tensor per ``config.extract_layers`` entry.
         """
-        outputs = self.model.clip.vision_model(
-            pixel_values=pixels.to(self.device, self.dtype),
-            output_hidden_states=True,
-            interpolate_pos_encoding=True,
+        vision = self.model.clip.vision_model
+        hidden = vision.embeddings(
+            pixels.to(self.device, self.dtype), interpolate_pos_encoding=True
         )
-        return [outputs.hidden_states[i + 1] for i in self.model.extract_layers]
+        hidden = vision.pre_layrnorm(hidden)
+        wanted = set(self.model.extract_layers)
+        kept = {}
+        for index, layer in enumerate(vision.encoder.layers[: max(wanted) + 1]):
+            hidden = layer(hidden, None)
+            if index in wanted:
+                kept[index] = hidden
+        return [kept[i] for i in self.model.extract_layers]
 
     @torch.no_grad()
     def prompt_logits(
@@ -171,7 +217,7 @@ class ClipSegDecider:
             pixels, crop_masks, ids = [], [], []
             for i, s in zip(image_index, slices):
                 chosen = keep[i][s].to(masks[i].device)
-                pixels.append(self.transform(images[i], live_boxes[i][s]))
+                pixels.append(self.pixels(images[i], live_boxes[i][s]))
                 crop_masks.append(self._crop_masks(masks[i][chosen], live_boxes[i][s]))
                 ids.extend(flat[i][s])
             names = [list(proposals[m]) for m in ids]
@@ -184,7 +230,7 @@ class ClipSegDecider:
     def _output_size(self) -> tuple[int, int]:
         # The decoder's transposed convolutions upsample the patch grid by the patch size.
         patch = int(self.model.config.vision_config.patch_size)
-        height, width = self.transform.size
+        height, width = self.input_size
         return (height // patch) * patch, (width // patch) * patch
 
     def _crop_masks(self, masks: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -214,13 +260,18 @@ class ClipSegDecider:
                 f"CLIPSeg returned {tuple(logits.shape[-2:])} logits for "
                 f"{tuple(crop_masks.shape[-2:])} inputs"
             )
-        # (B, k_max, h, w) with the absent prompts of shorter lists at -inf.
+        # Per pixel, the best prompt of its crop; the lowest slot (best CLIP rank) wins ties.
+        # Slot by slot rather than argmax over a (B, k, h, w) grid: a reduction over a short,
+        # strided axis is slow on CPUs.
         slot = torch.cat([torch.arange(c) for c in counts]).to(self.device)
-        grid = torch.full(
-            (len(names), width, *logits.shape[-2:]), float("-inf"), device=self.device
-        )
-        grid[crop_index, slot] = logits
-        winner = grid.argmax(dim=1)  # (B, h, w): lowest slot (best CLIP rank) on ties
+        best = logits[slot == 0].clone()  # every crop has a first prompt, in crop order
+        winner = torch.zeros(best.shape, dtype=torch.long, device=self.device)
+        for j in range(1, width):
+            rows = slot == j
+            crops = crop_index[rows]
+            better = logits[rows] > best[crops]
+            best[crops] = torch.where(better, logits[rows], best[crops])
+            winner[crops] = torch.where(better, j, winner[crops])
         crop_masks = crop_masks.to(self.device)
         keys = torch.arange(len(names), device=self.device)[:, None, None] * width + winner
         votes = torch.bincount(keys[crop_masks], minlength=len(names) * width)
