@@ -103,7 +103,8 @@ def execute_labelling_run(
         progress_callback: called with (done, total) after each sample.
 
     Returns:
-        The run's summary; under torchrun, rank 0 gets every rank's samples merged.
+        The run's summary; under torchrun, rank 0 gets every rank's counts and failures
+        merged (labelled samples counted, not listed), the other ranks their own summary.
     """
     ranks = distributed.current_ranks()
     dataset = samples._dataset
@@ -149,7 +150,8 @@ def execute_labelling_run(
     )
 
     states = distributed.gather_to_all(job.shared_state())
-    summaries = distributed.gather_to_all(summary)
+    # Ranks exchange counts and failures only: one entry per sample would not scale to millions.
+    summaries = distributed.gather_to_all(summary.compact() if ranks.is_distributed else summary)
     if ranks.is_main:
         job.finish(dataset, states)
     distributed.barrier()  # dataset-level settings are final when any rank returns

@@ -38,12 +38,21 @@ class SampleSummary:
 
 @dataclass
 class SSARunSummary:
-    """The outcome of a run: per-sample summaries, skipped samples and their reasons."""
+    """The outcome of a run: per-sample summaries, skipped samples and their reasons.
+
+    Attributes:
+        label_field: the output field.
+        samples: one entry per sample labelled or failed (after :meth:`compact`, failures only).
+        skipped_existing: samples left alone because they were already labelled.
+        run_key: the run's key.
+        unlisted_labelled: labelled samples counted but not listed in ``samples``.
+    """
 
     label_field: str
     samples: list[SampleSummary] = field(default_factory=list)
     skipped_existing: int = 0
     run_key: str = ""
+    unlisted_labelled: int = 0
 
     @property
     def failures(self) -> list[SampleSummary]:
@@ -51,13 +60,20 @@ class SSARunSummary:
 
     @property
     def num_labelled(self) -> int:
-        return sum(1 for s in self.samples if not s.error)
+        return sum(1 for s in self.samples if not s.error) + self.unlisted_labelled
+
+    def compact(self) -> SSARunSummary:
+        """The same counts with only the failures listed (what ranks send each other)."""
+        return SSARunSummary(
+            self.label_field, self.failures, self.skipped_existing, self.run_key, self.num_labelled
+        )
 
     def merge(self, others: list[SSARunSummary]) -> SSARunSummary:
         """One summary of several ranks' runs (their samples, in rank order)."""
         merged = SSARunSummary(self.label_field, [], self.skipped_existing, self.run_key)
         for summary in [self, *others]:
             merged.samples.extend(summary.samples)
+            merged.unlisted_labelled += summary.unlisted_labelled
         return merged
 
     def __str__(self) -> str:

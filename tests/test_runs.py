@@ -60,3 +60,22 @@ def test_existing_field_of_another_type_is_refused_even_with_overwrite(make_data
     ds.add_sample(fo.Sample(filepath="/tmp/none.png", ssa=fo.Classification(label="x")))
     with pytest.raises(ValueError, match="holds Classification, not Segmentation"):
         runs.check_outputs_free(ds, "ssa", {"ssa": fo.Segmentation}, "k", True, False)
+
+
+def test_ranks_exchange_counts_and_failures_only():
+    from fiftyone_ssa.runs import SampleSummary, SSARunSummary
+
+    def summary(ok, failed, skipped):
+        entries = [SampleSummary(f"id{i}", f"/x/{i}.png", 2, ["a"]) for i in range(ok)]
+        entries += [SampleSummary(f"bad{i}", f"/x/bad{i}.png", error="E") for i in range(failed)]
+        return SSARunSummary("ssa", entries, skipped, "k")
+
+    first, second = summary(3, 1, 5), summary(4, 2, 5)
+    compact = first.compact()
+    assert [s.sample_id for s in compact.samples] == ["bad0"]
+    assert (compact.num_labelled, len(compact.failures), compact.skipped_existing) == (3, 1, 5)
+    merged = compact.merge([second.compact()])
+    assert (merged.num_labelled, len(merged.failures), merged.skipped_existing) == (7, 3, 5)
+    assert str(merged).startswith("7 samples labelled into 'ssa', 3 failed, 5 skipped")
+    # A single process keeps every sample's entry.
+    assert first.merge([]).samples == first.samples

@@ -179,3 +179,75 @@ def _worker(launcher: subprocess.Popen, rank: int) -> int:
                 continue
         time.sleep(0.05)
     raise AssertionError(f"no worker process with RANK={rank}")
+
+
+def _engine_command(dataset_name: str, nproc: int, dirs: dict, *extra: str) -> list[str]:
+    models = []
+    for flag, key in [
+        ("--ade-model", "ade"),
+        ("--coco-model", "coco"),
+        ("--captioner", "blip"),
+        ("--clip-model", "clip"),
+        ("--clipseg-model", "clipseg"),
+        ("--spacy-model", "spacy"),
+    ]:
+        models += [flag, str(dirs[key])]
+    engine = ["engine", dataset_name, "--mask-branch", "field:instances", "--device", "cpu"]
+    engine += ["--num-workers", "1", "--label-field", "eng", *models, *extra]
+    if nproc == 1:
+        return [sys.executable, "-m", "fiftyone_ssa", *engine]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    return [*launcher, "--nproc-per-node", str(nproc), "-m", "fiftyone_ssa", *engine]
+
+
+def _engine_labels(ds) -> dict:
+    """filepath -> (painted map, (label, proposals, caption) per mask) of every sample."""
+    out = {}
+    for sample in ds.select_fields(["eng", "eng_seg"]):
+        dets = [(d.label, tuple(d.class_proposals), d.caption) for d in sample.eng.detections]
+        out[sample.filepath] = (sample.eng_seg.mask.tobytes(), dets)
+    return out
+
+
+def test_two_engine_ranks_with_a_fixed_vocabulary_equal_one_process(
+    persistent_scenes, tiny_engine_dirs, tmp_path
+):
+    from fiftyone_ssa.models.tiny import build_tiny_spacy
+
+    # The tiny parser is a Python function registered in this process only; subprocesses load
+    # a pipeline of built-in components (POS tags: nouns without noun chunks).
+    build_tiny_spacy("tagger").to_disk(tmp_path / "spacy")
+    dirs = {**tiny_engine_dirs, "spacy": tmp_path / "spacy"}
+    ds = persistent_scenes(n=6)
+    single = ds.clone()
+    single.persistent = True
+    vocabulary = ["--vocabulary", "dog", "sky", "road", "--restrict-vocabulary"]
+    options = [*vocabulary, "--write-segmentation"]
+
+    def run(name, nproc, *extra):
+        return subprocess.run(
+            _engine_command(name, nproc, dirs, *extra),
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=400,
+        )
+
+    result = run(single.name, 1, *options)
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run(ds.name, 2, *options)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = re.findall(r"(\d+) samples labelled into 'eng', (\d+) failed", result.stdout)
+    assert found == [("6", "0")], result.stdout
+    ds.reload()
+    single.reload()
+    assert _engine_labels(ds) == _engine_labels(single)
+    assert ds.mask_targets["eng_seg"] == single.mask_targets["eng_seg"]
+    assert set(ds.mask_targets["eng_seg"].values()) <= {"dog", "sky", "road"}
+    # Without a fixed vocabulary the class ids of the painted maps are not known before the
+    # ranks write: refused in one line, before any model loads, nothing written.
+    result = run(ds.name, 2, "--write-segmentation", "--label-field", "other")
+    assert result.returncode != 0
+    assert "--restrict-vocabulary" in result.stderr
+    assert not ds.has_sample_field("other")
+    single.delete()
