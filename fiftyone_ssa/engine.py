@@ -296,10 +296,9 @@ class EngineJob(LabellingJob):
     def label_batch(self, batch, images, skip_failures):
         return _label_batch(batch, images, self.masks, self.models, self.settings, skip_failures)
 
-    def write(self, dataset, sample_id, outcome, run_key):
+    def sample_values(self, sample_id, outcome, run_key):
         mask_set, labels = outcome
-        _write_sample(
-            dataset,
+        values = _sample_values(
             sample_id,
             self.label_field,
             mask_set,
@@ -308,7 +307,7 @@ class EngineJob(LabellingJob):
             self.mask_root,
             run_key,
         )
-        return len(mask_set), sorted(set(labels.class_names))
+        return values, len(mask_set), sorted(set(labels.class_names))
 
     def after_batch(self, dataset: fo.Dataset) -> None:
         if self.targets is not None:
@@ -386,8 +385,7 @@ def _none_if_nan(value: float) -> float | None:
     return None if np.isnan(value) else float(value)
 
 
-def _write_sample(
-    dataset,
+def _sample_values(
     sample_id,
     label_field,
     mask_set: MaskSet,
@@ -395,8 +393,8 @@ def _write_sample(
     targets: _SegmentationTargets | None,
     mask_root: str,
     run_key: str,
-) -> None:
-    """Writes one sample's output fields in a single update."""
+) -> dict:
+    """One sample's output field values (written in a single update)."""
     areas = mask_set.masks.flatten(1).sum(dim=1)
     area_list = areas.cpu().tolist()
     ious = mask_set.predicted_iou.cpu().tolist()
@@ -430,4 +428,4 @@ def _write_sample(
         base = torch.zeros((height, width), dtype=torch.int64, device=mask_set.masks.device)
         painted = paint_masks(base, mask_set.masks, ids, painting_order(areas))
         values[targets.field] = fo.Segmentation(mask=class_map_to_numpy(painted))
-    runs.write_sample_fields(dataset, sample_id, values)
+    return values

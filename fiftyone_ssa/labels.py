@@ -151,16 +151,18 @@ def build_detections(
             continue
         crop = masks[i, y0 : y1 + 1, x0 : x1 + 1].cpu().numpy()
         attrs = dict(attributes[i])
+        # The mask goes in through the constructor: assigning it afterwards makes mongoengine
+        # compare the array with the old value, element by element.
+        if mask_dir is None:
+            attrs["mask"] = crop
+        else:
+            attrs["mask_path"] = write_mask_png(crop, os.path.join(mask_dir, f"{i:05d}.png"))
         det = fo.Detection(
             label=labels[i],
             bounding_box=[x0 / width, y0 / height, (x1 - x0 + 1) / width, (y1 - y0 + 1) / height],
             confidence=attrs.pop("confidence", None),
             **attrs,
         )
-        if mask_dir is None:
-            det.mask = crop
-        else:
-            det.mask_path = write_mask_png(crop, os.path.join(mask_dir, f"{i:05d}.png"))
         detections.append(det)
     return fo.Detections(detections=detections)
 

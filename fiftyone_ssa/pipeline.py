@@ -302,7 +302,7 @@ class SSAJob(LabellingJob):
             batch, images, self.semantic, self.masks, self.device, self.top_k, skip_failures
         )
 
-    def write(self, dataset, sample_id, outcome, run_key):
+    def sample_values(self, sample_id, outcome, run_key):
         classes = self.semantic.classes
         mask_set: MaskSet = outcome["mask_set"]
         vote = outcome["vote"]
@@ -337,8 +337,11 @@ class SSAJob(LabellingJob):
         }
         if self.write_branch:
             values[f"{lf}_branch"] = fo.Segmentation(mask=class_map_to_numpy(outcome["class_map"]))
-        runs.write_sample_fields(dataset, sample_id, values)
-        return len(mask_set), sorted({classes.get(int(c), str(int(c))) for c in painted_ids})
+        return (
+            values,
+            len(mask_set),
+            sorted({classes.get(int(c), str(int(c))) for c in painted_ids}),
+        )
 
     def shared_state(self) -> dict[int, str]:
         return self.seen_classes

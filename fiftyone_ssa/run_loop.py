@@ -8,7 +8,8 @@ A :class:`LabellingJob` says what a kind of run (SSA, SSA-engine) reads, compute
 2. rank 0 declares the output fields, records the run and splits the pending samples (those
    without a label of this run key) into one contiguous id range per rank;
 3. each rank labels its range batch by batch, images decoded ahead in threads, and writes each
-   sample in one update (or records why it failed);
+   sample in one update (or records why it failed), a batch per bulk write on a background
+   thread (``sample_writer``);
 4. the ranks meet; rank 0 finishes the dataset-level settings and merges the summaries.
 
 Without torchrun there is one rank and steps 2-4 involve no communication.
@@ -26,6 +27,7 @@ import fiftyone.core.utils as fou
 from fiftyone_ssa import distributed, runs
 from fiftyone_ssa.batching import iter_batches, prefetch, safe_reader
 from fiftyone_ssa.runs import SampleSummary, SSARunSummary
+from fiftyone_ssa.sample_writer import SampleWriter
 
 logger = logging.getLogger(__name__)
 
@@ -59,12 +61,14 @@ class LabellingJob:
         """(outcome or the exception that stopped it, seconds) for each sample of a batch."""
         raise NotImplementedError
 
-    def write(self, dataset: fo.Dataset, sample_id: str, outcome: Any, run_key: str):
-        """Writes one sample's outcome in one update; returns (number of masks, class names)."""
+    def sample_values(
+        self, sample_id: str, outcome: Any, run_key: str
+    ) -> tuple[dict[str, Any], int, list[str]]:
+        """One sample's output field values (written in one update), mask count, class names."""
         raise NotImplementedError
 
     def after_batch(self, dataset: fo.Dataset) -> None:
-        """Called after each batch is written."""
+        """Called after each batch is labelled, before its labels are written."""
 
     def shared_state(self) -> Any:
         """What rank 0's :meth:`finish` needs from every rank (picklable)."""
@@ -177,7 +181,8 @@ def _label_samples(
     select = view.select_fields(job.input_fields)
     read = safe_reader(job.needs_image)
     done = 0
-    with fou.ProgressBar(total=total, progress=progress) as pbar:
+    error_field = runs.error_field(job.label_field)
+    with SampleWriter(dataset) as writer, fou.ProgressBar(total=total, progress=progress) as pbar:
         for batch, images in prefetch(iter_batches(select, batch_size), read, num_workers):
             results = job.label_batch(batch, images, skip_failures)
             for sample, (outcome, seconds) in zip(batch, results):
@@ -186,13 +191,17 @@ def _label_samples(
                     if not skip_failures:
                         raise outcome
                     entry.error = f"{type(outcome).__name__}: {outcome}"
-                    runs.record_failure(dataset, sample.id, job.label_field, entry.error)
+                    writer.add(sample.id, {error_field: entry.error})
                     logger.warning("skipping %s: %s", sample.filepath, entry.error)
                 else:
-                    entry.num_masks, entry.classes = job.write(dataset, sample.id, outcome, run_key)
+                    values, entry.num_masks, entry.classes = job.sample_values(
+                        sample.id, outcome, run_key
+                    )
+                    writer.add(sample.id, values)
                 summary.samples.append(entry)
                 done += 1
                 pbar.update()
                 if progress_callback is not None:
                     progress_callback(done, total)
-            job.after_batch(dataset)
+            job.after_batch(dataset)  # before the labels that may use what it saves
+            writer.flush()

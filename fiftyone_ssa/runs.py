@@ -263,24 +263,3 @@ def record_run(dataset: fo.Dataset, label_field: str, run_key: str, config: dict
     runs[label_field] = {"run_key": run_key, "config": spec_name(config)}
     dataset.info[RUNS_INFO_KEY] = runs
     dataset.save()
-
-
-def write_sample_fields(dataset: fo.Dataset, sample_id: str, values: dict[str, Any]) -> None:
-    """Sets several (declared) fields of one sample in a single database update.
-
-    Either every field is written or none is, so an interrupted run never leaves a
-    half-labelled sample.
-
-    Args:
-        dataset: the dataset; the fields must have been declared.
-        sample_id: the sample's id.
-        values: field name -> value.
-    """
-    sample = dataset[sample_id]
-    sample.update_fields(values, expand_schema=False)
-    sample.save()
-
-
-def record_failure(dataset: fo.Dataset, sample_id: str, label_field: str, message: str) -> None:
-    """Stores why a sample failed in ``<label_field>_error`` (filterable in the App)."""
-    write_sample_fields(dataset, sample_id, {error_field(label_field): message})

@@ -24,7 +24,8 @@ def test_harness_runs_every_stage_but_sam_with_tiny_models(tmp_path):
         "  ours: BLIP captioner",
         "SSA-engine: reference (per mask, bs 1)",
         "  reference: CLIPSeg decider",
-        "write labels to FiftyOne",
+        "write labels: FiftyOne per-sample save",
+        "write labels: ours (SampleWriter)",
     ]:
         assert expected in stages
     engine = results.row("SSA-engine: ours (batched)")
@@ -40,3 +41,11 @@ def test_voting_benchmark_runs(capsys):
     out = capsys.readouterr().out
     assert "ours from RLE, run space" in out
     assert "pixels equal to the reference" in out
+
+
+def test_write_benchmark_runs(capsys):
+    from benchmarks import bench_write
+
+    bench_write.main(["--images", "2", "--masks", "3", "--height", "40", "--width", "60"])
+    out = capsys.readouterr().out
+    assert "per-sample save" in out and re.search(r"\d+\.\dx the per-sample save", out)

@@ -32,8 +32,12 @@ def mask_boxes_xyxy(masks: torch.Tensor) -> torch.Tensor:
     n, h, w = masks.shape
     if n == 0:
         return torch.zeros((0, 4), dtype=torch.int64, device=masks.device)
-    cols = masks.any(dim=1)  # (N, W)
-    rows = masks.any(dim=2)  # (N, H)
+    # A max over bytes is several times faster than any() over bools on CPUs.
+    as_bytes = (
+        masks.view(torch.uint8) if masks.dtype == torch.bool else (masks != 0).view(torch.uint8)
+    )
+    cols = as_bytes.amax(dim=1) > 0  # (N, W)
+    rows = as_bytes.amax(dim=2) > 0  # (N, H)
     xs = torch.arange(w, device=masks.device)
     ys = torch.arange(h, device=masks.device)
     x0 = torch.where(cols, xs, w).amin(dim=1)
