@@ -221,3 +221,18 @@ def test_dense_masks_through_runs_check_sizes():
         vote_and_paint_masks(
             torch.zeros(2, 3, 4, dtype=torch.bool), torch.zeros(4, 3, dtype=torch.long)
         )
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 6), st.integers(1, 12), st.integers(1, 12), st.integers(0, 99))
+def test_dense_masks_to_runs_are_the_maximal_row_major_runs(n, h, w, seed):
+    """Read box by box, yet the same runs as COCO's runs of the transposed masks."""
+    from fiftyone_ssa.core.rle_voting import dense_masks_to_runs, rles_to_runs
+
+    masks, _ = random_case(np.random.default_rng(seed), n, h, w, 2)
+    runs = dense_masks_to_runs(torch.from_numpy(masks))
+    expected = rles_to_runs([mask_to_rle(m.T) for m in masks], size=(w, h))
+    assert (runs.height, runs.width, runs.num_masks) == (w, h, n)
+    assert torch.equal(runs.starts, expected.starts)
+    assert torch.equal(runs.lengths, expected.lengths)
+    assert torch.equal(runs.mask_index, expected.mask_index)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fiftyone_ssa.core.crops import mask_boxes_xyxy
 from fiftyone_ssa.core.rle import RLE, rle_runs
 from fiftyone_ssa.core.voting import VoteResult, painting_order
 
@@ -320,23 +321,42 @@ def dense_masks_to_runs(masks: torch.Tensor) -> MaskRuns:
     Row-major runs of a mask are the column-major (COCO) runs of its transpose, so the result
     describes the (N, W, H) transposed masks: vote against ``class_map.t()`` and transpose the
     painted map back (as :func:`vote_and_paint_masks` does). Reading rows avoids copying the
-    masks into column-major order.
+    masks into column-major order, and only each mask's bounding box is read, so the work is
+    proportional to the boxes' areas rather than to N x H x W.
 
     Args:
         masks: (N, H, W) bool.
 
     Returns:
-        The runs of the transposed masks (``height`` = W, ``width`` = H).
+        The maximal runs of the transposed masks (``height`` = W, ``width`` = H), by mask, then
+        by start.
     """
     if masks.dim() != 3:
         raise ValueError(f"Expected `masks` to be (N, H, W), but got shape {tuple(masks.shape)}")
     n, h, w = masks.shape
-    flat = masks.reshape(n, h * w).to(torch.uint8)
-    border = torch.zeros(n, 1, dtype=torch.uint8, device=masks.device)
-    edges = torch.diff(flat, dim=1, prepend=border, append=border)  # 1 rise, 255 fall
-    mask_index, starts = (edges == 1).nonzero(as_tuple=True)
-    ends = (edges == 255).nonzero(as_tuple=True)[1]
-    return MaskRuns(w, h, n, starts, ends - starts, mask_index)
+    device = masks.device
+    starts, ends, index = [], [], []
+    for i, (x0, y0, x1, y1) in enumerate(mask_boxes_xyxy(masks).tolist()):
+        if x1 < 0:
+            continue  # empty mask
+        crop = masks[i, y0 : y1 + 1, x0 : x1 + 1].to(torch.uint8)
+        edges = torch.diff(crop, dim=1, prepend=crop[:, :1] * 0, append=crop[:, :1] * 0)
+        rows, first = (edges == 1).nonzero(as_tuple=True)  # rises and falls alternate per row
+        last = (edges == 255).nonzero(as_tuple=True)[1]
+        offset = (rows + y0) * w + x0
+        starts.append(offset + first)
+        ends.append(offset + last)
+        index.append(torch.full_like(first, i))
+    if not starts:
+        empty = torch.zeros(0, dtype=torch.int64, device=device)
+        return MaskRuns(w, h, n, empty, empty.clone(), empty.clone())
+    starts, ends, index = torch.cat(starts), torch.cat(ends), torch.cat(index)
+    # A run reaching the right edge continues on the next row when that starts at column 0.
+    join = (index[1:] == index[:-1]) & (starts[1:] == ends[:-1])
+    first_of_run = torch.cat([torch.ones(1, dtype=torch.bool, device=device), ~join])
+    last_of_run = torch.cat([~join, torch.ones(1, dtype=torch.bool, device=device)])
+    merged_starts = starts[first_of_run]
+    return MaskRuns(w, h, n, merged_starts, ends[last_of_run] - merged_starts, index[first_of_run])
 
 
 def vote_and_paint_masks(
