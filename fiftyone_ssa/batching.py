@@ -25,15 +25,18 @@ def check_label_field(samples, name: str, label_type: type, role: str) -> None:
 
 
 def iter_batches(samples, batch_size: int) -> Iterator[list[fo.Sample]]:
-    """The samples of a collection in lists of at most ``batch_size``."""
-    batch = []
-    for sample in samples.iter_samples(progress=False):
-        batch.append(sample)
-        if len(batch) == batch_size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+    """The samples of a collection in lists of at most ``batch_size``, one query per list.
+
+    The ids are listed first. A cursor held open while the models run can time out (ten
+    minutes without a read), and FiftyOne restarts it by skipping as many samples as were
+    read: on a view of the samples still to label, which the run's own writes shrink, that
+    would skip samples that are still pending.
+    """
+    if batch_size < 1:
+        raise ValueError(f"Expected `batch_size` to be >= 1, but got {batch_size}")
+    ids = samples.values("id")
+    for start in range(0, len(ids), batch_size):
+        yield list(samples.select(ids[start : start + batch_size], ordered=True))
 
 
 def prefetch(samples_batches, read: Callable, num_workers: int):

@@ -414,7 +414,9 @@ def _sample_values(
     ]
     mask_dir = None
     if sum(area_list) > MAX_INLINE_MASK_PIXELS:
-        mask_dir = os.path.join(mask_root, label_field, str(sample_id))
+        # A directory per run key: relabelling with other settings leaves the files of the
+        # labels it replaces alone until the new labels are written.
+        mask_dir = os.path.join(mask_root, label_field, str(sample_id), run_key)
     detections = build_detections(mask_set.masks, labels.class_names, attributes, mask_dir)
     detections[runs.RUN_KEY_ATTRIBUTE] = run_key
     values = {label_field: detections, runs.error_field(label_field): None}

@@ -104,7 +104,8 @@ def execute_labelling_run(
         resume: skip samples this run (same key) already labelled.
         skip_failures: record failing samples and go on; False raises at the first failure.
         progress: FiftyOne's progress argument (shown by rank 0 only).
-        progress_callback: called with (done, total) after each sample.
+        progress_callback: called with (done, total) after each sample is labelled (its
+            write may still be queued).
 
     Returns:
         The run's summary; under torchrun, rank 0 gets every rank's counts and failures

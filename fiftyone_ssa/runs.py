@@ -1,4 +1,4 @@
-"""The record of a labelling run: its run key, its output fields, and one update per sample.
+"""The record of a labelling run: its run key, its output fields, its summary.
 
 A run's *run key* is a short hash of what decides its labels (the label field, the branches and
 their options; not the batch size, device or view). Every sample a run labels carries the key on

@@ -24,7 +24,7 @@ def test_harness_runs_every_stage_but_sam_with_tiny_models(tmp_path):
         "  ours: BLIP captioner",
         "SSA-engine: reference (per mask, bs 1)",
         "  reference: CLIPSeg decider",
-        "write labels: FiftyOne per-sample save",
+        "write labels: FiftyOne autosave",
         "write labels: ours (SampleWriter)",
     ]:
         assert expected in stages

@@ -2,6 +2,7 @@
 
 import fiftyone as fo
 import pytest
+from fiftyone import ViewField as F
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -79,3 +80,22 @@ def test_ranks_exchange_counts_and_failures_only():
     assert str(merged).startswith("7 samples labelled into 'ssa', 3 failed, 5 skipped")
     # A single process keeps every sample's entry.
     assert first.merge([]).samples == first.samples
+
+
+def test_batches_of_a_view_the_run_shrinks_hold_every_sample_once(make_dataset):
+    from fiftyone_ssa.batching import iter_batches
+
+    ds = make_dataset()
+    ds.add_samples([fo.Sample(filepath=f"/tmp/batch_{i}.png", done=False) for i in range(7)])
+    pending = ds.match(F("done") == False)  # noqa: E712  (a MongoDB expression)
+    sizes, seen = [], []
+    for batch in iter_batches(pending, 3):
+        sizes.append(len(batch))
+        for sample in batch:
+            seen.append(sample.id)
+            labelled = ds[sample.id]
+            labelled["done"] = True  # labelled: leaves the view
+            labelled.save()
+    assert sizes == [3, 3, 1] and sorted(seen) == sorted(ds.values("id"))
+    with pytest.raises(ValueError, match="batch_size"):
+        next(iter_batches(ds, 0))

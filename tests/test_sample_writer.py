@@ -80,10 +80,39 @@ def test_undeclared_field_is_refused_before_anything_is_written(labelled_pair):
 def test_a_failed_background_write_raises(labelled_pair):
     ds = labelled_pair
     ids = ds.values("id")
-    with pytest.raises(Exception) as failure:
+    with pytest.raises(RuntimeError, match=f"labels of 1 samples \\({ids[0]} "):
         with SampleWriter(ds) as writer:
             writer.add(ids[0], {"note": object()})  # serializes, but BSON cannot encode it
             writer.flush()
             writer.add(ids[1], {"note": "fine"})
-    assert not isinstance(failure.value, AssertionError)
+    assert ds[ids[0]]["note"] is None
+
+
+def test_a_label_of_another_type_is_refused(labelled_pair):
+    ds = labelled_pair
+    with pytest.raises(ValueError, match="Expected a Detections for field 'dets'"):
+        with SampleWriter(ds) as writer:
+            writer.add(ds.first().id, {"dets": fo.Segmentation(mask=np.zeros((2, 2), np.uint8))})
+
+
+def test_an_error_in_the_block_still_writes_what_was_queued(labelled_pair):
+    ds = labelled_pair
+    ids = ds.values("id")
+    with pytest.raises(KeyError, match="the model broke"):
+        with SampleWriter(ds) as writer:
+            writer.add(ids[0], {"note": "flushed"})
+            writer.flush()
+            writer.add(ids[1], {"note": "queued"})
+            raise KeyError("the model broke")
+    assert [ds[i]["note"] for i in ids[:2]] == ["flushed", "queued"]
+
+
+def test_a_failed_write_does_not_hide_the_error_of_the_block(labelled_pair):
+    ds = labelled_pair
+    ids = ds.values("id")
+    with pytest.raises(KeyError, match="the model broke"):
+        with SampleWriter(ds) as writer:
+            writer.add(ids[0], {"note": object()})  # this batch cannot be written
+            writer.flush()
+            raise KeyError("the model broke")
     assert ds[ids[0]]["note"] is None

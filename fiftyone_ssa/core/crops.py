@@ -32,6 +32,8 @@ def mask_boxes_xyxy(masks: torch.Tensor) -> torch.Tensor:
     n, h, w = masks.shape
     if n == 0:
         return torch.zeros((0, 4), dtype=torch.int64, device=masks.device)
+    if h == 0 or w == 0:  # nothing to reduce over: every mask is empty
+        return torch.tensor([[0, 0, -1, -1]] * n, dtype=torch.int64, device=masks.device)
     # A max over bytes is several times faster than any() over bools on CPUs.
     as_bytes = (
         masks.view(torch.uint8) if masks.dtype == torch.bool else (masks != 0).view(torch.uint8)

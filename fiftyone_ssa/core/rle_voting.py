@@ -321,11 +321,12 @@ def dense_masks_to_runs(masks: torch.Tensor) -> MaskRuns:
     Row-major runs of a mask are the column-major (COCO) runs of its transpose, so the result
     describes the (N, W, H) transposed masks: vote against ``class_map.t()`` and transpose the
     painted map back (as :func:`vote_and_paint_masks` does). Reading rows avoids copying the
-    masks into column-major order, and only each mask's bounding box is read, so the work is
-    proportional to the boxes' areas rather than to N x H x W.
+    masks into column-major order. Past one pass over the masks to find their boxes, only each
+    mask's box is read, so the work scales with the boxes' areas. One small step per mask: meant
+    for the CPU (on a GPU, :mod:`fiftyone_ssa.core.voting` works on the dense masks).
 
     Args:
-        masks: (N, H, W) bool.
+        masks: (N, H, W) bool (or integers, nonzero = foreground).
 
     Returns:
         The maximal runs of the transposed masks (``height`` = W, ``width`` = H), by mask, then
@@ -339,7 +340,7 @@ def dense_masks_to_runs(masks: torch.Tensor) -> MaskRuns:
     for i, (x0, y0, x1, y1) in enumerate(mask_boxes_xyxy(masks).tolist()):
         if x1 < 0:
             continue  # empty mask
-        crop = masks[i, y0 : y1 + 1, x0 : x1 + 1].to(torch.uint8)
+        crop = (masks[i, y0 : y1 + 1, x0 : x1 + 1] != 0).to(torch.uint8)
         edges = torch.diff(crop, dim=1, prepend=crop[:, :1] * 0, append=crop[:, :1] * 0)
         rows, first = (edges == 1).nonzero(as_tuple=True)  # rises and falls alternate per row
         last = (edges == 255).nonzero(as_tuple=True)[1]

@@ -87,6 +87,10 @@ class ClipSegDecider:
         self.model.to(self.device, self.dtype).eval()
         self.transform = crop_transform_from_processor(self.processor.image_processor)
         self.input_size = tuple(input_size) if input_size else self.transform.size
+        if self.input_size[0] != self.input_size[1]:
+            raise ValueError(
+                f"Expected CLIPSeg's processor to resize to a square, but got {self.input_size}"
+            )
         self.batch_size = batch_size
         self._text_cache: dict[str, torch.Tensor] = {}
 
