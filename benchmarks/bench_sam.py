@@ -173,11 +173,8 @@ def main(argv=None) -> None:
         not args.no_reference,
         args.stages,
     )
-    print(results.text())
+    results.report(args.markdown)
     print(f"total {time.perf_counter() - start:.1f} s")
-    if args.markdown:
-        with open(args.markdown, "a") as f:
-            f.write(results.markdown() + "\n")
 
 
 if __name__ == "__main__":

@@ -112,10 +112,7 @@ def main(argv=None) -> None:
         ours.note = f"{base.seconds / ours.seconds:.1f}x the per-sample save"
     finally:
         dataset.delete()
-    print(results.text())
-    if args.markdown:
-        with open(args.markdown, "a") as f:
-            f.write(results.markdown() + "\n")
+    results.report(args.markdown)
 
 
 if __name__ == "__main__":

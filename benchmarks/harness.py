@@ -134,12 +134,10 @@ class Results:
         )
         lines.append("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
         for r in self.rows:
-            per_mask = f"{r.per_mask:.4f}" if r.per_mask is not None else ""
-            masks = f"{r.masks / max(r.images, 1):.0f}" if r.masks else ""
-            gpu = f"{r.gpu_peak_mb:.0f}" if r.gpu_peak_mb is not None else ""
+            per_mask, masks, host, gpu = _cells(r)
             lines.append(
-                f"| {r.stage} | {r.per_image:.4f} | {per_mask} | {masks} | "
-                f"{_mb(r.host_peak_mb)} | {gpu} | {r.note} |"
+                f"| {r.stage} | {r.per_image:.4f} | {per_mask} | {masks} | {host} | {gpu} | "
+                f"{r.note} |"
             )
         lines += [""] + [f"- {n}" for n in self.notes]
         return "\n".join(lines) + "\n"
@@ -152,15 +150,28 @@ class Results:
         )
         out = [self.title, self.environment(), self.settings, header, "-" * len(header)]
         for r in self.rows:
-            per_mask = f"{r.per_mask:.4f}" if r.per_mask is not None else ""
-            masks = f"{r.masks / max(r.images, 1):.0f}" if r.masks else ""
-            gpu = f"{r.gpu_peak_mb:.0f}" if r.gpu_peak_mb is not None else ""
+            per_mask, masks, host, gpu = _cells(r)
             out.append(
-                f"{r.stage:<38}{r.per_image:>10.4f}{per_mask:>10}{masks:>10}"
-                f"{_mb(r.host_peak_mb):>9}{gpu:>8}  {r.note}"
+                f"{r.stage:<38}{r.per_image:>10.4f}{per_mask:>10}{masks:>10}{host:>9}{gpu:>8}"
+                f"  {r.note}"
             )
         out += [f"* {n}" for n in self.notes]
         return "\n".join(out) + "\n"
+
+    def report(self, markdown_path: str | None = None) -> None:
+        """Prints the table; with a path, also appends its markdown to that file."""
+        print(self.text())
+        if markdown_path:
+            with open(markdown_path, "a") as f:
+                f.write(self.markdown() + "\n")
+
+
+def _cells(r: Row) -> tuple[str, str, str, str]:
+    """A row's optional cells as text: s/mask, masks/image, host MB, GPU MB."""
+    per_mask = f"{r.per_mask:.4f}" if r.per_mask is not None else ""
+    masks = f"{r.masks / max(r.images, 1):.0f}" if r.masks else ""
+    gpu = f"{r.gpu_peak_mb:.0f}" if r.gpu_peak_mb is not None else ""
+    return per_mask, masks, _mb(r.host_peak_mb), gpu
 
 
 def _mb(value: float) -> str:

@@ -305,24 +305,21 @@ def bench_engine(results, preset, cache, images, device, nlp) -> list:
 
 
 def bench_database(results, images, labelled, workdir: Path) -> None:
-    """Writing SSA-engine's labels: FiftyOne's ``iter_samples(autosave=True)`` vs our writer."""
+    """Writing SSA-engine's labels: FiftyOne's ``iter_samples(autosave=True)`` vs our writer.
+
+    Both write the values the engine's run loop writes (``EngineJob.sample_values``).
+    """
     import fiftyone as fo
 
-    from fiftyone_ssa.labels import build_detections
+    from fiftyone_ssa import runs
+    from fiftyone_ssa.core.mask_set import MaskSet
+    from fiftyone_ssa.engine import EngineJob
     from fiftyone_ssa.sample_writer import SampleWriter
 
-    def detections(masks, labels):
-        attributes = [
-            {
-                "confidence": labels.confidence[i],
-                "class_proposals": list(labels.class_proposals[i]),
-                "caption": labels.captions[i],
-                "ade_name": labels.ade_names[i],
-                "coco_name": labels.coco_names[i],
-            }
-            for i in range(len(labels.class_names))
-        ]
-        return build_detections(masks, labels.class_names, attributes)
+    job = EngineJob("ssa_engine", None, None, {}, False, str(workdir / "masks"))
+
+    def values(sample_id, masks, labels):
+        return job.sample_values(sample_id, (MaskSet.from_masks(masks), labels), "bench")[0]
 
     dataset = fo.Dataset(f"ssa-benchmark-{os.getpid()}-{time.time_ns()}")
     try:
@@ -331,18 +328,16 @@ def bench_database(results, images, labelled, workdir: Path) -> None:
             paths.append(str(workdir / f"db_{i}.jpg"))
             Image.fromarray(image).save(paths[-1])
         dataset.add_samples([fo.Sample(filepath=p) for p in paths])
-        dataset.add_sample_field(
-            "ssa_engine", fo.EmbeddedDocumentField, embedded_doc_type=fo.Detections
-        )
+        runs.declare_output_fields(dataset, job.output_schema())
         n_masks = sum(int(m.shape[0]) for m, _ in labelled)
         with results.stage("write labels: FiftyOne autosave", len(images), n_masks) as base:
             for sample, (masks, labels) in zip(dataset.iter_samples(autosave=True), labelled):
-                sample["ssa_engine"] = detections(masks, labels)
+                sample.update_fields(values(sample.id, masks, labels), expand_schema=False)
         ids = dataset.values("id")
         with results.stage("write labels: ours (SampleWriter)", len(images), n_masks) as ours:
             with SampleWriter(dataset) as writer:
                 for sample_id, (masks, labels) in zip(ids, labelled):
-                    writer.add(sample_id, {"ssa_engine": detections(masks, labels)})
+                    writer.add(sample_id, values(sample_id, masks, labels))
         ours.note = f"{base.seconds / ours.seconds:.1f}x FiftyOne's autosave"
     finally:
         dataset.delete()
@@ -425,10 +420,7 @@ def main(argv=None) -> None:
         args.cache,
         args.engine_masks,
     )
-    print(results.text())
-    if args.markdown:
-        with open(args.markdown, "a") as f:
-            f.write(results.markdown() + "\n")
+    results.report(args.markdown)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from benchmarks.presets import TINY_OVERRIDES
 from fiftyone_ssa.core.crops import (
     centre_square_boxes,
     chunk_boxes,
@@ -348,19 +349,11 @@ def test_clipseg_encoder_stops_at_the_deepest_layer_the_decoder_reads(tmp_path, 
     from fiftyone_ssa.models import random_init
     from fiftyone_ssa.models.clipseg_decider import ClipSegDecider
 
-    small = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2}
-    overrides = {
-        "model": {
-            "text_config": {**small, "num_hidden_layers": 1},
-            "vision_config": {**small, "num_hidden_layers": 5, "patch_size": 16},
-            "projection_dim": 32,
-            "extract_layers": [0, 2],
-            "reduce_dim": 16,
-            "decoder_num_attention_heads": 2,
-            "decoder_intermediate_size": 32,
-        },
-        "processor": {"size": {"height": 64, "width": 64}},
-    }
+    # The benchmarks' shrunken CLIPSeg, with more vision layers than the decoder reads.
+    tiny = TINY_OVERRIDES["clipseg"]
+    vision = {**tiny["model"]["vision_config"], "num_hidden_layers": 5}
+    model = {**tiny["model"], "vision_config": vision, "extract_layers": [0, 2]}
+    overrides = {**tiny, "model": model}
     path = random_init.save_random_model("clipseg-rd16", tmp_path / "clipseg", 0, overrides)
     decider = ClipSegDecider(path, device="cpu", input_size=(128, 128))
     images, boxes = _crop_inputs(scenes, 1.6)

@@ -46,6 +46,15 @@ class Decision:
     share: float
 
 
+def _check_square(size, what: str) -> tuple[int, int]:
+    """``size`` as an (h, h) tuple; ValueError unless square (CLIPSeg's decoder needs one)."""
+    if len(size) != 2 or size[0] != size[1] or size[0] < 1:
+        raise ValueError(
+            f"Expected a square {what} (h, h) (CLIPSeg's decoder needs one), but got {size}"
+        )
+    return (int(size[0]), int(size[1]))
+
+
 class ClipSegDecider:
     """Chooses each mask's class among its proposals with CLIPSeg.
 
@@ -70,13 +79,8 @@ class ClipSegDecider:
 
         if batch_size < 1:
             raise ValueError(f"Expected `batch_size` to be >= 1, but got {batch_size}")
-        if input_size is not None and (
-            len(input_size) != 2 or input_size[0] != input_size[1] or input_size[0] < 1
-        ):
-            raise ValueError(
-                "Expected a square `input_size` (h, h) (CLIPSeg's decoder needs one), but got "
-                f"{input_size}"
-            )
+        if input_size is not None:
+            _check_square(input_size, "`input_size`")  # before loading anything
         self.path = Path(path)
         self.name = str(path)
         self.device = torch.device(device) if device else default_device()
@@ -86,11 +90,9 @@ class ClipSegDecider:
         self.dtype = torch.float16 if (half and self.device.type == "cuda") else torch.float32
         self.model.to(self.device, self.dtype).eval()
         self.transform = crop_transform_from_processor(self.processor.image_processor)
-        self.input_size = tuple(input_size) if input_size else self.transform.size
-        if self.input_size[0] != self.input_size[1]:
-            raise ValueError(
-                f"Expected CLIPSeg's processor to resize to a square, but got {self.input_size}"
-            )
+        self.input_size = _check_square(
+            input_size or self.transform.size, "`input_size` or processor size"
+        )
         self.batch_size = batch_size
         self._text_cache: dict[str, torch.Tensor] = {}
 
