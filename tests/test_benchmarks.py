@@ -49,3 +49,17 @@ def test_write_benchmark_runs(capsys):
     bench_write.main(["--images", "2", "--masks", "3", "--height", "40", "--width", "60"])
     out = capsys.readouterr().out
     assert "per-sample save" in out and re.search(r"\d+\.\dx the per-sample save", out)
+
+
+def test_decoder_benchmark_runs_and_filters(capsys):
+    from benchmarks import bench_decoder
+
+    results = bench_decoder.run("cpu", prompts=8, batch=4, pass_fraction=0.5)
+    masks = {row.stage: row.masks for row in results.rows}
+    assert len(masks) == 4
+    assert masks["fp32, filter off: segment-anything MaskDecoder"] == 24
+    assert masks["fp32, filter off: ours (PromptBatchDecoder)"] == 24
+    filtered = masks["fp32, ~50% pass: segment-anything MaskDecoder"]
+    assert 0 < filtered < 24
+    assert masks["fp32, ~50% pass: ours (PromptBatchDecoder)"] == filtered
+    assert re.search(r"\d+\.\dx segment-anything", results.rows[-1].note)

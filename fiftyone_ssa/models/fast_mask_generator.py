@@ -6,8 +6,12 @@ to the host as an RLE, and loops over masks in Python. :class:`FastMaskGenerator
 algorithm with the same settings and gives the same masks (up to float rounding in rare boundary
 pixels), but:
 
-- filters by predicted IoU on the decoder output, before any upsampling (the filter does not
-  depend on the upsampling);
+- decodes the point prompts with
+  :class:`~fiftyone_ssa.models.sam_prompt_decoder.PromptBatchDecoder` (segment-anything's mask
+  decoder with the image-side work done once per image, and the mask upsampling network run only
+  for prompts with a mask that passes the predicted-IoU filter);
+- filters by predicted IoU on the decoder output, before any upsampling to the image (the filter
+  does not depend on the upsampling);
 - upsamples the survivors chunk by chunk, only over the un-padded part of SAM's input frame, and
   keeps only what the next steps need (stability score, box) instead of full-resolution masks:
   the low-resolution (256x256) logits of the survivors are kept, and full-resolution masks are
@@ -21,10 +25,10 @@ pixels), but:
   the upsample-and-reduce step (``compile=True``).
 
 Measured (H100, ViT-H with random "blob" weights, 1500x2250 image, the original SSA settings,
-1505 masks): segment-anything 39.9 s, this generator 5.1 to 5.5 s in float32 with the same masks
-(encoder 1.0 s, mask decoder 2.9 s, upsampling and stability 0.4 s, small regions 0.7 s),
-3.5 s with bf16 autocast. The mask decoder (segment-anything's own module) is now the largest
-cost.
+1505 masks), before the decoder above replaced segment-anything's module: segment-anything
+39.9 s, this generator 5.1 to 5.5 s in float32 with the same masks (encoder 1.0 s, mask decoder
+2.9 s, upsampling and stability 0.4 s, small regions 0.7 s), 3.5 s with bf16 autocast. The
+replacement decoder has been measured on the CPU only (``benchmarks/bench_decoder.py``).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from fiftyone_ssa.core.mask_set import MaskSet
+from fiftyone_ssa.models.sam_prompt_decoder import ImageContext, PromptBatchDecoder
 from fiftyone_ssa.models.sam_small_regions import postprocess_small_regions
 
 if TYPE_CHECKING:
@@ -253,6 +258,7 @@ class FastMaskGenerator:
             import cv2  # noqa: F401  (fail early, as segment-anything does)
 
         self.model = model
+        self._decoder = PromptBatchDecoder(model)
         self.device = next(model.parameters()).device
         self.point_grids = [np.asarray(grid, dtype=np.float64) for grid in point_grids]
         if points_per_batch is None:
@@ -376,23 +382,13 @@ class FastMaskGenerator:
         return features, input_size
 
     def _decode(
-        self, features: torch.Tensor, dense_pe: torch.Tensor, points: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(3B, h, w) float32 low-resolution logits and (3B,) IoU of B point prompts."""
-        model = self.model
-        labels = torch.ones((len(points), 1), dtype=torch.int, device=self.device)
+        self, context: ImageContext, points: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Float32 (M, h, w) logits and (M,) IoU of the masks of B point prompts that pass the
+        predicted-IoU filter, and which of the 3B masks those are ((3B,) bool)."""
         with self._autocast():
-            sparse, dense = model.prompt_encoder(
-                points=(points[:, None], labels), boxes=None, masks=None
-            )
-            low_res, iou = model.mask_decoder(
-                image_embeddings=features,
-                image_pe=dense_pe,
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=True,
-            )
-        return low_res.flatten(0, 1).float(), iou.flatten(0, 1).float()
+            low_res, iou, keep = self._decoder.decode(context, points, self.pred_iou_thresh)
+        return low_res.float(), iou.float(), keep
 
     def _chunk_size(self, size: tuple[int, int]) -> int:
         per_mask = 4 * (self.model.image_encoder.img_size**2 + 3 * size[0] * size[1])
@@ -414,7 +410,8 @@ class FastMaskGenerator:
         size = crop.shape[:2]
         img_size = self.model.image_encoder.img_size
         features, input_size = self._embed(crop)
-        dense_pe = self.model.prompt_encoder.get_dense_pe()
+        with self._autocast():
+            context = self._decoder.prepare(features)
 
         points = self.point_grids[layer] * np.array(size)[None, ::-1]  # (n, 2) XY, float64
         transformed = ResizeLongestSide(img_size).apply_coords(points, size)
@@ -425,11 +422,8 @@ class FastMaskGenerator:
         kept: dict[str, list[torch.Tensor]] = {k: [] for k in ("low_res", "iou", "points")}
         kept["stability"], kept["boxes"] = [], []
         for batch in _chunks(len(points), self.points_per_batch):
-            low_res, iou = self._decode(features, dense_pe, model_points[batch])
-            point_of = points[batch].repeat_interleave(3, dim=0)
-            if self.pred_iou_thresh > 0.0:
-                keep = iou > self.pred_iou_thresh
-                low_res, iou, point_of = low_res[keep], iou[keep], point_of[keep]
+            low_res, iou, keep = self._decode(context, model_points[batch])
+            point_of = points[batch].repeat_interleave(3, dim=0)[keep]
             stats = [
                 self._logit_stats(
                     low_res[part],

@@ -1,0 +1,369 @@
+"""segment-anything's mask decoder for many point prompts on one image, with less work per prompt.
+
+``segment_anything.modeling.MaskDecoder`` copies the image embedding once per prompt and runs
+every projection of its two-way transformer over all 64x64 image tokens of every copy, then
+upsamples every prompt's embedding, whatever its masks' predicted quality. With a handful of
+prompt tokens (7 for a point prompt) most of that work can be avoided without changing the
+result, only the order of floating-point operations:
+
+- The first layer's image tokens are the same for every prompt, so its image-side projections
+  (token-to-image keys and values, image-to-token queries) are computed once per image.
+- Later attentions never project the image tokens: token-to-image scores are
+  ``(q W_k) (keys + pe)^T`` (the key bias adds a constant per query, which softmax ignores) and
+  their values ``(A keys) W_v^T + b_v`` (attention rows sum to one); image-to-token scores are
+  ``(keys + pe) (W_q^T k^T) + b_q k^T`` and the output projection is applied to the token values
+  before attention, ``A (v W_out^T)``. Per prompt and attention this costs
+  ``heads x tokens x HW x C`` multiply-adds instead of ``HW x C x C / downsample_rate``.
+- The upsampling network and the hypernetworks run only for prompts with at least one mask
+  whose predicted IoU passes the caller's threshold (the IoU head reads the transformer's
+  tokens only, so the filter can come first), and the upsampling runs in token layout (each
+  stride-2 2x2 transposed convolution is a matrix product per token), with no channels-first
+  copies.
+
+:class:`PromptBatchDecoder` gives ``MaskDecoder(..., multimask_output=True)``'s logits and IoU
+predictions for the masks that pass the filter (tests compare it with the module on tiny and
+real-size decoders).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    from segment_anything.modeling import Sam
+    from segment_anything.modeling.transformer import Attention
+
+
+@dataclass
+class ImageContext:
+    """What every prompt of one image shares.
+
+    Attributes:
+        src: (HW, C) image tokens plus the dense (no-mask) prompt embedding.
+        size: (h, w) of the image-embedding grid.
+        first_keys: (heads, HW, d) first token-to-image attention keys.
+        first_values: (heads, HW, d) first token-to-image attention values.
+        first_image_queries: (heads, HW, d) first image-to-token attention queries.
+        pe_keys: per layer after the first, then the final attention, (heads, HW, d) the
+            positional encoding through the token-to-image key weights (no bias).
+        pe_image_queries: per layer after the first, (heads, HW, d) the positional encoding
+            through the image-to-token query weights (no bias).
+    """
+
+    src: torch.Tensor
+    size: tuple[int, int]
+    first_keys: torch.Tensor
+    first_values: torch.Tensor
+    first_image_queries: torch.Tensor
+    pe_keys: list[torch.Tensor]
+    pe_image_queries: list[torch.Tensor]
+
+
+def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(..., L, heads*d) -> (..., heads, L, d)."""
+    *lead, length, channels = x.shape
+    return x.reshape(*lead, length, num_heads, channels // num_heads).transpose(-3, -2)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(B, heads, L, d) -> (B, L, heads*d)."""
+    b, heads, length, d = x.shape
+    return x.transpose(1, 2).reshape(b, length, heads * d)
+
+
+def _weight_heads(linear: torch.nn.Linear, num_heads: int) -> torch.Tensor:
+    """(heads, d, C) rows of a projection ``C -> heads*d``, split by head."""
+    out_dim, in_dim = linear.weight.shape
+    return linear.weight.reshape(num_heads, out_dim // num_heads, in_dim)
+
+
+def _tokens_to_image(
+    attn: Attention, queries: torch.Tensor, keys: torch.Tensor, pe_keys: torch.Tensor
+) -> torch.Tensor:
+    """``attn(q=queries, k=keys + pe, v=keys)`` with per-prompt image tokens, never projected.
+
+    Args:
+        attn: segment-anything ``Attention`` (C -> internal dim, ``num_heads`` heads).
+        queries: (B, T, C) prompt tokens (with their positional encoding).
+        keys: (B, HW, C) image tokens.
+        pe_keys: (heads, HW, d) their positional encoding through the key weights.
+
+    Returns:
+        (B, T, C) the attention output.
+    """
+    heads = attn.num_heads
+    q = _heads(attn.q_proj(queries), heads)  # (B, heads, T, d)
+    b, _, t, d = q.shape
+    q = q / math.sqrt(d)
+    q_keys = torch.einsum("bhtd,hdc->bhtc", q, _weight_heads(attn.k_proj, heads))
+    q_keys = q_keys.reshape(b, heads * t, -1)  # (B, heads*T, C)
+    pe_scores = _shared_image_scores(q, pe_keys).reshape(b, heads * t, -1)
+    scores = torch.baddbmm(pe_scores, q_keys, keys.transpose(1, 2))  # (B, heads*T, HW)
+    pooled = (torch.softmax(scores, dim=-1) @ keys).reshape(b, heads, t, -1)
+    values = torch.einsum("bhtc,hdc->bhtd", pooled, _weight_heads(attn.v_proj, heads))
+    values = values + attn.v_proj.bias.reshape(heads, 1, d)
+    return attn.out_proj(_merge_heads(values))
+
+
+def _shared_image_scores(queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """(B, heads, T, HW) products of per-prompt token vectors with shared image vectors.
+
+    Args:
+        queries: (B, heads, T, d) token-side projections (already scaled).
+        keys: (heads, HW, d) image-side projections, the same for every prompt.
+    """
+    b, heads, t, d = queries.shape
+    by_head = queries.transpose(0, 1).reshape(heads, b * t, d)
+    scores = by_head @ keys.transpose(1, 2)  # (heads, B*T, HW)
+    return scores.reshape(heads, b, t, -1).transpose(0, 1)
+
+
+def _tokens_to_shared_image(
+    attn: Attention, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+) -> torch.Tensor:
+    """``attn`` from prompt tokens to image tokens whose keys/values every prompt shares.
+
+    Args:
+        attn: segment-anything ``Attention``.
+        queries: (B, T, C) prompt tokens (with their positional encoding).
+        keys: (heads, HW, d) projected keys.
+        values: (heads, HW, d) projected values.
+
+    Returns:
+        (B, T, C) the attention output.
+    """
+    q = _heads(attn.q_proj(queries), attn.num_heads)  # (B, heads, T, d)
+    b, heads, t, d = q.shape
+    weights = torch.softmax(_shared_image_scores(q / math.sqrt(d), keys), dim=-1)
+    pooled = weights.transpose(0, 1).reshape(heads, b * t, -1) @ values  # (heads, B*T, d)
+    return attn.out_proj(_merge_heads(pooled.reshape(heads, b, t, d).transpose(0, 1)))
+
+
+def _image_to_token_scores(
+    attn: Attention, keys: torch.Tensor, pe_queries: torch.Tensor, token_keys: torch.Tensor
+) -> torch.Tensor:
+    """(B, heads, T, HW) scaled scores of per-prompt image tokens (queries) and prompt tokens.
+
+    Args:
+        attn: segment-anything ``Attention``.
+        keys: (B, HW, C) image tokens (the queries are ``keys + pe``, projected).
+        pe_queries: (heads, HW, d) their positional encoding through the query weights.
+        token_keys: (B, T, C) prompt tokens plus their positional encoding.
+    """
+    heads = attn.num_heads
+    k = _heads(attn.k_proj(token_keys), heads)  # (B, heads, T, d)
+    b, _, t, d = k.shape
+    k = k / math.sqrt(d)
+    k_query = torch.einsum("bhtd,hdc->bhtc", k, _weight_heads(attn.q_proj, heads))
+    k_query = k_query.reshape(b, heads * t, -1)  # (B, heads*T, C)
+    bias = torch.einsum("bhtd,hd->bht", k, attn.q_proj.bias.reshape(heads, d))
+    shared = _shared_image_scores(k, pe_queries) + bias[..., None]
+    scores = torch.baddbmm(shared.reshape(b, heads * t, -1), k_query, keys.transpose(1, 2))
+    return scores.reshape(b, heads, t, -1)
+
+
+def _image_to_tokens(
+    attn: Attention, scores: torch.Tensor, tokens: torch.Tensor, residual: torch.Tensor
+) -> torch.Tensor:
+    """``residual`` plus an image-to-token attention's output, from its scaled scores.
+
+    Args:
+        attn: segment-anything ``Attention``.
+        scores: (B, heads, T, HW) scaled image-query . token-key products.
+        tokens: (B, T, C) prompt tokens (the attention's values, before projection).
+        residual: (B, HW, C) or (HW, C) image tokens the output is added to.
+
+    Returns:
+        (B, HW, C) ``residual + A (v W_out^T) + b_out``; the bias is spread over the value rows
+        (each head's attention weights sum to one), so the sum takes one pass.
+    """
+    b, heads, t, hw = scores.shape
+    v = _heads(attn.v_proj(tokens), heads)  # (B, heads, T, d)
+    out_weight = attn.out_proj.weight.reshape(-1, heads, v.shape[-1])  # (C, heads, d)
+    v_out = torch.einsum("bhtd,chd->bhtc", v, out_weight) + attn.out_proj.bias / heads
+    weights = torch.softmax(scores, dim=2).reshape(b, heads * t, hw)
+    return torch.baddbmm(residual, weights.transpose(1, 2), v_out.reshape(b, heads * t, -1))
+
+
+def _upscaled_masks(
+    upscaling: torch.nn.Sequential,
+    keys: torch.Tensor,
+    hyper: torch.Tensor,
+    size: tuple[int, int],
+) -> torch.Tensor:
+    """``hyper @ upscaling(keys)`` computed in token layout.
+
+    SAM's upscaling is ConvTranspose2d(k=2, s=2), LayerNorm2d, activation, ConvTranspose2d(k=2,
+    s=2), activation. A stride-2, 2x2 transposed convolution maps each input pixel to its own
+    2x2 output block, so every step is per token: a matrix product to (2, 2, channels) per token,
+    a layer norm over the last axis, and so on; the pixels are put in place once, on the masks.
+    This skips the channels-first copies and the five passes of LayerNorm2d.
+
+    Args:
+        upscaling: the decoder's ``output_upscaling``.
+        keys: (B, h*w, C) image tokens after the transformer.
+        hyper: (B, M, c') hypernetwork outputs, one per mask.
+        size: (h, w).
+
+    Returns:
+        (B, M, 4h, 4w) mask logits.
+    """
+    up1, norm, act1, up2, act2 = upscaling
+    b = keys.shape[0]
+    h, w = size
+
+    def per_token(conv: torch.nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
+        """(..., C_in) -> (..., 2, 2, C_out): the 2x2 block each token becomes."""
+        c_in, c_out = conv.weight.shape[:2]
+        weight = conv.weight.permute(0, 2, 3, 1).reshape(c_in, 4 * c_out)
+        out = torch.addmm(conv.bias.repeat(4), x.reshape(-1, c_in), weight)
+        return out.reshape(*x.shape[:-1], 2, 2, c_out)
+
+    x = per_token(up1, keys)  # (B, HW, 2, 2, C/4)
+    x = act1(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
+    x = act2(per_token(up2, x))  # (B, HW, 2, 2, 2, 2, C/8)
+    masks = x.reshape(b, h * w * 16, x.shape[-1]) @ hyper.transpose(1, 2)  # (B, HW*16, M)
+    # token (i, j), first block (a, b), second block (a2, b2) -> pixel (4i+2a+a2, 4j+2b+b2)
+    m = hyper.shape[1]
+    masks = masks.reshape(b, h, w, 2, 2, 2, 2, m).permute(0, 7, 1, 3, 5, 2, 4, 6)
+    return masks.reshape(b, m, 4 * h, 4 * w)
+
+
+class PromptBatchDecoder:
+    """A SAM's mask decoder, run for batches of point prompts on one image.
+
+    Args:
+        model: a ``segment_anything.modeling.Sam`` whose decoder has at least one two-way
+            transformer layer (every published SAM has two).
+
+    Raises:
+        ValueError: for a decoder without transformer layers.
+    """
+
+    def __init__(self, model: Sam) -> None:
+        self.prompt_encoder = model.prompt_encoder
+        self.decoder = model.mask_decoder
+        self.transformer = self.decoder.transformer
+        if len(self.transformer.layers) == 0:
+            raise ValueError("Expected a mask decoder with at least one transformer layer")
+
+    def prepare(self, image_embedding: torch.Tensor) -> ImageContext:
+        """The per-image part.
+
+        Args:
+            image_embedding: (1, C, h, w) the image encoder's output.
+
+        Returns:
+            What :meth:`decode` needs for every batch of this image.
+        """
+        if image_embedding.ndim != 4 or image_embedding.shape[0] != 1:
+            raise ValueError(
+                "Expected `image_embedding` to be (1, C, h, w), but got shape "
+                f"{tuple(image_embedding.shape)}"
+            )
+        size = tuple(image_embedding.shape[-2:])
+        dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        src = (image_embedding + dense).flatten(2)[0].T  # (HW, C)
+        pe = self.prompt_encoder.get_dense_pe().flatten(2)[0].T.to(src.dtype)
+        layers = self.transformer.layers
+        t2i, i2t = layers[0].cross_attn_token_to_image, layers[0].cross_attn_image_to_token
+        later_t2i = [layer.cross_attn_token_to_image for layer in layers[1:]]
+        later_t2i.append(self.transformer.final_attn_token_to_image)
+        return ImageContext(
+            src=src,
+            size=size,
+            first_keys=_heads(t2i.k_proj(src + pe), t2i.num_heads),
+            first_values=_heads(t2i.v_proj(src), t2i.num_heads),
+            first_image_queries=_heads(i2t.q_proj(src + pe), i2t.num_heads),
+            pe_keys=[_heads(pe @ a.k_proj.weight.T, a.num_heads) for a in later_t2i],
+            pe_image_queries=[
+                _heads(pe @ layer.cross_attn_image_to_token.q_proj.weight.T, i2t.num_heads)
+                for layer in layers[1:]
+            ],
+        )
+
+    def decode(
+        self, context: ImageContext, point_coords: torch.Tensor, iou_threshold: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The multimask outputs of B single-point prompts, those with predicted IoU kept.
+
+        Args:
+            context: from :meth:`prepare`.
+            point_coords: (B, 2) XY in SAM's input frame (foreground points).
+            iou_threshold: keep masks whose predicted IoU is above this; 0 keeps all.
+
+        Returns:
+            low_res: (M, 4h, 4w) logits of the kept masks, prompt-major (prompt 0's kept masks
+                first), as the module's ``masks[:, 1:]`` flattened and filtered.
+            iou: (M,) their predicted IoU.
+            keep: (3B,) bool, which of the 3B masks were kept.
+        """
+        labels = torch.ones((len(point_coords), 1), dtype=torch.int, device=point_coords.device)
+        sparse, _ = self.prompt_encoder(
+            points=(point_coords[:, None], labels), boxes=None, masks=None
+        )
+        decoder = self.decoder
+        output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight])
+        tokens = torch.cat(
+            [output_tokens.expand(len(sparse), -1, -1).to(sparse.dtype), sparse], dim=1
+        )  # (B, T, C)
+        queries, keys = self._transformer(context, tokens)
+
+        iou_all = decoder.iou_prediction_head(queries[:, 0])[:, 1:]  # (B, 3)
+        keep = (
+            iou_all > iou_threshold
+            if iou_threshold > 0.0
+            else torch.ones_like(iou_all, dtype=torch.bool)
+        )
+        prompts = keep.any(1)
+        keys, mask_tokens = keys[prompts], queries[prompts, 2 : 1 + decoder.num_mask_tokens]
+        hyper = torch.stack(
+            [mlp(mask_tokens[:, i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps[1:])],
+            dim=1,
+        )  # (B', 3, c')
+        masks = _upscaled_masks(decoder.output_upscaling, keys, hyper, context.size)
+        kept = keep[prompts]
+        return masks[kept], iou_all[prompts][kept], keep.flatten()
+
+    def _transformer(
+        self, context: ImageContext, tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``TwoWayTransformer.forward``: (B, T, C) tokens and (B, HW, C) image tokens."""
+        queries, keys = tokens, None  # None: the shared first-layer image tokens
+        for index, layer in enumerate(self.transformer.layers):
+            if layer.skip_first_layer_pe:
+                queries = layer.self_attn(q=queries, k=queries, v=queries)
+            else:
+                q = queries + tokens
+                queries = queries + layer.self_attn(q=q, k=q, v=queries)
+            queries = layer.norm1(queries)
+
+            q = queries + tokens
+            t2i = layer.cross_attn_token_to_image
+            if keys is None:
+                attn_out = _tokens_to_shared_image(t2i, q, context.first_keys, context.first_values)
+            else:
+                attn_out = _tokens_to_image(t2i, q, keys, context.pe_keys[index - 1])
+            queries = layer.norm2(queries + attn_out)
+            queries = layer.norm3(queries + layer.mlp(queries))
+
+            q = queries + tokens
+            i2t = layer.cross_attn_image_to_token
+            if keys is None:
+                k = _heads(i2t.k_proj(q), i2t.num_heads)  # (B, heads, T, d)
+                scores = _shared_image_scores(
+                    k / math.sqrt(k.shape[-1]), context.first_image_queries
+                )
+                keys = context.src
+            else:
+                scores = _image_to_token_scores(i2t, keys, context.pe_image_queries[index - 1], q)
+            keys = layer.norm4(_image_to_tokens(i2t, scores, queries, keys))
+
+        final = self.transformer.final_attn_token_to_image
+        attn_out = _tokens_to_image(final, queries + tokens, keys, context.pe_keys[-1])
+        return self.transformer.norm_final_attn(queries + attn_out), keys
