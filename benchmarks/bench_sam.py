@@ -137,7 +137,7 @@ def run(
             for owner, method, key in [
                 (ours, "_embed", "encoder"),
                 (ours, "_decode", "mask decoder"),
-                (module, "_logit_stats", "upsampling + stability"),
+                (ours, "_logit_stats", "upsampling + stability"),
                 (ours, "_materialise", "full-resolution masks"),
                 (module, "postprocess_small_regions", "small regions"),
             ]:

@@ -110,3 +110,10 @@ def test_bad_inputs_raise_value_error():
         PromptBatchDecoder(model).prepare(torch.zeros(2, 128, 64, 64))
     with pytest.raises(ValueError, match="at least one transformer layer"):
         PromptBatchDecoder(random_sam({"decoder_depth": 0}))
+
+    class OtherDecoder(type(model.mask_decoder)):
+        pass
+
+    model.mask_decoder.__class__ = OtherDecoder
+    with pytest.raises(ValueError, match="MaskDecoder with a TwoWayTransformer, but got Other"):
+        PromptBatchDecoder(model)

@@ -187,7 +187,8 @@ class FastMaskGenerator:
     ``SamAutomaticMaskGenerator(model, output_mode="binary_mask", ...)`` with the same settings.
 
     Args:
-        model: a ``segment_anything.modeling.Sam``; its device is where everything runs.
+        model: a ``segment_anything.modeling.Sam`` with segment-anything's own mask decoder; its
+            device is where everything runs.
         points_per_side: points per side of the prompt grid; exclusive with ``point_grids``.
         points_per_batch: prompts per decoder call; default 256 on CUDA, 64 elsewhere.
         pred_iou_thresh: keep masks whose predicted IoU is above this (0 turns it off).
@@ -202,14 +203,14 @@ class FastMaskGenerator:
         min_mask_region_area: fill holes and remove islands smaller than this, then re-run NMS.
         mask_threshold: logit threshold; the model's ``mask_threshold`` (0.0) by default.
         dtype: autocast dtype for the encoder and decoder (``torch.bfloat16`` on CUDA: about
-            1.5x faster on an H100 with ViT-H); it changes the logits slightly, so masks differ
-            from segment-anything's at boundaries and near thresholds. ``None`` runs in float32
-            and reproduces segment-anything.
+            1.5x faster on an H100 with ViT-H and segment-anything's decoder); it changes the
+            logits slightly, so masks differ from segment-anything's at boundaries and near
+            thresholds. ``None`` runs in float32 and reproduces segment-anything.
         compile: ``torch.compile`` the upsample-and-reduce step (no gain measured on an H100;
             for experiments).
 
     Raises:
-        ValueError: on inconsistent settings.
+        ValueError: on inconsistent settings, or another mask decoder class.
     """
 
     def __init__(

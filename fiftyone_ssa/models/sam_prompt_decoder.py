@@ -238,17 +238,25 @@ class PromptBatchDecoder:
     """A SAM's mask decoder, run for batches of point prompts on one image.
 
     Args:
-        model: a ``segment_anything.modeling.Sam`` whose decoder has at least one two-way
-            transformer layer (every published SAM has two).
+        model: a ``segment_anything.modeling.Sam`` whose decoder is segment-anything's own
+            ``MaskDecoder`` (not a subclass: variants such as HQ-SAM compute other things) with
+            at least one two-way transformer layer (every published SAM has two).
 
     Raises:
-        ValueError: for a decoder without transformer layers.
+        ValueError: for another decoder class or one without transformer layers.
     """
 
     def __init__(self, model: Sam) -> None:
+        from segment_anything.modeling import MaskDecoder, TwoWayTransformer
+
         self.prompt_encoder = model.prompt_encoder
         self.decoder = model.mask_decoder
-        self.transformer = self.decoder.transformer
+        self.transformer = getattr(self.decoder, "transformer", None)
+        if type(self.decoder) is not MaskDecoder or type(self.transformer) is not TwoWayTransformer:
+            raise ValueError(
+                "Expected segment-anything's MaskDecoder with a TwoWayTransformer, but got "
+                f"{type(self.decoder).__name__} with {type(self.transformer).__name__}"
+            )
         if len(self.transformer.layers) == 0:
             raise ValueError("Expected a mask decoder with at least one transformer layer")
 
@@ -315,20 +323,23 @@ class PromptBatchDecoder:
         queries, keys = self._transformer(context, tokens)
 
         iou_all = decoder.iou_prediction_head(queries[:, 0])[:, 1:]  # (B, 3)
-        keep = (
-            iou_all > iou_threshold
-            if iou_threshold > 0.0
-            else torch.ones_like(iou_all, dtype=torch.bool)
-        )
+        if iou_threshold > 0.0:
+            keep = iou_all > iou_threshold
+        else:
+            keep = torch.ones_like(iou_all, dtype=torch.bool)
+        all_kept = keep.flatten()
         prompts = keep.any(1)
-        keys, mask_tokens = keys[prompts], queries[prompts, 2 : 1 + decoder.num_mask_tokens]
+        mask_tokens = queries[:, 2 : 1 + decoder.num_mask_tokens]
+        if not bool(prompts.all()):  # copy only when some prompts drop out
+            keys, mask_tokens, iou_all, keep = (
+                t[prompts] for t in (keys, mask_tokens, iou_all, keep)
+            )
         hyper = torch.stack(
             [mlp(mask_tokens[:, i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps[1:])],
             dim=1,
         )  # (B', 3, c')
         masks = _upscaled_masks(decoder.output_upscaling, keys, hyper, context.size)
-        kept = keep[prompts]
-        return masks[kept], iou_all[prompts][kept], keep.flatten()
+        return masks[keep], iou_all[keep], all_kept
 
     def _transformer(
         self, context: ImageContext, tokens: torch.Tensor
