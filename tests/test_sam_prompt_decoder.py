@@ -117,3 +117,21 @@ def test_bad_inputs_raise_value_error():
     model.mask_decoder.__class__ = OtherDecoder
     with pytest.raises(ValueError, match="MaskDecoder with a TwoWayTransformer, but got Other"):
         PromptBatchDecoder(model)
+
+
+@pytest.mark.gpu
+@torch.inference_mode()
+def test_same_outputs_as_the_module_on_cuda():
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    model = random_sam(REAL_DECODER).cuda()
+    embedding, points = inputs(model, 256)
+    embedding, points = embedding.cuda(), points.cuda()
+    ref_masks, ref_iou = module_outputs(model, embedding, points)
+
+    decoder = PromptBatchDecoder(model)
+    masks, iou, keep = decoder.decode(decoder.prepare(embedding), points)
+
+    assert keep.all()
+    torch.testing.assert_close(masks, ref_masks, atol=1e-4 * ref_masks.abs().max(), rtol=0)
+    torch.testing.assert_close(iou, ref_iou, atol=1e-4, rtol=1e-4)
