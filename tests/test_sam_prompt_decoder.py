@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from benchmarks.bench_decoder import module_decode
 from fiftyone_ssa.models.sam_loader import build_sam
 from fiftyone_ssa.models.sam_prompt_decoder import PromptBatchDecoder
 from fiftyone_ssa.models.tiny_sam import TINY_SAM_CONFIG
@@ -34,16 +35,7 @@ def random_sam(overrides: dict, seed: int = 0):
 
 def module_outputs(model, embedding: torch.Tensor, points: torch.Tensor):
     """segment-anything's (3B, 4h, 4w) multimask logits and (3B,) IoU predictions."""
-    labels = torch.ones((len(points), 1), dtype=torch.int)
-    sparse, dense = model.prompt_encoder(points=(points[:, None], labels), boxes=None, masks=None)
-    masks, iou = model.mask_decoder(
-        image_embeddings=embedding,
-        image_pe=model.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=True,
-    )
-    return masks.flatten(0, 1), iou.flatten()
+    return module_decode(model, embedding, points, threshold=0.0)
 
 
 def inputs(model, n_points: int, seed: int = 1):

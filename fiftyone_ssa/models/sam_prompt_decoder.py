@@ -8,11 +8,11 @@ result, only the order of floating-point operations:
 
 - The first layer's image tokens are the same for every prompt, so its image-side projections
   (token-to-image keys and values, image-to-token queries) are computed once per image.
-- Later attentions never project the image tokens: token-to-image scores are
-  ``(q W_k) (keys + pe)^T`` (the key bias adds a constant per query, which softmax ignores) and
-  their values ``(A keys) W_v^T + b_v`` (attention rows sum to one); image-to-token scores are
-  ``(keys + pe) (W_q^T k^T) + b_q k^T`` and the output projection is applied to the token values
-  before attention, ``A (v W_out^T)``. Per prompt and attention this costs
+- Later attentions never project the image tokens: scores are ``(t W) keys^T + (t W) pe^T +
+  t b`` for projected prompt tokens ``t`` and the image side's projection ``(W, b)``, with
+  ``pe W^T`` computed once per image; token-to-image values are ``(A keys) W_v^T + b_v``
+  (attention rows sum to one); image-to-token outputs apply the output projection to the token
+  values before attention, ``A (v W_out^T)``. Per prompt and attention this costs about
   ``heads x tokens x HW x C`` multiply-adds instead of ``HW x C x C / downsample_rate``.
 - The upsampling network and the hypernetworks run only for prompts with at least one mask
   whose predicted IoU passes the caller's threshold (the IoU head reads the transformer's
@@ -82,6 +82,42 @@ def _weight_heads(linear: torch.nn.Linear, num_heads: int) -> torch.Tensor:
     return linear.weight.reshape(num_heads, out_dim // num_heads, in_dim)
 
 
+def _scores_against_image(
+    token_proj: torch.nn.Linear,
+    image_proj: torch.nn.Linear,
+    num_heads: int,
+    tokens: torch.Tensor,
+    keys: torch.Tensor,
+    pe_image: torch.Tensor,
+) -> torch.Tensor:
+    """Scaled attention scores between prompt tokens and per-prompt image tokens.
+
+    ``token_proj(tokens) . image_proj(keys + pe)`` per head, without projecting the image tokens:
+    ``(t W_image) keys^T + t pe_image^T + t b_image`` with ``t`` the projected tokens.
+
+    Args:
+        token_proj: the projection of the prompt tokens (queries or keys of the attention).
+        image_proj: the projection of the image tokens.
+        num_heads: the attention's heads.
+        tokens: (B, T, C) prompt tokens (with their positional encoding).
+        keys: (B, HW, C) image tokens.
+        pe_image: (heads, HW, d) their positional encoding through ``image_proj``'s weights.
+
+    Returns:
+        (B, heads, T, HW) scores divided by sqrt(d).
+    """
+    t = _heads(token_proj(tokens), num_heads)  # (B, heads, T, d)
+    b, heads, n, d = t.shape
+    t = t / math.sqrt(d)
+    t_image = torch.einsum("bhtd,hdc->bhtc", t, _weight_heads(image_proj, heads))
+    bias = torch.einsum("bhtd,hd->bht", t, image_proj.bias.reshape(heads, d))
+    shared = _shared_image_scores(t, pe_image) + bias[..., None]  # (B, heads, T, HW)
+    scores = torch.baddbmm(
+        shared.reshape(b, heads * n, -1), t_image.reshape(b, heads * n, -1), keys.transpose(1, 2)
+    )
+    return scores.reshape(b, heads, n, -1)
+
+
 def _tokens_to_image(
     attn: Attention, queries: torch.Tensor, keys: torch.Tensor, pe_keys: torch.Tensor
 ) -> torch.Tensor:
@@ -97,16 +133,12 @@ def _tokens_to_image(
         (B, T, C) the attention output.
     """
     heads = attn.num_heads
-    q = _heads(attn.q_proj(queries), heads)  # (B, heads, T, d)
-    b, _, t, d = q.shape
-    q = q / math.sqrt(d)
-    q_keys = torch.einsum("bhtd,hdc->bhtc", q, _weight_heads(attn.k_proj, heads))
-    q_keys = q_keys.reshape(b, heads * t, -1)  # (B, heads*T, C)
-    pe_scores = _shared_image_scores(q, pe_keys).reshape(b, heads * t, -1)
-    scores = torch.baddbmm(pe_scores, q_keys, keys.transpose(1, 2))  # (B, heads*T, HW)
-    pooled = (torch.softmax(scores, dim=-1) @ keys).reshape(b, heads, t, -1)
+    scores = _scores_against_image(attn.q_proj, attn.k_proj, heads, queries, keys, pe_keys)
+    b, _, t, hw = scores.shape
+    weights = torch.softmax(scores, dim=-1).reshape(b, heads * t, hw)
+    pooled = (weights @ keys).reshape(b, heads, t, -1)  # (B, heads, T, C)
     values = torch.einsum("bhtc,hdc->bhtd", pooled, _weight_heads(attn.v_proj, heads))
-    values = values + attn.v_proj.bias.reshape(heads, 1, d)
+    values = values + attn.v_proj.bias.reshape(heads, 1, -1)
     return attn.out_proj(_merge_heads(values))
 
 
@@ -142,29 +174,6 @@ def _tokens_to_shared_image(
     weights = torch.softmax(_shared_image_scores(q / math.sqrt(d), keys), dim=-1)
     pooled = weights.transpose(0, 1).reshape(heads, b * t, -1) @ values  # (heads, B*T, d)
     return attn.out_proj(_merge_heads(pooled.reshape(heads, b, t, d).transpose(0, 1)))
-
-
-def _image_to_token_scores(
-    attn: Attention, keys: torch.Tensor, pe_queries: torch.Tensor, token_keys: torch.Tensor
-) -> torch.Tensor:
-    """(B, heads, T, HW) scaled scores of per-prompt image tokens (queries) and prompt tokens.
-
-    Args:
-        attn: segment-anything ``Attention``.
-        keys: (B, HW, C) image tokens (the queries are ``keys + pe``, projected).
-        pe_queries: (heads, HW, d) their positional encoding through the query weights.
-        token_keys: (B, T, C) prompt tokens plus their positional encoding.
-    """
-    heads = attn.num_heads
-    k = _heads(attn.k_proj(token_keys), heads)  # (B, heads, T, d)
-    b, _, t, d = k.shape
-    k = k / math.sqrt(d)
-    k_query = torch.einsum("bhtd,hdc->bhtc", k, _weight_heads(attn.q_proj, heads))
-    k_query = k_query.reshape(b, heads * t, -1)  # (B, heads*T, C)
-    bias = torch.einsum("bhtd,hd->bht", k, attn.q_proj.bias.reshape(heads, d))
-    shared = _shared_image_scores(k, pe_queries) + bias[..., None]
-    scores = torch.baddbmm(shared.reshape(b, heads * t, -1), k_query, keys.transpose(1, 2))
-    return scores.reshape(b, heads, t, -1)
 
 
 def _image_to_tokens(
@@ -372,7 +381,10 @@ class PromptBatchDecoder:
                 )
                 keys = context.src
             else:
-                scores = _image_to_token_scores(i2t, keys, context.pe_image_queries[index - 1], q)
+                pe_queries = context.pe_image_queries[index - 1]
+                scores = _scores_against_image(
+                    i2t.k_proj, i2t.q_proj, i2t.num_heads, q, keys, pe_queries
+                )
             keys = layer.norm4(_image_to_tokens(i2t, scores, queries, keys))
 
         final = self.transformer.final_attn_token_to_image
