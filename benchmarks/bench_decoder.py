@@ -21,6 +21,7 @@ import torch
 from benchmarks.harness import Results
 from fiftyone_ssa.models.sam_loader import build_sam
 from fiftyone_ssa.models.sam_prompt_decoder import PromptBatchDecoder
+from tests.fixtures.sam import module_decode
 
 # segment-anything's ViT-B config with a 1-layer, 32-dim encoder: the decoder is full size.
 CONFIG = {
@@ -37,24 +38,6 @@ CONFIG = {
     "iou_head_hidden_dim": 256,
 }
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
-
-
-def module_decode(model, embedding: torch.Tensor, points: torch.Tensor, threshold: float):
-    """segment-anything's decoder as its generator calls it, then the IoU filter."""
-    labels = torch.ones((len(points), 1), dtype=torch.int, device=points.device)
-    sparse, dense = model.prompt_encoder(points=(points[:, None], labels), boxes=None, masks=None)
-    masks, iou = model.mask_decoder(
-        image_embeddings=embedding,
-        image_pe=model.prompt_encoder.get_dense_pe(),
-        sparse_prompt_embeddings=sparse,
-        dense_prompt_embeddings=dense,
-        multimask_output=True,
-    )
-    masks, iou = masks.flatten(0, 1), iou.flatten()
-    if threshold > 0.0:
-        keep = iou > threshold
-        masks, iou = masks[keep], iou[keep]
-    return masks, iou
 
 
 def run(

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from benchmarks.bench_decoder import module_decode
 from fiftyone_ssa.models.sam_loader import build_sam
 from fiftyone_ssa.models.sam_prompt_decoder import PromptBatchDecoder
 from fiftyone_ssa.models.tiny_sam import TINY_SAM_CONFIG
+from tests.fixtures.sam import module_decode
 
 # Every published SAM has this decoder (prompt dim 256, 2 layers, 8 heads, MLP 2048).
 REAL_DECODER = {
@@ -33,11 +33,6 @@ def random_sam(overrides: dict, seed: int = 0):
     return model
 
 
-def module_outputs(model, embedding: torch.Tensor, points: torch.Tensor):
-    """segment-anything's (3B, 4h, 4w) multimask logits and (3B,) IoU predictions."""
-    return module_decode(model, embedding, points, threshold=0.0)
-
-
 def inputs(model, n_points: int, seed: int = 1):
     generator = torch.Generator().manual_seed(seed)
     dim = model.prompt_encoder.embed_dim
@@ -51,7 +46,7 @@ def inputs(model, n_points: int, seed: int = 1):
 def test_same_outputs_as_the_module(overrides):
     model = random_sam(overrides)
     embedding, points = inputs(model, 12)
-    ref_masks, ref_iou = module_outputs(model, embedding, points)
+    ref_masks, ref_iou = module_decode(model, embedding, points)
     assert ref_masks.std(0).mean() > 0.1, "the prompts should give different masks"
 
     decoder = PromptBatchDecoder(model)
@@ -69,7 +64,7 @@ def test_iou_filter_keeps_the_modules_masks_in_order():
     with torch.no_grad():  # positive IoUs: a threshold <= 0 turns the filter off
         model.mask_decoder.iou_prediction_head.layers[-1].bias += 100.0
     embedding, points = inputs(model, 10, seed=4)
-    ref_masks, ref_iou = module_outputs(model, embedding, points)
+    ref_masks, ref_iou = module_decode(model, embedding, points)
     ordered = ref_iou.sort().values
     threshold = float((ordered[14] + ordered[15]) / 2)  # between two values: no ties
     expected = ref_iou > threshold
@@ -96,10 +91,37 @@ def test_nothing_kept_gives_empty_outputs():
     assert keep.shape == (15,) and not keep.any()
 
 
+@torch.inference_mode()
+def test_no_prompts_give_empty_outputs():
+    model = random_sam({})
+    embedding, _ = inputs(model, 1)
+    decoder = PromptBatchDecoder(model)
+    masks, iou, keep = decoder.decode(decoder.prepare(embedding), torch.zeros(0, 2), 0.5)
+    assert masks.shape == (0, 256, 256) and iou.shape == (0,) and keep.shape == (0,)
+
+
+@torch.inference_mode()
+def test_bfloat16_autocast_is_as_close_to_float32_as_the_module():
+    model = random_sam(REAL_DECODER, seed=5)
+    embedding, points = inputs(model, 8, seed=6)
+    ref_masks, ref_iou = module_decode(model, embedding, points)
+    decoder = PromptBatchDecoder(model)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        module_masks, _ = module_decode(model, embedding, points)
+        masks, iou, _ = decoder.decode(decoder.prepare(embedding), points)
+    module_error = (module_masks.float() - ref_masks).abs().mean()
+    error = (masks.float() - ref_masks).abs().mean()
+    assert error < 2 * module_error
+    torch.testing.assert_close(iou.float(), ref_iou, atol=0.05, rtol=0.05)
+
+
 def test_bad_inputs_raise_value_error():
     model = random_sam({})
-    with pytest.raises(ValueError, match=r"\(1, C, h, w\)"):
-        PromptBatchDecoder(model).prepare(torch.zeros(2, 128, 64, 64))
+    decoder = PromptBatchDecoder(model)
+    with pytest.raises(ValueError, match=r"\(1, C, h, w\) = \(1, 128, 64, 64\)"):
+        decoder.prepare(torch.zeros(2, 128, 64, 64))
+    with pytest.raises(ValueError, match=r"but got shape \(1, 128, 32, 32\)"):
+        decoder.prepare(torch.zeros(1, 128, 32, 32))
     with pytest.raises(ValueError, match="at least one transformer layer"):
         PromptBatchDecoder(random_sam({"decoder_depth": 0}))
 
@@ -119,7 +141,7 @@ def test_same_outputs_as_the_module_on_cuda():
     model = random_sam(REAL_DECODER).cuda()
     embedding, points = inputs(model, 256)
     embedding, points = embedding.cuda(), points.cuda()
-    ref_masks, ref_iou = module_outputs(model, embedding, points)
+    ref_masks, ref_iou = module_decode(model, embedding, points)
 
     decoder = PromptBatchDecoder(model)
     masks, iou, keep = decoder.decode(decoder.prepare(embedding), points)

@@ -424,7 +424,8 @@ class FastMaskGenerator:
         kept["stability"], kept["boxes"] = [], []
         for batch in _chunks(len(points), self.points_per_batch):
             low_res, iou, keep = self._decode(context, model_points[batch])
-            point_of = points[batch].repeat_interleave(3, dim=0)[keep]
+            per_prompt = len(keep) // len(model_points[batch])  # multimask outputs (3)
+            point_of = points[batch].repeat_interleave(per_prompt, dim=0)[keep]
             stats = [
                 self._logit_stats(
                     low_res[part],

@@ -152,7 +152,7 @@ def _shared_image_scores(queries: torch.Tensor, keys: torch.Tensor) -> torch.Ten
     b, heads, t, d = queries.shape
     by_head = queries.transpose(0, 1).reshape(heads, b * t, d)
     scores = by_head @ keys.transpose(1, 2)  # (heads, B*T, HW)
-    return scores.reshape(heads, b, t, -1).transpose(0, 1)
+    return scores.reshape(heads, b, t, keys.shape[1]).transpose(0, 1)
 
 
 def _tokens_to_shared_image(
@@ -273,14 +273,20 @@ class PromptBatchDecoder:
         """The per-image part.
 
         Args:
-            image_embedding: (1, C, h, w) the image encoder's output.
+            image_embedding: (1, C, h, w) the image encoder's output, of the size the prompt
+                encoder was built for.
 
         Returns:
-            What :meth:`decode` needs for every batch of this image.
+            What :meth:`decode` needs for every batch of this image; call :meth:`decode` under
+            the same autocast setting.
+
+        Raises:
+            ValueError: for an embedding of another shape.
         """
-        if image_embedding.ndim != 4 or image_embedding.shape[0] != 1:
+        expected = (1, self.prompt_encoder.embed_dim, *self.prompt_encoder.image_embedding_size)
+        if tuple(image_embedding.shape) != expected:
             raise ValueError(
-                "Expected `image_embedding` to be (1, C, h, w), but got shape "
+                f"Expected `image_embedding` to be (1, C, h, w) = {expected}, but got shape "
                 f"{tuple(image_embedding.shape)}"
             )
         size = tuple(image_embedding.shape[-2:])
@@ -299,8 +305,8 @@ class PromptBatchDecoder:
             first_image_queries=_heads(i2t.q_proj(src + pe), i2t.num_heads),
             pe_keys=[_heads(pe @ a.k_proj.weight.T, a.num_heads) for a in later_t2i],
             pe_image_queries=[
-                _heads(pe @ layer.cross_attn_image_to_token.q_proj.weight.T, i2t.num_heads)
-                for layer in layers[1:]
+                _heads(pe @ a.q_proj.weight.T, a.num_heads)
+                for a in (layer.cross_attn_image_to_token for layer in layers[1:])
             ],
         )
 
@@ -312,43 +318,55 @@ class PromptBatchDecoder:
         Args:
             context: from :meth:`prepare`.
             point_coords: (B, 2) XY in SAM's input frame (foreground points).
-            iou_threshold: keep masks whose predicted IoU is above this; 0 keeps all.
+            iou_threshold: keep masks whose predicted IoU is above this; <= 0 keeps all (as
+                ``SamAutomaticMaskGenerator``'s ``pred_iou_thresh``).
 
         Returns:
-            low_res: (M, 4h, 4w) logits of the kept masks, prompt-major (prompt 0's kept masks
-                first), as the module's ``masks[:, 1:]`` flattened and filtered.
-            iou: (M,) their predicted IoU.
-            keep: (3B,) bool, which of the 3B masks were kept.
+            low_res: (K, 4h, 4w) logits of the kept masks, prompt-major (prompt 0's kept masks
+                first), as the module's ``masks[:, 1:]`` (multimask output) flattened and
+                filtered.
+            iou: (K,) their predicted IoU.
+            keep: (B*M,) bool, which of the B*M masks were kept (M = 3 multimask outputs for
+                every published SAM).
         """
+        decoder = self.decoder
+        if len(point_coords) == 0:
+            side = (4 * context.size[0], 4 * context.size[1])
+            empty = context.src.new_zeros((0, *side))
+            return empty, empty.new_zeros(0), torch.zeros(0, dtype=torch.bool, device=empty.device)
         labels = torch.ones((len(point_coords), 1), dtype=torch.int, device=point_coords.device)
         sparse, _ = self.prompt_encoder(
             points=(point_coords[:, None], labels), boxes=None, masks=None
         )
-        decoder = self.decoder
         output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight])
-        tokens = torch.cat(
-            [output_tokens.expand(len(sparse), -1, -1).to(sparse.dtype), sparse], dim=1
-        )  # (B, T, C)
+        tokens = torch.cat([output_tokens.expand(len(sparse), -1, -1), sparse], dim=1)  # (B, T, C)
         queries, keys = self._transformer(context, tokens)
 
-        iou_all = decoder.iou_prediction_head(queries[:, 0])[:, 1:]  # (B, 3)
-        if iou_threshold > 0.0:
-            keep = iou_all > iou_threshold
+        iou = decoder.iou_prediction_head(queries[:, 0])[:, 1:]  # (B, M)
+        mask_tokens = queries[:, 2 : 1 + decoder.num_mask_tokens]  # (B, M, C)
+        if iou_threshold <= 0.0:  # no filter: no indexing, no host synchronisation
+            keep = torch.ones(iou.numel(), dtype=torch.bool, device=iou.device)
+            masks = self._masks(context, keys, mask_tokens)
+            return masks.flatten(0, 1), iou.flatten(), keep
+        passing = iou > iou_threshold  # (B, M)
+        prompts = passing.any(1).nonzero()[:, 0]
+        if len(prompts) < len(passing):  # upsample only prompts with a passing mask
+            keys, mask_tokens = keys[prompts], mask_tokens[prompts]
+            iou, passing_kept = iou[prompts], passing[prompts]
         else:
-            keep = torch.ones_like(iou_all, dtype=torch.bool)
-        all_kept = keep.flatten()
-        prompts = keep.any(1)
-        mask_tokens = queries[:, 2 : 1 + decoder.num_mask_tokens]
-        if not bool(prompts.all()):  # copy only when some prompts drop out
-            keys, mask_tokens, iou_all, keep = (
-                t[prompts] for t in (keys, mask_tokens, iou_all, keep)
-            )
+            passing_kept = passing
+        masks = self._masks(context, keys, mask_tokens)
+        return masks[passing_kept], iou[passing_kept], passing.flatten()
+
+    def _masks(
+        self, context: ImageContext, keys: torch.Tensor, mask_tokens: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, M, 4h, 4w) logits from (B, HW, C) image tokens and (B, M, C) mask tokens."""
+        hypernetworks = self.decoder.output_hypernetworks_mlps[1:]
         hyper = torch.stack(
-            [mlp(mask_tokens[:, i]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps[1:])],
-            dim=1,
-        )  # (B', 3, c')
-        masks = _upscaled_masks(decoder.output_upscaling, keys, hyper, context.size)
-        return masks[keep], iou_all[keep], all_kept
+            [mlp(mask_tokens[:, i]) for i, mlp in enumerate(hypernetworks)], dim=1
+        )  # (B, M, C/8)
+        return _upscaled_masks(self.decoder.output_upscaling, keys, hyper, context.size)
 
     def _transformer(
         self, context: ImageContext, tokens: torch.Tensor
@@ -386,6 +404,10 @@ class PromptBatchDecoder:
                     i2t.k_proj, i2t.q_proj, i2t.num_heads, q, keys, pe_queries
                 )
             keys = layer.norm4(_image_to_tokens(i2t, scores, queries, keys))
+            if torch.is_autocast_enabled(keys.device.type):
+                # CUDA autocast runs layer_norm in float32, and every later use of the image
+                # tokens (matrix products only) would cast all of them again: cast once.
+                keys = keys.to(torch.get_autocast_dtype(keys.device.type))
 
         final = self.transformer.final_attn_token_to_image
         attn_out = _tokens_to_image(final, queries + tokens, keys, context.pe_keys[-1])
