@@ -279,7 +279,7 @@ class EngineJob(LabellingJob):
         schema[runs.error_field(lf)] = (fo.StringField, {})
         return schema
 
-    def prepare(self, dataset: fo.Dataset) -> None:
+    def prepare(self, dataset: fo.Dataset, others_remain: bool) -> None:
         if self.write_segmentation and self.settings["vocabulary_mode"] == "restrict":
             # A fixed class list: ids known before any rank labels anything.
             targets = _SegmentationTargets(dataset, self.seg_field)

@@ -204,6 +204,8 @@ def apply_ssa(
         raise ValueError(f"Expected `batch_size` to be >= 1, but got {batch_size}")
     if top_k < 1:
         raise ValueError(f"Expected `top_k` to be >= 1, but got {top_k}")
+    if isinstance(classes, str):
+        raise ValueError(f"Expected `classes` to be a list of class names, but got {classes!r}")
     config = {
         "kind": "ssa",
         "label_field": label_field,
@@ -227,7 +229,7 @@ def apply_ssa(
     )
     device = device or distributed.default_device(distributed.current_ranks())
     branch_kwargs = {"device": device}
-    if classes:
+    if classes is not None:
         branch_kwargs["classes"] = list(classes)
     semantic = create_branch(semantic_branch, kind="semantic", **branch_kwargs)
     masks = create_branch(mask_branch, kind="mask", device=device, **mask_generator_options)
@@ -280,6 +282,7 @@ class SSAJob(LabellingJob):
             isinstance(semantic, FieldSemanticBranch) and isinstance(masks, FieldMaskBranch)
         )
         self.seen_classes: dict[int, str] = {}
+        self.others_remain = False
 
     def _segmentation_fields(self) -> list[str]:
         types = output_types(self.label_field, self.write_branch)
@@ -294,9 +297,10 @@ class SSAJob(LabellingJob):
         schema[runs.error_field(lf)] = (fo.StringField, {})
         return schema
 
-    def prepare(self, dataset: fo.Dataset) -> None:
+    def prepare(self, dataset: fo.Dataset, others_remain: bool) -> None:
+        self.others_remain = others_remain
         if self.semantic.classes:
-            self._set_mask_targets(dataset, dict(self.semantic.classes))
+            self._set_mask_targets(dataset, dict(self.semantic.classes), check=True)
 
     def label_batch(self, batch, images, skip_failures):
         return _label_batch(
@@ -358,9 +362,33 @@ class SSAJob(LabellingJob):
         if seen:
             self._set_mask_targets(dataset, seen)
 
-    def _set_mask_targets(self, dataset: fo.Dataset, targets: dict[int, str]) -> None:
+    def _set_mask_targets(
+        self, dataset: fo.Dataset, targets: dict[int, str], check: bool = False
+    ) -> None:
+        """Sets the painted fields' mask targets, kept valid for other runs' remaining labels.
+
+        Args:
+            dataset: the dataset.
+            targets: class id -> name of this run.
+            check: raise ValueError (before anything is written) when other runs' labels
+                remain and read some id as another class; else this run's names win.
+        """
         for name in self._segmentation_fields():
-            dataset.mask_targets[name] = targets
+            existing = dataset.mask_targets.get(name) or {}
+            merged = targets
+            if self.others_remain:
+                clash = sorted(
+                    i for i in targets.keys() & existing.keys() if targets[i] != existing[i]
+                )
+                if clash and check:
+                    i = clash[0]
+                    raise ValueError(
+                        f"the labels other runs left in {name!r} read class id {i} as "
+                        f"{existing[i]!r}, this run as {targets[i]!r}; label into another "
+                        "label_field, or relabel every sample with overwrite=True"
+                    )
+                merged = {**existing, **targets}
+            dataset.mask_targets[name] = merged
         dataset.save()
 
 

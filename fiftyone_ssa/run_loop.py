@@ -49,8 +49,18 @@ class LabellingJob:
         """The fields and label attributes to declare (see ``runs.declare_output_fields``)."""
         raise NotImplementedError
 
-    def prepare(self, dataset: fo.Dataset) -> None:
-        """Dataset-level settings known before labelling (rank 0 only, before any write)."""
+    def prepare(self, dataset: fo.Dataset, others_remain: bool) -> None:
+        """Dataset-level settings known before labelling (rank 0 only, before any write).
+
+        Args:
+            dataset: the dataset.
+            others_remain: labels of other runs stay in the output fields after this run
+                (``skip_existing``, or ``overwrite`` on part of the dataset), so dataset-level
+                settings such as mask targets must keep serving them.
+
+        Raises:
+            ValueError: when this run's settings cannot coexist with those labels.
+        """
 
     def start(self, dataset: fo.Dataset) -> None:
         """Per-rank set-up once the dataset's settings are final (every rank)."""
@@ -118,15 +128,22 @@ def execute_labelling_run(
 
     plan = None
     if ranks.is_main:
-        runs.declare_output_fields(dataset, job.output_schema())
-        job.prepare(dataset)
-        runs.record_run(dataset, label_field, run_key, config)
-        pending = runs.pending_samples(samples, label_field, run_key, skip_existing, resume)
-        ranges = None
-        if ranks.is_distributed:
-            ranges = distributed.split_evenly(sorted(pending.values("_id")), ranks.world_size)
-        plan = (ranges, len(samples) - len(pending))
-    ranges, skipped = distributed.broadcast_from_main(plan)
+        try:
+            pending = runs.pending_samples(samples, label_field, run_key, skip_existing, resume)
+            others_remain = runs.foreign_labels(dataset, label_field, run_key, excluding=pending)
+            runs.declare_output_fields(dataset, job.output_schema())
+            job.prepare(dataset, others_remain)
+            runs.record_run(dataset, label_field, run_key, config)
+            ranges = None
+            if ranks.is_distributed:
+                ranges = distributed.split_evenly(sorted(pending.values("_id")), ranks.world_size)
+            plan = (ranges, len(samples) - len(pending))
+        except ValueError as error:  # refused before any write: every rank raises it
+            plan = error
+    plan = distributed.broadcast_from_main(plan)
+    if isinstance(plan, ValueError):
+        raise plan
+    ranges, skipped = plan
     if ranks.is_distributed:
         dataset.reload()
     job.start(dataset)

@@ -96,7 +96,18 @@ def error_field(label_field: str) -> str:
 
 
 def check_target(samples, label_field: str) -> None:
-    """Raises ValueError (one line) for an empty collection or an unusable output field name."""
+    """Raises ValueError (one line) for a collection that cannot be labelled (not images, a
+    generated view, empty) or an unusable output field name."""
+    if samples._is_generated:
+        raise ValueError(
+            "Expected a dataset or a view of its samples, but got a patches, frames or clips "
+            "view (labels written there would not reach its source dataset)"
+        )
+    if samples.media_type != "image":
+        raise ValueError(
+            f"Expected a collection of images, but got media type {samples.media_type!r} (for a "
+            "grouped dataset, select an image slice with select_group_slices)"
+        )
     if len(samples) == 0:
         raise ValueError("the view is empty: nothing to label")
     if not isinstance(label_field, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", label_field):
@@ -196,9 +207,18 @@ def check_outputs_free(
         )
 
 
-def foreign_labels(dataset: fo.Dataset, label_field: str, run_key: str) -> bool:
-    """Whether any sample has a ``label_field`` label that another run wrote."""
+def foreign_labels(dataset: fo.Dataset, label_field: str, run_key: str, excluding=None) -> bool:
+    """Whether any sample has a ``label_field`` label that another run wrote.
+
+    Args:
+        dataset: the dataset.
+        label_field: the run's main output field.
+        run_key: this run's key.
+        excluding: a view of samples not to count (e.g. those the run relabels).
+    """
     others = dataset.exists(label_field).match(F(f"{label_field}.{RUN_KEY_ATTRIBUTE}") != run_key)
+    if excluding is not None:
+        others = others.exclude(excluding.values("id"))
     return bool(others.limit(1).count())
 
 
@@ -212,13 +232,19 @@ def pending_samples(samples, label_field: str, run_key: str, skip_existing: bool
         skip_existing: skip samples with any ``label_field`` label.
         resume: skip samples this very run (same run key) already labelled.
     """
-    if label_field not in samples._dataset.get_field_schema():
+    dataset = samples._dataset
+    if label_field not in dataset.get_field_schema():
         return samples
+    # Matched on the dataset: a view may hide the field (select_fields, exclude_fields), and
+    # every sample would then look unlabelled.
     if skip_existing:
-        return samples.exists(label_field, False)
-    if resume:
-        return samples.match(F(f"{label_field}.{RUN_KEY_ATTRIBUTE}") != run_key)
-    return samples
+        done = dataset.exists(label_field)
+    elif resume:
+        done = dataset.match(F(f"{label_field}.{RUN_KEY_ATTRIBUTE}") == run_key)
+    else:
+        return samples
+    done_ids = done.values("id")
+    return samples.exclude(done_ids) if done_ids else samples
 
 
 def declare_output_fields(dataset: fo.Dataset, schema: dict[str, tuple[type, dict]]) -> None:

@@ -134,3 +134,69 @@ def test_size_mismatch_is_a_recorded_skip(scene_dataset):
             mask_branch="field:instances",
             skip_failures=False,
         )
+
+
+def test_views_hiding_the_label_field_still_skip_and_resume(scene_dataset):
+    ds = scene_dataset(n=3)
+    branches = {"semantic_branch": "field:coarse", "mask_branch": "field:instances"}
+    first = apply_ssa(ds, **branches)
+    keys = ds.values("ssa.run_key")
+    # the view hides `ssa`: labelled samples must still count as labelled
+    view = ds.select_fields(["coarse", "instances"])
+    summary = apply_ssa(view, top_k=2, skip_existing=True, **branches)
+    assert summary.num_labelled == 0 and summary.skipped_existing == 3
+    summary = apply_ssa(ds.exclude_fields("ssa"), **branches)  # resume of the first run
+    assert summary.num_labelled == 0 and summary.skipped_existing == 3
+    assert ds.values("ssa.run_key") == keys == [first.run_key] * 3
+
+
+def test_runs_with_other_class_ids_cannot_mix_in_one_field(scene_dataset):
+    ds = scene_dataset(n=3)
+    ds.clone_sample_field("coarse", "coarse2")
+    renamed = {i: f"other_{name}" for i, name in SCENE_CLASSES.items()}
+    ds.mask_targets = {**ds.mask_targets, "coarse2": renamed}
+    ds.save()
+    apply_ssa(ds[:1], semantic_branch="field:coarse", mask_branch="field:instances")
+    other = {"semantic_branch": "field:coarse2", "mask_branch": "field:instances"}
+
+    # the first sample keeps its labels: the field's class names must stay theirs
+    with pytest.raises(ValueError, match="read class id 0 as"):
+        apply_ssa(ds, skip_existing=True, **other)
+    with pytest.raises(ValueError, match="relabel every sample with overwrite=True"):
+        apply_ssa(ds[1:], overwrite=True, **other)
+    assert ds.count("ssa") == 1 and ds.mask_targets["ssa"] == SCENE_CLASSES
+
+    # same names: the runs share the field; relabelling everything replaces the names
+    summary = apply_ssa(
+        ds,
+        skip_existing=True,
+        top_k=2,
+        semantic_branch="field:coarse",
+        mask_branch="field:instances",
+    )
+    assert summary.num_labelled == 2 and ds.mask_targets["ssa"] == SCENE_CLASSES
+    summary = apply_ssa(ds, overwrite=True, **other)
+    assert summary.num_labelled == 3 and ds.mask_targets["ssa"] == renamed
+
+
+def test_refuses_collections_it_cannot_label(scene_dataset, make_dataset, tmp_path):
+    ds = scene_dataset(n=2)
+    branches = {"semantic_branch": "field:coarse", "mask_branch": "field:instances"}
+    with pytest.raises(ValueError, match="`classes` to be a list of class names"):
+        apply_ssa(ds, classes="cat", **branches)
+    with pytest.raises(ValueError, match="patches, frames or clips view"):
+        apply_ssa(ds.to_patches("instances"), **branches)
+
+    video = make_dataset()
+    video.add_sample(fo.Sample(filepath=str(tmp_path / "clip.mp4")))
+    with pytest.raises(ValueError, match="media type 'video'"):
+        apply_ssa(video, **branches)
+
+    grouped = make_dataset()
+    grouped.add_group_field("group", default="left")
+    group = fo.Group()
+    for name in ("left", "right"):
+        grouped.add_sample(fo.Sample(filepath=ds.first().filepath, group=group.element(name)))
+    with pytest.raises(ValueError, match="media type 'group'.*select_group_slices"):
+        apply_ssa(grouped, **branches)
+    assert "ssa" not in grouped.get_field_schema() and "ssa" not in video.get_field_schema()

@@ -220,20 +220,57 @@ RUN_CASES = [
     ("output-field-is-an-input", [*FIELDS, "--label-field", "coarse"], ["coarse"]),
     ("empty-view", [*FIELDS, "--view-tag", "no-such-tag"], ["empty"]),
     ("bad-batch-size", [*FIELDS, "--batch-size", "0"], ["batch_size"]),
+    ("zero-limit", [*FIELDS, "--limit", "0"], ["--limit", ">= 1"]),
+    (
+        "clipseg-without-classes",
+        ["--semantic-branch", "{clipseg}", "--mask-branch", "field:masks"],
+        ["non-empty list of class names for CLIPSeg"],
+    ),
+    (
+        "non-integer-mask-option",
+        ["--semantic-branch", "field:coarse", "--mask-branch", "{sam}"]
+        + ["--mask-option", "points_per_side=inf"],
+        ["'points_per_side'", "an integer >= 1", "inf"],
+    ),
+    (
+        "mask-threshold-out-of-range",
+        ["--semantic-branch", "field:coarse", "--mask-branch", "{sam}"]
+        + ["--mask-option", "stability_score_thresh=2"],
+        ["'stability_score_thresh'", "in [0.0, 1.0]"],
+    ),
+    (
+        "mask-option-not-a-number",
+        ["--semantic-branch", "field:coarse", "--mask-branch", "{sam}"]
+        + ["--mask-option", "crop_n_layers=abc"],
+        ["'crop_n_layers'", "'abc'"],
+    ),
 ]
 
 
-def _fill(argv, tmp_path, tiny_sam_dir, tiny_segformer_dir):
-    values = {"tmp": tmp_path, "sam": tiny_sam_dir, "segformer": tiny_segformer_dir}
+def _fill(argv, tmp_path, tiny_sam_dir, tiny_segformer_dir, clipseg_dir):
+    values = {
+        "tmp": tmp_path,
+        "sam": tiny_sam_dir,
+        "segformer": tiny_segformer_dir,
+        "clipseg": clipseg_dir,
+    }
     return [a.format(**values) for a in argv]
 
 
 @pytest.mark.parametrize("argv, expected", _params(RUN_CASES))
 def test_run_wrong_use(
-    cli_dataset, models_dir, tmp_path, tiny_sam_dir, tiny_segformer_dir, capsys, argv, expected
+    cli_dataset,
+    models_dir,
+    tmp_path,
+    tiny_sam_dir,
+    tiny_segformer_dir,
+    tiny_engine_dirs,
+    capsys,
+    argv,
+    expected,
 ):
     before = _state(cli_dataset)
-    argv = _fill(argv, tmp_path, tiny_sam_dir, tiny_segformer_dir)
+    argv = _fill(argv, tmp_path, tiny_sam_dir, tiny_segformer_dir, tiny_engine_dirs["clipseg"])
     code, err = run_cli(
         ["run", cli_dataset.name, *argv, "--device", "cpu", "--models-dir", models_dir], capsys
     )

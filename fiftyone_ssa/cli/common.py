@@ -10,12 +10,14 @@ def load_samples(dataset_name: str, view_tag: list[str] | None = None, limit: in
     """The dataset (or its tagged subset) named on the command line."""
     import fiftyone as fo
 
+    if limit is not None and limit < 1:
+        raise ValueError(f"Expected --limit to be >= 1, but got {limit}")
     if not fo.dataset_exists(dataset_name):
         raise ValueError(f"no dataset named {dataset_name!r}; `fiftyone datasets list` lists them")
     samples = fo.load_dataset(dataset_name)
     if view_tag:
         samples = samples.match_tags(view_tag)
-    if limit:
+    if limit is not None:
         samples = samples.limit(limit)
     return samples
 
@@ -57,7 +59,12 @@ def parse_mask_options(pairs: list[str] | None) -> dict:
         key, sep, value = pair.partition("=")
         if not sep:
             raise ValueError(f"Expected a mask option as KEY=VALUE, but got {pair!r}")
-        number = float(value)
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(
+                f"Expected a number for mask option {key!r}, but got {value!r}"
+            ) from None
         options[key.replace("-", "_")] = (
             int(number) if number.is_integer() and "." not in value else number
         )

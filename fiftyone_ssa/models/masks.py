@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from pathlib import Path
 
@@ -22,19 +24,21 @@ SSA_MASK_GENERATOR_DEFAULTS: dict = {
 }
 
 # segment-anything's SamAutomaticMaskGenerator arguments a user may override.
-MASK_GENERATOR_OPTIONS = (
-    "points_per_side",
-    "points_per_batch",
-    "pred_iou_thresh",
-    "stability_score_thresh",
-    "stability_score_offset",
-    "box_nms_thresh",
-    "crop_n_layers",
-    "crop_nms_thresh",
-    "crop_overlap_ratio",
-    "crop_n_points_downscale_factor",
-    "min_mask_region_area",
-)
+# SamAutomaticMaskGenerator settings a mask branch takes -> (integer?, lowest, highest value).
+_OPTION_RANGES = {
+    "points_per_side": (True, 1, None),
+    "points_per_batch": (True, 1, None),
+    "pred_iou_thresh": (False, 0.0, 1.0),
+    "stability_score_thresh": (False, 0.0, 1.0),
+    "stability_score_offset": (False, None, None),
+    "box_nms_thresh": (False, 0.0, 1.0),
+    "crop_n_layers": (True, 0, None),
+    "crop_nms_thresh": (False, 0.0, 1.0),
+    "crop_overlap_ratio": (False, 0.0, 1.0),
+    "crop_n_points_downscale_factor": (True, 1, None),
+    "min_mask_region_area": (True, 0, None),
+}
+MASK_GENERATOR_OPTIONS = tuple(_OPTION_RANGES)
 
 
 class MaskBranch:
@@ -81,6 +85,21 @@ def _check_options(options: dict) -> dict:
             f"Expected mask generator options among {', '.join(MASK_GENERATOR_OPTIONS)}, but got "
             f"{', '.join(unknown)}"
         )
+    for key, value in options.items():
+        integer, low, high = _OPTION_RANGES[key]
+        if value is None and key == "points_per_batch":
+            continue
+        kind = numbers.Integral if integer else numbers.Real
+        ok = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
+        if ok and ((low is not None and value < low) or (high is not None and value > high)):
+            ok = False
+        if not ok:
+            want = "an integer" if integer else "a finite number"
+            bounds = f" >= {low}" if high is None and low is not None else ""
+            bounds = f" in [{low}, {high}]" if high is not None else bounds
+            raise ValueError(
+                f"Expected mask option {key!r} to be {want}{bounds}, but got {value!r}"
+            )
     return {**SSA_MASK_GENERATOR_DEFAULTS, **options}
 
 

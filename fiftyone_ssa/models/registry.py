@@ -115,7 +115,7 @@ def _semantic_from_dir(path: Path, **kwargs) -> SemanticBranch:
         kwargs.pop("classes", None)
         return OneFormerSemanticBranch(path, **kwargs)
     if model_type == "clipseg":
-        return CLIPSegSemanticBranch(path, **kwargs)
+        return CLIPSegSemanticBranch(path, kwargs.pop("classes", None), **kwargs)
     kwargs.pop("classes", None)
     return TransformersSemanticBranch(path, **kwargs)
 
