@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import tempfile
 from collections.abc import Callable
 
 
@@ -12,7 +15,11 @@ def load_samples(dataset_name: str, view_tag: list[str] | None = None, limit: in
 
     if limit is not None and limit < 1:
         raise ValueError(f"Expected --limit to be >= 1, but got {limit}")
-    if not fo.dataset_exists(dataset_name):
+    with _one_local_rank_at_a_time():
+        # The first query starts FiftyOne's database service when none runs; torchrun's ranks
+        # starting it at once make all but one fail, so they take turns on each machine.
+        exists = fo.dataset_exists(dataset_name)
+    if not exists:
         raise ValueError(f"no dataset named {dataset_name!r}; `fiftyone datasets list` lists them")
     samples = fo.load_dataset(dataset_name)
     if view_tag:
@@ -20,6 +27,23 @@ def load_samples(dataset_name: str, view_tag: list[str] | None = None, limit: in
     if limit is not None:
         samples = samples.limit(limit)
     return samples
+
+
+@contextlib.contextmanager
+def _one_local_rank_at_a_time():
+    """Under torchrun (several local ranks), an exclusive lock shared by this machine's ranks."""
+    if int(os.environ.get("LOCAL_WORLD_SIZE", "1")) <= 1:
+        yield
+        return
+    import fcntl
+
+    path = os.path.join(tempfile.gettempdir(), f"fiftyone-ssa-{os.getuid()}-database.lock")
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
