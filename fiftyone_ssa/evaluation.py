@@ -105,12 +105,27 @@ def evaluate_miou(
     )
     method = config.build()
     method.ensure_requirements()
+    if eval_key is not None and eval_key not in samples._dataset.list_evaluations():
+        schema = samples._dataset.get_field_schema()
+        taken = [f for f in method.get_fields(samples, eval_key, False) if f in schema]
+        if taken:
+            raise ValueError(
+                f"field {taken[0]!r} already exists and is not from evaluation {eval_key!r}; "
+                "choose another eval_key"
+            )
     method.register_run(samples, eval_key)
-    method.register_samples(samples, eval_key)
-    results = method.evaluate_samples(samples, eval_key=eval_key, progress=progress)
-    if eval_key is not None:
-        method.save_run_results(samples, eval_key, results)
-        method.add_fields_to_sidebar_group(samples, eval_key, omit_fields=(pred_field, gt_field))
+    try:
+        method.register_samples(samples, eval_key)
+        results = method.evaluate_samples(samples, eval_key=eval_key, progress=progress)
+        if eval_key is not None:
+            method.save_run_results(samples, eval_key, results)
+            method.add_fields_to_sidebar_group(
+                samples, eval_key, omit_fields=(pred_field, gt_field)
+            )
+    except BaseException:
+        if eval_key is not None:  # no half-saved run: its registration and sample fields go
+            samples._dataset.delete_evaluation(eval_key)
+        raise
     return results
 
 

@@ -387,3 +387,23 @@ def test_cli_eval_prints_table_and_writes_plot(make_dataset, tmp_path, capsys):
         main(["eval", "no-such-dataset-xyz", "--gt", "gt", "--pred", "ssa"])
     assert exit_info.value.code == 1
     assert "no-such-dataset-xyz" in capsys.readouterr().err
+
+
+def test_failed_evaluation_leaves_no_saved_run(make_dataset, tmp_path):
+    rng = np.random.default_rng(5)
+    pairs = random_masks(rng, [0, 1], [0, 1], count=3)
+    dataset = build_dataset(make_dataset, tmp_path, pairs)
+    last = dataset.last()
+    last["pred"] = fo.Segmentation(mask=last["pred"].mask.astype(np.float32))
+    last.save()
+    with pytest.raises(ValueError, match="integer ids"):
+        evaluate_miou(dataset, "pred", "gt", eval_key="ev", progress=False)
+    assert "ev" not in dataset.list_evaluations()
+    assert "ev_miou" not in dataset.get_field_schema()
+
+    # a field of the user's own under the run's field names is never touched
+    dataset.add_sample_field("mine_miou", fof.StringField)
+    dataset.set_values("mine_miou", ["keep"] * 3)
+    with pytest.raises(ValueError, match="'mine_miou' already exists"):
+        evaluate_miou(dataset, "gt", "gt", eval_key="mine", progress=False)
+    assert dataset.values("mine_miou") == ["keep"] * 3 and not dataset.list_evaluations()
