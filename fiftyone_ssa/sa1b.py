@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fiftyone_ssa.core.images import read_size
 from fiftyone_ssa.core.rle import (
     compress_counts,
     decompress_counts,
@@ -306,11 +307,12 @@ def _image_from_record(record: dict, dataset_dir: str, stem: str) -> str:
 
 
 def _image_size(path: str) -> tuple[int, int]:
+    """(width, height) of the image as the pipeline reads it (EXIF orientation applied)."""
     try:
-        with Image.open(path) as img:
-            return img.size
-    except OSError as err:
+        height, width = read_size(path)
+    except (OSError, ValueError) as err:
         raise SA1BFileError(f"unreadable image {os.path.basename(path)!r}: {err}") from err
+    return width, height
 
 
 def _metadata(path: str, width: int, height: int) -> fo.ImageMetadata:
@@ -646,12 +648,20 @@ def _output_path(export_dir: str, filepath: str, suffix: str) -> str:
 
 
 def _sample_size(sample: fo.Sample) -> tuple[int, int]:
-    """(width, height) from the metadata, else from the image file."""
-    md = sample.metadata
-    if md is not None and md.width and md.height:
-        return int(md.width), int(md.height)
-    with Image.open(sample.filepath) as img:
-        return img.size
+    """(width, height) of the image as the pipeline labelled it (EXIF orientation applied),
+    else from the metadata when the file cannot be read.
+
+    Raises:
+        ValueError: neither the file nor the metadata gives the size (names the file).
+    """
+    try:
+        height, width = read_size(sample.filepath)
+        return width, height
+    except (OSError, ValueError) as err:
+        md = sample.metadata
+        if md is not None and md.width and md.height:
+            return int(md.width), int(md.height)
+        raise ValueError(f"cannot read the size of {sample.filepath!r}: {err}") from None
 
 
 def _image_record(sample: fo.Sample, stem: str, index: int, width: int, height: int) -> dict:

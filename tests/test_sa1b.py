@@ -480,3 +480,33 @@ def test_cli_round_trip(make_sa1b_dir, tmp_path, capsys):
         cli.main(["export-sa1b", name, str(tmp_path / "o2"), "--label-field", "sa1b"])
     assert exit_info.value.code == 1
     assert "existing dataset" in capsys.readouterr().err
+
+
+def test_exif_rotated_images_use_the_upright_size(make_dataset, tmp_path):
+    """The pipeline labels images upright (EXIF applied): export and import use that size."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 40 wide x 30 high, shown rotated by 90 degrees: 30 x 40
+    path = tmp_path / "sa_7.jpg"
+    Image.new("RGB", (40, 30)).save(path, exif=exif.tobytes())
+    mask = np.zeros((40, 30), bool)
+    mask[5:20, 3:9] = True
+    ds = make_dataset()
+    ds.add_sample(
+        fo.Sample(
+            filepath=str(path),
+            sa1b=fo.Detections(detections=[fo.Detection.from_mask(mask, label="x")]),
+        )
+    )
+    ds.compute_metadata()
+    out = tmp_path / "out"
+    export_sa1b(ds, str(out), "sa1b", progress=False)
+    record = load_json(out / "sa_7.json")
+    assert (record["image"]["width"], record["image"]["height"]) == (30, 40)
+    assert record["annotations"][0]["segmentation"]["size"] == [40, 30]
+    assert record["annotations"][0]["area"] == int(mask.sum())
+
+    shutil.copy(path, out / "sa_7.jpg")
+    imported = import_sa1b(str(out), mask_dir=str(tmp_path / "m"), progress=False)
+    back = detection_full_mask(imported.first().sa1b.detections[0], 30, 40)
+    imported.delete()
+    assert np.array_equal(back, mask)
