@@ -103,13 +103,13 @@ def check_target(samples, label_field: str) -> None:
             "Expected a dataset or a view of its samples, but got a patches, frames or clips "
             "view (labels written there would not reach its source dataset)"
         )
+    if len(samples) == 0:
+        raise ValueError("the view is empty: nothing to label")
     if samples.media_type != "image":
         raise ValueError(
             f"Expected a collection of images, but got media type {samples.media_type!r} (for a "
             "grouped dataset, select an image slice with select_group_slices)"
         )
-    if len(samples) == 0:
-        raise ValueError("the view is empty: nothing to label")
     if not isinstance(label_field, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", label_field):
         raise ValueError(
             "Expected `label_field` to be a top-level field name (letters, digits and "
