@@ -332,8 +332,8 @@ class SSAJob(LabellingJob):
         lf = self.label_field
         mask_dir = None
         if sum(areas) > MAX_INLINE_MASK_PIXELS:
-            # A directory per run key: relabelling with other settings leaves the files of the labels
-            # it replaces alone until the new labels are written.
+            # A directory per run key: relabelling with other settings leaves the files of the
+            # labels it replaces alone until the new labels are written.
             mask_dir = os.path.join(self.mask_root, f"{lf}_masks", str(sample_id), run_key)
         names = [classes.get(c, str(c)) for c in labels]
         painted = class_map_to_numpy(outcome["painted"])

@@ -130,14 +130,17 @@ def execute_labelling_run(
     if ranks.is_main:
         try:
             pending = runs.pending_samples(samples, label_field, run_key, skip_existing, resume)
-            others_remain = runs.foreign_labels(dataset, label_field, run_key, excluding=pending)
+            pending_ids = pending.values("_id")
+            others_remain = runs.foreign_labels(
+                dataset, label_field, run_key, excluding=pending_ids
+            )
             runs.declare_output_fields(dataset, job.output_schema())
             job.prepare(dataset, others_remain)
             runs.record_run(dataset, label_field, run_key, config)
             ranges = None
             if ranks.is_distributed:
-                ranges = distributed.split_evenly(sorted(pending.values("_id")), ranks.world_size)
-            plan = (ranges, len(samples) - len(pending))
+                ranges = distributed.split_evenly(sorted(pending_ids), ranks.world_size)
+            plan = (ranges, len(samples) - len(pending_ids))
         except ValueError as error:  # refused before any write: every rank raises it
             plan = error
     plan = distributed.broadcast_from_main(plan)

@@ -207,18 +207,20 @@ def check_outputs_free(
         )
 
 
-def foreign_labels(dataset: fo.Dataset, label_field: str, run_key: str, excluding=None) -> bool:
+def foreign_labels(
+    dataset: fo.Dataset, label_field: str, run_key: str, excluding: list | None = None
+) -> bool:
     """Whether any sample has a ``label_field`` label that another run wrote.
 
     Args:
         dataset: the dataset.
         label_field: the run's main output field.
         run_key: this run's key.
-        excluding: a view of samples not to count (e.g. those the run relabels).
+        excluding: ids of samples not to count (e.g. those the run relabels).
     """
     others = dataset.exists(label_field).match(F(f"{label_field}.{RUN_KEY_ATTRIBUTE}") != run_key)
-    if excluding is not None:
-        others = others.exclude(excluding.values("id"))
+    if excluding:
+        others = others.exclude(excluding)
     return bool(others.limit(1).count())
 
 

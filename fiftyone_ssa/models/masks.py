@@ -23,8 +23,8 @@ SSA_MASK_GENERATOR_DEFAULTS: dict = {
     "min_mask_region_area": 100,
 }
 
-# segment-anything's SamAutomaticMaskGenerator arguments a user may override.
-# SamAutomaticMaskGenerator settings a mask branch takes -> (integer?, lowest, highest value).
+# segment-anything's SamAutomaticMaskGenerator settings a user may override -> (integer?,
+# lowest, highest allowed value; None: unbounded).
 _OPTION_RANGES = {
     "points_per_side": (True, 1, None),
     "points_per_batch": (True, 1, None),
@@ -90,16 +90,20 @@ def _check_options(options: dict) -> dict:
         if value is None and key == "points_per_batch":
             continue
         kind = numbers.Integral if integer else numbers.Real
-        ok = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
-        if ok and ((low is not None and value < low) or (high is not None and value > high)):
-            ok = False
+        ok = (
+            isinstance(value, kind)
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and (low is None or value >= low)
+            and (high is None or value <= high)
+        )
         if not ok:
             want = "an integer" if integer else "a finite number"
-            bounds = f" >= {low}" if high is None and low is not None else ""
-            bounds = f" in [{low}, {high}]" if high is not None else bounds
-            raise ValueError(
-                f"Expected mask option {key!r} to be {want}{bounds}, but got {value!r}"
-            )
+            if high is not None:
+                want += f" in [{low}, {high}]"
+            elif low is not None:
+                want += f" >= {low}"
+            raise ValueError(f"Expected mask option {key!r} to be {want}, but got {value!r}")
     return {**SSA_MASK_GENERATOR_DEFAULTS, **options}
 
 
