@@ -227,6 +227,30 @@ def format_comparison_table(results_by_field: Mapping[str, MIoUResults], digits:
     return "\n".join(lines)
 
 
+def check_plot_path(path: str | os.PathLike) -> str:
+    """``path`` as a string, once it is known that a chart can be written there.
+
+    Raises:
+        ImportError: matplotlib (the ``plot`` extra) is missing.
+        ValueError: the extension names no image format matplotlib writes.
+    """
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError as err:
+        raise ImportError(
+            "plotting needs matplotlib: install the `plot` extra (pip install 'fiftyone-ssa[plot]')"
+        ) from err
+    path = os.fspath(path)
+    extension = os.path.splitext(path)[1].lstrip(".").lower()
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if extension and extension not in formats:
+        raise ValueError(
+            f"Expected a chart file ending in one of {', '.join(sorted(formats))} (or no "
+            f"extension, PNG), but got {path!r}"
+        )
+    return path
+
+
 def plot_per_class_iou(
     results_by_field: Mapping[str, MIoUResults],
     path: str | os.PathLike,
@@ -244,14 +268,10 @@ def plot_per_class_iou(
     Returns:
         ``path`` as a string.
     """
-    try:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-        from matplotlib.figure import Figure
-    except ImportError as err:
-        raise ImportError(
-            "plot_per_class_iou needs matplotlib: install the `plot` extra "
-            "(pip install 'fiftyone-ssa[plot]')"
-        ) from err
+    path = check_plot_path(path)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     if not results_by_field:
         raise ValueError("Expected at least one field in `results_by_field`, but got none")
 
@@ -282,7 +302,6 @@ def plot_per_class_iou(
     axes.legend(loc="upper right", fontsize=8)
     axes.set_title(title or "Per-class IoU")
     figure.tight_layout()
-    path = os.fspath(path)
     directory = os.path.dirname(path)
     if directory:
         os.makedirs(directory, exist_ok=True)

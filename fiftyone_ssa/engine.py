@@ -38,7 +38,7 @@ from fiftyone_ssa.models.masks import FieldMaskBranch
 from fiftyone_ssa.models.nouns import DEFAULT_SPACY_MODEL
 from fiftyone_ssa.models.registry import create_branch, field_name
 from fiftyone_ssa.pipeline import DEFAULT_MASK_BRANCH, MAX_INLINE_MASK_PIXELS, sample_masks
-from fiftyone_ssa.run_loop import LabellingJob, execute_labelling_run
+from fiftyone_ssa.run_loop import LabellingJob, check_run_options, execute_labelling_run
 from fiftyone_ssa.runs import SSARunSummary
 
 __all__ = [
@@ -157,7 +157,7 @@ def apply_ssa_engine(
         spacy_model: spaCy pipeline name, path or loaded ``Language``.
         device: torch device (default: CUDA when available).
         batch_size: images whose masks go through the models together.
-        num_workers: threads decoding images ahead of the models.
+        num_workers: threads decoding images ahead of the models (0: none, decoded in turn).
         skip_existing: label only samples whose ``label_field`` is empty.
         overwrite: replace the labels of other runs in the output fields.
         skip_failures: record a failing sample in ``<label_field>_error`` and go on; False
@@ -178,10 +178,7 @@ def apply_ssa_engine(
     Returns:
         A summary of the run.
     """
-    if batch_size < 1:
-        raise ValueError(f"Expected `batch_size` to be >= 1, but got {batch_size}")
-    if top_k < 1:
-        raise ValueError(f"Expected `top_k` to be >= 1, but got {top_k}")
+    check_run_options(batch_size, top_k, num_workers)
     if models is not None and not isinstance(models, (EngineModels, dict)):
         raise ValueError(
             f"Expected `models` to be EngineModels or a dict of model sources, but got "
@@ -278,6 +275,9 @@ class EngineJob(LabellingJob):
             schema.update(runs.label_schema(self.seg_field, fo.Segmentation, {}))
         schema[runs.error_field(lf)] = (fo.StringField, {})
         return schema
+
+    def unwritten_outputs(self) -> dict[str, type]:
+        return {} if self.write_segmentation else {self.seg_field: fo.Segmentation}
 
     def prepare(self, dataset: fo.Dataset, others_remain: bool) -> None:
         if self.write_segmentation and self.settings["vocabulary_mode"] == "restrict":

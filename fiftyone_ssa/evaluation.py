@@ -85,6 +85,10 @@ def evaluate_miou(
 
     Returns:
         The :class:`MIoUResults`.
+
+    Raises:
+        ValueError: fields that are not sample-level Segmentation fields, nothing to evaluate
+            (no sample has both labels), or an ``eval_key`` whose fields are someone else's.
     """
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
         raise ValueError(f"Expected `ignore_index` to be an int, but got {ignore_index!r}")
@@ -97,6 +101,9 @@ def evaluate_miou(
             raise ValueError(
                 f"Expected sample-level Segmentation fields, but got the frame field {field!r}"
             )
+    if not samples.exists(pred_field).exists(gt_field).limit(1).count():
+        what = "the collection is empty" if not len(samples) else "no sample has both labels"
+        raise ValueError(f"nothing to evaluate {pred_field!r} against {gt_field!r}: {what}")
     config = MIoUEvaluationConfig(
         pred_field,
         gt_field,

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 import fiftyone as fo
+import fiftyone.core.fields as fof
 import numpy as np
 import torch
 
@@ -25,7 +26,7 @@ from fiftyone_ssa.labels import (
 from fiftyone_ssa.models.masks import FieldMaskBranch, MaskBranch
 from fiftyone_ssa.models.registry import create_branch, field_name
 from fiftyone_ssa.models.semantic import FieldSemanticBranch, SemanticBranch
-from fiftyone_ssa.run_loop import LabellingJob, execute_labelling_run
+from fiftyone_ssa.run_loop import LabellingJob, check_run_options, execute_labelling_run
 from fiftyone_ssa.runs import SampleSummary, SSARunSummary
 
 __all__ = ["SSARunSummary", "SampleSummary", "apply_ssa", "label_one_image"]
@@ -54,8 +55,13 @@ def output_types(label_field: str, write_branch: bool = True) -> dict[str, type]
 
 
 def _field_classes(samples, name: str) -> dict[int, str]:
+    """A field branch's classes: its mask targets (else the default ones), id -> name."""
     dataset = samples._dataset
     targets = dataset.mask_targets.get(name) or dataset.default_mask_targets or {}
+    if targets and fof.is_rgb_mask_targets(targets):
+        raise ValueError(
+            f"field {name!r} has RGB mask targets; the semantic branch needs integer class ids"
+        )
     return {int(k): str(v) for k, v in targets.items()}
 
 
@@ -85,6 +91,7 @@ def validate_ssa_request(
     semantic_field, mask_field = field_name(semantic_branch), field_name(mask_branch)
     if semantic_field:
         check_label_field(samples, semantic_field, fo.Segmentation, "semantic branch")
+        _field_classes(samples, semantic_field)  # readable class ids
     if mask_field:
         check_label_field(samples, mask_field, fo.Detections, "mask branch")
     outputs = output_types(label_field, write_branch)
@@ -179,7 +186,7 @@ def apply_ssa(
             (an existing Detections field with instance masks) or a ``MaskBranch``.
         device: torch device (default: CUDA when available).
         batch_size: images per semantic-branch call.
-        num_workers: threads decoding images ahead of the models.
+        num_workers: threads decoding images ahead of the models (0: none, decoded in turn).
         skip_existing: label only samples whose ``label_field`` is empty.
         overwrite: replace the labels of other runs in the output fields.
         write_branch: also write ``<label_field>_branch``.
@@ -200,10 +207,7 @@ def apply_ssa(
     Returns:
         A summary of the run.
     """
-    if batch_size < 1:
-        raise ValueError(f"Expected `batch_size` to be >= 1, but got {batch_size}")
-    if top_k < 1:
-        raise ValueError(f"Expected `top_k` to be >= 1, but got {top_k}")
+    check_run_options(batch_size, top_k, num_workers)
     if isinstance(classes, str):
         raise ValueError(f"Expected `classes` to be a list of class names, but got {classes!r}")
     config = {
@@ -296,6 +300,9 @@ class SSAJob(LabellingJob):
             schema.update(runs.label_schema(f"{lf}_branch", fo.Segmentation, {}))
         schema[runs.error_field(lf)] = (fo.StringField, {})
         return schema
+
+    def unwritten_outputs(self) -> dict[str, type]:
+        return {} if self.write_branch else {f"{self.label_field}_branch": fo.Segmentation}
 
     def prepare(self, dataset: fo.Dataset, others_remain: bool) -> None:
         self.others_remain = others_remain

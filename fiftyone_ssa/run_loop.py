@@ -65,6 +65,14 @@ class LabellingJob:
     def start(self, dataset: fo.Dataset) -> None:
         """Per-rank set-up once the dataset's settings are final (every rank)."""
 
+    def unwritten_outputs(self) -> dict[str, type]:
+        """The optional output fields this run does not write -> their label type.
+
+        Where an earlier run into the same label field left one, it is cleared on every sample
+        this run labels: no stale map of other settings stays beside the new labels.
+        """
+        return {}
+
     def label_batch(
         self, batch: list, images: list, skip_failures: bool
     ) -> list[tuple[Any, float]]:
@@ -88,6 +96,16 @@ class LabellingJob:
         """Dataset-level settings after labelling (rank 0 only), from every rank's state."""
 
 
+def check_run_options(batch_size: int, top_k: int, num_workers: int) -> None:
+    """Raises ValueError (one line) for a batch size or top-k below 1, or negative workers."""
+    if batch_size < 1:
+        raise ValueError(f"Expected `batch_size` to be >= 1, but got {batch_size}")
+    if top_k < 1:
+        raise ValueError(f"Expected `top_k` to be >= 1, but got {top_k}")
+    if num_workers < 0:
+        raise ValueError(f"Expected `num_workers` to be >= 0, but got {num_workers}")
+
+
 def execute_labelling_run(
     samples,
     job: LabellingJob,
@@ -109,7 +127,7 @@ def execute_labelling_run(
         run_key: the run's key (``runs.make_run_key(config)``).
         config: the configuration behind the key (recorded in ``dataset.info``).
         batch_size: samples per ``job.label_batch`` call.
-        num_workers: threads decoding images ahead of the models.
+        num_workers: threads decoding images ahead of the models (0: none, decoded in turn).
         skip_existing: skip samples with any ``label_field`` label.
         resume: skip samples this run (same key) already labelled.
         skip_failures: record failing samples and go on; False raises at the first failure.
@@ -136,7 +154,8 @@ def execute_labelling_run(
             )
             runs.declare_output_fields(dataset, job.output_schema())
             job.prepare(dataset, others_remain)
-            runs.record_run(dataset, label_field, run_key, config)
+            if pending_ids:  # a run that labels nothing is not what the field holds
+                runs.record_run(dataset, label_field, run_key, config)
             ranges = None
             if ranks.is_distributed:
                 ranges = distributed.split_evenly(sorted(pending_ids), ranks.world_size)
@@ -203,6 +222,7 @@ def _label_samples(
     read = safe_reader(job.needs_image)
     done = 0
     error_field = runs.error_field(job.label_field)
+    stale = _stale_outputs(dataset, job)
     with SampleWriter(dataset) as writer, fou.ProgressBar(total=total, progress=progress) as pbar:
         for batch, images in prefetch(iter_batches(select, batch_size), read, num_workers):
             results = job.label_batch(batch, images, skip_failures)
@@ -218,7 +238,7 @@ def _label_samples(
                     values, entry.num_masks, entry.classes = job.sample_values(
                         sample.id, outcome, run_key
                     )
-                    writer.add(sample.id, values)
+                    writer.add(sample.id, {**dict.fromkeys(stale), **values})
                 summary.samples.append(entry)
                 done += 1
                 pbar.update()
@@ -226,3 +246,14 @@ def _label_samples(
                     progress_callback(done, total)
             job.after_batch(dataset)  # before the labels that may use what it saves
             writer.flush()
+
+
+def _stale_outputs(dataset: fo.Dataset, job: LabellingJob) -> list[str]:
+    """The fields of :meth:`LabellingJob.unwritten_outputs` an earlier run left."""
+    schema = dataset.get_field_schema()
+    return [
+        name
+        for name, label_type in job.unwritten_outputs().items()
+        if name in schema
+        and issubclass(getattr(schema[name], "document_type", None) or type(None), label_type)
+    ]

@@ -610,6 +610,18 @@ def _full_masks(detections, height, width):
     return detections_to_mask_set(detections, (height, width), torch.device("cpu")).masks
 
 
+def test_overwrite_without_segmentation_clears_the_old_map(engine_dataset, tiny_engine_models):
+    from fiftyone_ssa.engine import apply_ssa_engine
+
+    common = {"mask_branch": "field:gt", "models": tiny_engine_models}
+    apply_ssa_engine(engine_dataset[:2], write_segmentation=True, **common)
+    assert engine_dataset.count("ssa_engine_seg") == 2
+    summary = apply_ssa_engine(engine_dataset[1:], top_k=1, overwrite=True, **common)
+    assert summary.num_labelled == 2
+    # The relabelled samples lose the other run's painted map; the untouched one keeps it
+    assert engine_dataset.exists("ssa_engine_seg").values("id") == [engine_dataset.first().id]
+
+
 def test_apply_ssa_engine_writes_detections_and_segmentation(engine_dataset, tiny_engine_models):
     import fiftyone as fo
     from PIL import Image

@@ -332,7 +332,8 @@ def test_plot_without_matplotlib_names_the_extra(make_dataset, tmp_path, monkeyp
     results = compare_miou(
         build_dataset(make_dataset, tmp_path, pairs), ["pred"], "gt", progress=False
     )
-    for module in ["matplotlib", "matplotlib.figure", "matplotlib.backends.backend_agg"]:
+    modules = ["matplotlib", "matplotlib.backend_bases", "matplotlib.figure"]
+    for module in [*modules, "matplotlib.backends.backend_agg"]:
         monkeypatch.setitem(sys.modules, module, None)  # makes the import fail
     with pytest.raises(ImportError, match=r"`plot` extra"):
         plot_per_class_iou(results, tmp_path / "x.png")
@@ -407,3 +408,25 @@ def test_failed_evaluation_leaves_no_saved_run(make_dataset, tmp_path):
     with pytest.raises(ValueError, match="'mine_miou' already exists"):
         evaluate_miou(dataset, "gt", "gt", eval_key="mine", progress=False)
     assert dataset.values("mine_miou") == ["keep"] * 3 and not dataset.list_evaluations()
+
+
+def test_nothing_to_evaluate_raises_before_saving(make_dataset, tmp_path):
+    pairs = random_masks(np.random.default_rng(9), [0, 1], [0, 1], count=2)
+    dataset = build_dataset(make_dataset, tmp_path, pairs)
+    with pytest.raises(ValueError, match="the collection is empty"):
+        evaluate_miou(dataset.limit(0), "pred", "gt", eval_key="ev", progress=False)
+    dataset.set_values("pred", [None, None])
+    with pytest.raises(ValueError, match="no sample has both labels"):
+        evaluate_miou(dataset, "pred", "gt", eval_key="ev", progress=False)
+    assert not dataset.list_evaluations() and "ev_miou" not in dataset.get_field_schema()
+
+
+def test_plot_refuses_a_format_matplotlib_cannot_write(make_dataset, tmp_path):
+    pairs = random_masks(np.random.default_rng(10), [0, 1], [0, 1], count=1)
+    results = compare_miou(
+        build_dataset(make_dataset, tmp_path, pairs), ["pred"], "gt", progress=False
+    )
+    with pytest.raises(ValueError, match=r"'.*chart\.txt'"):
+        plot_per_class_iou(results, tmp_path / "chart.txt")
+    assert not (tmp_path / "chart.txt").exists()
+    assert plot_per_class_iou(results, tmp_path / "chart.svg").endswith("chart.svg")

@@ -71,8 +71,10 @@ def test_refuses_existing_field_unless_overwrite_and_skip_existing(scene_dataset
     summary = apply_ssa(ds, top_k=2, skip_existing=True, **branches)
     assert summary.skipped_existing == 1 and summary.num_labelled == 2
     assert ds.count("ssa") == 3
+    assert ds.count("ssa_branch") == 3
     summary = apply_ssa(ds, overwrite=True, write_branch=False, **branches)
     assert summary.num_labelled == 3 and summary.skipped_existing == 0
+    assert ds.count("ssa_branch") == 0  # no branch map of other settings stays beside
     # The same call again: everything is done already (same run key)
     again = apply_ssa(ds, overwrite=True, write_branch=False, **branches)
     assert again.num_labelled == 0 and again.skipped_existing == 3
@@ -90,6 +92,17 @@ def test_same_call_resumes_without_overwrite(scene_dataset):
     assert rest.num_labelled == 2 and rest.skipped_existing == 2
     assert len(ds.match(fo.ViewField("ssa.run_key") == first.run_key)) == 4
     assert ds.info["fiftyone_ssa_runs"]["ssa"]["run_key"] == first.run_key
+
+
+def test_run_labelling_nothing_leaves_the_recorded_config(scene_dataset):
+    ds = scene_dataset(n=2)
+    branches = {"semantic_branch": "field:coarse", "mask_branch": "field:instances"}
+    first = apply_ssa(ds, **branches)
+    nothing = apply_ssa(ds, top_k=2, skip_existing=True, **branches)
+    assert nothing.num_labelled == 0 and nothing.run_key != first.run_key
+    # Every label is still the first run's: the field's recorded config stays the first one
+    assert ds.info["fiftyone_ssa_runs"]["ssa"]["run_key"] == first.run_key
+    assert ds.info["fiftyone_ssa_runs"]["ssa"]["config"]["top_k"] == 3
 
 
 @pytest.mark.parametrize(

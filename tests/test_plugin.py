@@ -355,6 +355,13 @@ def test_run_ssa_immediately_matches_the_library(scene_dataset):
     assert miou(ssa, gt, len(SCENE_CLASSES)) > miou(coarse, gt, len(SCENE_CLASSES))
 
 
+def test_run_ssa_ignores_classes_left_from_a_clipseg_choice(scene_dataset):
+    ds = scene_dataset(n=1)
+    # The App keeps the classes typed for a CLIPSeg branch after another branch is chosen
+    result = execute("run_ssa", ds, params={**FIELD_BRANCHES, "classes": ["cat"]})
+    assert result.result["num_labelled"] == 1 and result.result["num_failed"] == 0
+
+
 def test_run_ssa_targets_view_and_selection(scene_dataset):
     ds = scene_dataset(n=4)
     ids = ds.values("id")

@@ -48,10 +48,15 @@ def cli_dataset(make_dataset, tmp_path):
                 masks=build_detections(masks, ["a", "b"], [{}, {}]),
                 notes="a string",
                 taken=fo.Segmentation(mask=np.ones((24, 32), np.uint8)),
+                painted=fo.Segmentation(mask=np.zeros((24, 32, 3), np.uint8)),
             )
         )
     dataset.add_samples(samples)
-    dataset.mask_targets = {"coarse": CLASSES, "other": {0: "sky", 1: "ground"}}
+    dataset.mask_targets = {
+        "coarse": CLASSES,
+        "other": {0: "sky", 1: "ground"},
+        "painted": {"#ff0000": "red"},
+    }
     dataset.save()
     return dataset
 
@@ -221,6 +226,22 @@ RUN_CASES = [
     ("empty-view", [*FIELDS, "--view-tag", "no-such-tag"], ["empty"]),
     ("bad-batch-size", [*FIELDS, "--batch-size", "0"], ["batch_size"]),
     ("zero-limit", [*FIELDS, "--limit", "0"], ["--limit", ">= 1"]),
+    ("negative-workers", [*FIELDS, "--num-workers", "-1"], ["num_workers", ">= 0"]),
+    (
+        "classes-for-a-field-branch",
+        [*FIELDS, "--classes", "a", "b"],
+        ["--classes", "CLIPSeg", "'field:coarse'"],
+    ),
+    (
+        "classes-for-segformer",
+        ["--semantic-branch", "{segformer}", "--mask-branch", "field:masks", "--classes", "a"],
+        ["--classes", "CLIPSeg", "has its own"],
+    ),
+    (
+        "rgb-mask-targets",
+        ["--semantic-branch", "field:painted", "--mask-branch", "field:masks"],
+        ["'painted' has RGB mask targets", "integer class ids"],
+    ),
     (
         "clipseg-without-classes",
         ["--semantic-branch", "{clipseg}", "--mask-branch", "field:masks"],
@@ -286,6 +307,22 @@ def test_overwrite_allows_an_existing_output_field(cli_dataset, capsys):
     assert cli_dataset.first()["taken_masks"] is not None
 
 
+@pytest.mark.parametrize("command, hint", [("run", "the same command resumes"), ("eval", None)])
+def test_interrupt_ends_with_one_line(monkeypatch, capsys, command, hint):
+    import importlib
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(f"fiftyone_ssa.cli.{command}"), "run", interrupted)
+    argv = ["x", *FIELDS] if command == "run" else ["x", "--gt", "a", "--pred", "b"]
+    code, err = run_cli([command, *argv], capsys)
+    assert code == 130
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"fiftyone-ssa {command}: interrupted")
+    assert (hint in lines[0]) if hint else lines[0] == f"fiftyone-ssa {command}: interrupted"
+
+
 def test_unknown_dataset(capsys):
     code, err = run_cli(["run", "no-such-dataset-anywhere", *FIELDS], capsys)
     assert_one_line_error(code, err, "run", "no dataset named 'no-such-dataset-anywhere'")
@@ -305,6 +342,16 @@ ENGINE_CASES = [
         ["'taken' already exists"],
     ),
     ("empty-view", ["--mask-branch", "field:masks", "--view-tag", "nope"], ["empty"]),
+    (
+        "vocabulary-directory",
+        ["--mask-branch", "field:masks", "--vocabulary", "a", str(Path(__file__).parent)],
+        ["--vocabulary", "is a directory"],
+    ),
+    (
+        "vocabulary-file-missing",
+        ["--mask-branch", "field:masks", "--vocabulary", "no_such_classes.txt"],
+        ["'no_such_classes.txt': no such file"],
+    ),
     (
         "missing-model-weights",
         ["--mask-branch", "field:masks", "--ade-model", "oneformer-ade20k-swin-tiny"],
@@ -340,6 +387,11 @@ EVAL_CASES = [
     ("missing-gt", ["--gt", "nope", "--pred", "coarse"], ["nope"]),
     ("missing-pred", ["--gt", "gt", "--pred", "nope"], ["nope"]),
     ("gt-of-wrong-type", ["--gt", "masks", "--pred", "coarse"], ["masks"]),
+    (
+        "plot-in-an-unknown-format",
+        ["--gt", "gt", "--pred", "coarse", "--plot", "chart.txt"],
+        ["'chart.txt'", "png"],
+    ),
     (
         "gt-without-mask-targets-for-differently-named-predictions",
         ["--gt", "gt", "--pred", "coarse", "--pred", "other"],

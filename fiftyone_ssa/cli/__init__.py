@@ -63,4 +63,9 @@ def main(argv: list[str] | None = None) -> None:
         # traceback (also what --fail-fast stops with).
         print(f"fiftyone-ssa {args.command}: error: {one_line(err)}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt:
+        resumable = args.command in ("run", "engine")
+        hint = " (labels written so far are kept; the same command resumes)" if resumable else ""
+        print(f"fiftyone-ssa {args.command}: interrupted{hint}", file=sys.stderr)
+        sys.exit(130)
     sys.exit(code or 0)

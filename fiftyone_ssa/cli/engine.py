@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from fiftyone_ssa.cli.common import (
@@ -92,10 +93,19 @@ def add_parser(subparsers) -> None:
 
 
 def read_vocabulary(values: list[str] | None) -> list[str]:
-    """Class names from the command line: names, or files of one name per line."""
+    """Class names from the command line: names, or files of one name per line.
+
+    Raises:
+        ValueError: a value naming a directory, or a path (a separator or a ``.txt`` suffix)
+            to no file.
+    """
     names: list[str] = []
     for value in values or []:
         path = Path(value).expanduser()
+        if path.is_dir():
+            raise ValueError(f"--vocabulary {value!r} is a directory, not a name or a file")
+        if not path.is_file() and ("/" in value or os.sep in value or value.endswith(".txt")):
+            raise ValueError(f"--vocabulary {value!r}: no such file")
         if path.is_file():
             for line in path.read_text(encoding="utf-8").splitlines():
                 line = line.split("#", 1)[0].strip()

@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     import fiftyone as fo
 
     from fiftyone_ssa.comparison import (
+        check_plot_path,
         compare_miou,
         comparison_eval_keys,
         format_comparison_table,
@@ -65,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"no dataset named {args.dataset!r}; `fiftyone datasets list` lists them")
     dataset = fo.load_dataset(args.dataset)
     check_ground_truth_targets(dataset, args.gt, args.pred)
+    if args.plot:
+        check_plot_path(args.plot)  # before any run is saved
     results = compare_miou(
         dataset,
         args.pred,

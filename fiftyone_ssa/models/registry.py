@@ -111,13 +111,20 @@ def _semantic_from_dir(path: Path, **kwargs) -> SemanticBranch:
         model_type = json.loads(config_path.read_text()).get("model_type", "")
     except json.JSONDecodeError as err:
         raise ValueError(f"corrupt config {config_path}: {err}") from None
-    if model_type == "oneformer":
-        kwargs.pop("classes", None)
-        return OneFormerSemanticBranch(path, **kwargs)
     if model_type == "clipseg":
         return CLIPSegSemanticBranch(path, kwargs.pop("classes", None), **kwargs)
-    kwargs.pop("classes", None)
+    _refuse_classes(kwargs, f"{path.name} ({model_type or 'a transformers model'})")
+    if model_type == "oneformer":
+        return OneFormerSemanticBranch(path, **kwargs)
     return TransformersSemanticBranch(path, **kwargs)
+
+
+def _refuse_classes(kwargs: dict, branch: str) -> None:
+    """ValueError when ``classes`` is given for a branch whose classes are its own."""
+    if kwargs.pop("classes", None) is not None:
+        raise ValueError(
+            f"`classes` (--classes) names a CLIPSeg branch's classes, but {branch} has its own"
+        )
 
 
 def _unknown(name: str, kind: str) -> ValueError:
@@ -161,10 +168,13 @@ def create_branch(name: Any, kind: str = "semantic", **kwargs) -> SemanticBranch
     if isinstance(name, base):
         return name
     if kind == "semantic" and callable(name) and not isinstance(name, str):
+        _refuse_classes(kwargs, "a callable branch")
         return CallableSemanticBranch(name, device=kwargs.get("device"))
     if not isinstance(name, str) or not name:
         raise ValueError(f"Expected a {kind} branch name, but got {name!r}")
     if name.startswith("field:"):
+        if kind == "semantic":
+            _refuse_classes(kwargs, f"{name!r} (read with its field's mask targets)")
         field_cls = FieldSemanticBranch if kind == "semantic" else FieldMaskBranch
         return field_cls(name[len("field:") :], device=kwargs.get("device"))
     entry = _REGISTRY.get(name)

@@ -214,9 +214,14 @@ def _custom_semantic_problem(name: str) -> str | None:
     )
 
 
+def takes_classes(semantic_branch: str) -> bool:
+    """Whether the branch is an open-vocabulary (CLIPSeg) one, whose classes the user names."""
+    return "clipseg" in semantic_branch.lower()
+
+
 def _classes_input(inputs: types.Object, ctx, name: str) -> bool:
     """Class names for an open-vocabulary (CLIPSeg) branch; False while they are missing."""
-    if "clipseg" not in name.lower():
+    if not takes_classes(name):
         return True
     inputs.list(
         "classes",

@@ -13,6 +13,7 @@ from .branches import (
     branch_params,
     mask_branch_inputs,
     semantic_branch_inputs,
+    takes_classes,
 )
 from .forms import (
     SSAOperator,
@@ -138,7 +139,8 @@ class RunSSA(SSAOperator):
             batch_size=int(params.get("batch_size", 1)),
             top_k=int(params.get("top_k", 3)),
             write_branch=bool(params.get("write_branch", True)),
-            classes=params.get("classes") or None,
+            # Values of a CLIPSeg branch chosen before may linger in the form's params.
+            classes=(params.get("classes") or None) if takes_classes(semantic_branch) else None,
             progress=False,
             progress_callback=ProgressReporter(ctx),
             **if_exists_flags(ctx),
