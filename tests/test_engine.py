@@ -811,3 +811,15 @@ def test_label_masks_on_cuda_in_half_precision(tiny_engine_dirs, scenes):
     )
     for labels, (_, masks) in zip(results, scenes):
         _check_labels(labels, masks, 3, ["kite"])
+
+
+def test_loading_clip_leaves_the_root_logger_alone(tiny_engine_dirs, monkeypatch):
+    import logging
+
+    from fiftyone_ssa.models.clip_filter import ClipFilter
+
+    root = logging.getLogger()
+    monkeypatch.setattr(root, "handlers", [])  # as in a fresh process (pytest adds its own)
+    ClipFilter(str(tiny_engine_dirs["clip"]), device="cpu")
+    # A handler here would print every INFO record (FiftyOne's progress bars) a second time
+    assert root.handlers == []

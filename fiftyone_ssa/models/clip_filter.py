@@ -7,6 +7,8 @@ for OpenAI's CLIP) over its own candidates only. Ties keep the candidates' order
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,6 +37,24 @@ def _state_dict(checkpoint: Path) -> dict:
     return state
 
 
+@contextlib.contextmanager
+def _root_logger_kept():
+    """Removes the handlers a block (or decorated function) adds to the root logger.
+
+    open_clip logs with ``logging.info``/``logging.warning``, which give a root logger without
+    handlers a stderr handler for good; every INFO record of every library (FiftyOne's progress
+    bars among them) was then printed a second time.
+    """
+    root = logging.getLogger()
+    before = list(root.handlers)
+    try:
+        yield
+    finally:
+        for handler in [h for h in root.handlers if h not in before]:
+            root.removeHandler(handler)
+
+
+@_root_logger_kept()
 def load_open_clip(
     source: str | os.PathLike, architecture: str | None = None
 ) -> tuple[torch.nn.Module, object, str]:
