@@ -26,11 +26,13 @@ import logging
 import math
 import os
 import re
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import fiftyone as fo
+import fiftyone.core.sample as fos
 import fiftyone.core.utils as fou
 import numpy as np
 import torch
@@ -115,25 +117,37 @@ def import_sa1b(
     record whose size disagrees with the image) are skipped and reported per file; the summary
     is logged and stored in ``dataset.info["sa1b_import"]``.
 
+    The import is all or nothing: when it fails (any exception, a KeyboardInterrupt included)
+    the dataset it was building is deleted before the exception propagates. When it replaces
+    an existing dataset (``overwrite``), the new one is built under a temporary name and takes
+    ``name`` only once complete, so a failed import leaves the existing dataset in place. Mask
+    PNGs already written are not removed.
+
     Args:
         dataset_dir: directory holding the images and JSON files (not searched recursively).
         name: name of the new dataset (default: FiftyOne picks one).
-        label_field: the ``fo.Detections`` field to write.
+        label_field: the ``fo.Detections`` field to write: a new top-level field name (not
+            empty, no ``.`` or ``$``, not starting with ``_``, not a built-in sample field such
+            as ``filepath`` or ``metadata``, not ``sa1b_image_id``).
         mask_dir: where the mask PNGs go, as ``<mask_dir>/<image stem>/<index>.png``. Default:
-            ``<fo.config.default_dataset_dir>/<dataset slug>/<label_field>``.
+            ``<fo.config.default_dataset_dir>/<dataset slug>/<label_field>`` (the slug of the
+            final dataset name).
         num_workers: threads decoding files (default: FiftyOne's recommendation).
-        overwrite: delete an existing dataset called ``name`` first.
+        overwrite: replace an existing dataset called ``name`` (deleted only once the new one
+            is complete).
         progress: show a progress bar (None: FiftyOne's default), or a progress callback.
-        persistent: make the dataset persistent (the CLI does).
+        persistent: make the dataset persistent (the CLI does); set once the import succeeded.
 
     Returns:
         The new dataset.
 
     Raises:
-        ValueError: ``dataset_dir`` is not a directory or holds no images / JSON files, or the
-            dataset exists and ``overwrite`` is False.
+        ValueError: ``label_field`` is not a valid new field name, ``dataset_dir`` is not a
+            directory or holds no images / JSON files, or the dataset exists and ``overwrite``
+            is False (all checked before any dataset is created or deleted).
         RuntimeError: no file could be imported (the dataset is deleted again).
     """
+    _check_label_field(label_field)
     if not os.path.isdir(dataset_dir):
         raise ValueError(f"Expected `dataset_dir` to be a directory, but got {dataset_dir!r}")
     items = _pair_files(dataset_dir)
@@ -141,19 +155,52 @@ def import_sa1b(
         raise ValueError(
             f"Expected `dataset_dir` to hold SA-1B images or JSON, but {dataset_dir!r} has none"
         )
-    if name is not None and fo.dataset_exists(name):
-        if not overwrite:
-            raise ValueError(f"Dataset {name!r} already exists; pass overwrite=True to replace it")
-        fo.delete_dataset(name)
+    replace = name is not None and fo.dataset_exists(name)
+    if replace and not overwrite:
+        raise ValueError(f"Dataset {name!r} already exists; pass overwrite=True to replace it")
 
-    dataset = fo.Dataset(name)
-    if persistent:
-        dataset.persistent = True
-    if mask_dir is None:
-        mask_dir = os.path.join(fo.config.default_dataset_dir, dataset.slug, label_field)
-    mask_dir = os.path.abspath(mask_dir)
+    # Replacing: build under a temporary name so that the existing dataset outlives a failure.
+    dataset = fo.Dataset(_temporary_name(name) if replace else name)
+    try:
+        if mask_dir is None:
+            slug = fou.to_slug(name) if name is not None else dataset.slug
+            mask_dir = os.path.join(fo.config.default_dataset_dir, slug, label_field)
+        summary = _import_files(
+            dataset,
+            dataset_dir,
+            items,
+            label_field,
+            os.path.abspath(mask_dir),
+            num_workers,
+            progress,
+        )
+        if replace:
+            fo.delete_dataset(name)
+            dataset.name = name
+        if persistent:
+            dataset.persistent = True
+    except BaseException:
+        _discard(dataset)
+        raise
+    _log_summary(summary, label_field)
+    return dataset
+
+
+def _import_files(
+    dataset: fo.Dataset,
+    dataset_dir: str,
+    items: list[tuple[str, str | None, str | None]],
+    label_field: str,
+    mask_dir: str,
+    num_workers: int | None,
+    progress: bool | Callable | None,
+) -> SA1BImportSummary:
+    """Adds the samples of ``items`` to ``dataset`` and records the summary in its info.
+
+    Raises:
+        RuntimeError: no file could be imported.
+    """
     summary = SA1BImportSummary(mask_dir=mask_dir)
-
     workers = max(1, fou.recommend_thread_pool_workers(num_workers))
 
     def read(item):
@@ -178,15 +225,47 @@ def import_sa1b(
         dataset.add_samples(batch, progress=False)
 
     if summary.num_samples == 0:
-        dataset.delete()
         raise RuntimeError(
             f"No file of {dataset_dir!r} could be imported:\n" + _format_errors(summary.errors)
         )
     declare_detection_attributes(dataset, label_field)
     dataset.info["sa1b_import"] = summary.to_dict()
     dataset.save()
-    _log_summary(summary, label_field)
-    return dataset
+    return summary
+
+
+def _check_label_field(label_field: Any) -> None:
+    """Raises ValueError unless ``label_field`` can name a new top-level sample field."""
+    reserved = {*fos.get_default_sample_fields(include_private=True), IMAGE_ID_FIELD}
+    if (
+        not isinstance(label_field, str)
+        or not label_field
+        or label_field.startswith("_")
+        or any(c in label_field for c in ".$")
+        or label_field in reserved
+    ):
+        raise ValueError(
+            "Expected `label_field` to be a new top-level field name (not empty, no '.' or '$', "
+            "not starting with '_', not a built-in field such as 'filepath', 'id', 'metadata', "
+            f"'tags' or {IMAGE_ID_FIELD!r}), but got {label_field!r}"
+        )
+
+
+def _temporary_name(name: str) -> str:
+    """An unused dataset name to build the replacement of dataset ``name`` under."""
+    while True:
+        candidate = f"{name[:64]}-importing-{uuid.uuid4().hex[:8]}"
+        if not fo.dataset_exists(candidate):
+            return candidate
+
+
+def _discard(dataset: fo.Dataset) -> None:
+    """Deletes a dataset whose import failed (logging, not raising, when that fails too)."""
+    try:
+        if not dataset.deleted:
+            dataset.delete()
+    except Exception:
+        logger.warning("Could not delete the incomplete dataset %r", dataset.name, exc_info=True)
 
 
 def declare_detection_attributes(dataset: fo.Dataset, label_field: str) -> None:
@@ -485,12 +564,15 @@ def export_sa1b(
         masks_field: only for a Segmentation field, see :func:`export_semantic_rles`.
 
     Returns:
-        The paths written, one per sample.
+        The paths written, one per sample. A sample whose file cannot be made (e.g. its image
+        size can be read neither from the file nor from its metadata) is skipped with a
+        warning naming it, plus a summary warning with their count.
 
     Raises:
         ValueError: the field is missing or of another type, an image stem would escape
             ``export_dir`` or is shared by two samples, or a file exists and ``overwrite`` is
-            False.
+            False (all checked before anything is written).
+        RuntimeError: every sample failed (the message names the first failure).
     """
     label_type = _label_type(samples, label_field)
     if label_type is fo.Segmentation:
@@ -538,7 +620,14 @@ def export_semantic_rles(
 
     Returns:
         The paths written, one per sample that has a ``label_field`` label (samples without
-        one are skipped with a warning).
+        one are skipped with a warning, and so are samples whose file cannot be made, e.g. an
+        unreadable mask, each named in a warning, plus a summary warning with their count).
+
+    Raises:
+        ValueError: a field is missing or of another type, an image stem would escape
+            ``export_dir`` or is shared by two samples, or a file exists and ``overwrite`` is
+            False (all checked before anything is written).
+        RuntimeError: every sample with a label failed (the message names the first failure).
     """
     if _label_type(samples, label_field) is not fo.Segmentation:
         raise ValueError(
@@ -597,7 +686,20 @@ def _export(
     make_record: Callable[[fo.Sample, str, int], dict | None],
 ) -> list[str]:
     """Checks every output path first, then writes one JSON per sample (none where
-    ``make_record`` returns None)."""
+    ``make_record`` returns None).
+
+    A sample whose record cannot be made (``make_record`` raises ValueError or OSError, e.g.
+    an unreadable image size) is skipped with a warning naming it; a summary warning counts
+    them at the end.
+
+    Returns:
+        The paths written.
+
+    Raises:
+        ValueError: two samples share an image stem, a stem would escape ``export_dir``, or a
+            file exists and ``overwrite`` is False (checked before anything is written).
+        RuntimeError: samples failed and none was written (names the first failure).
+    """
     export_dir = os.path.realpath(export_dir)
     paths = [_output_path(export_dir, fp, suffix) for fp in samples.values("filepath")]
     seen: dict[str, int] = collections.Counter(paths)
@@ -616,21 +718,39 @@ def _export(
     extra = [IMAGE_ID_FIELD] if samples.has_field(IMAGE_ID_FIELD) else []
     view = samples.select_fields(fields + extra)
     written = []
+    failed: dict[str, str] = {}  # image file name -> why its record could not be made
     for index, (sample, path) in enumerate(
         zip(view.iter_samples(progress=progress), paths, strict=True)
     ):
         stem = os.path.basename(path)[: -len(suffix)]
-        record = make_record(sample, stem, index)
+        try:
+            record = make_record(sample, stem, index)
+        except (ValueError, OSError) as err:
+            key = os.path.basename(sample.filepath)
+            failed[key] = f"{type(err).__name__}: {err}" if isinstance(err, OSError) else str(err)
+            logger.warning("Skipped %s: %s", key, failed[key])
+            continue
         if record is None:
             continue
+        text = json.dumps(record)  # serialized first: no half-written file on a TypeError
         with open(path, "w", encoding="utf-8") as f:
-            json.dump(record, f)
+            f.write(text)
         written.append(path)
-    if len(written) < len(paths):
+    unlabelled = len(paths) - len(written) - len(failed)
+    if unlabelled:
+        logger.warning("%d sample(s) have no %r label and were not exported", unlabelled, fields[0])
+    if failed:
+        first = next(iter(failed.items()))
+        if not written:
+            raise RuntimeError(
+                f"No sample could be exported to {export_dir!r} ({len(failed)} failed); "
+                f"the first, {first[0]}: {first[1]}"
+            )
         logger.warning(
-            "%d sample(s) have no %r label and were not exported",
-            len(paths) - len(written),
-            fields[0],
+            "%d sample(s) could not be exported and were skipped (wrote %d file(s)): %s",
+            len(failed),
+            len(written),
+            ", ".join(sorted(failed)[:10]) + (", ..." if len(failed) > 10 else ""),
         )
     return written
 

@@ -3,7 +3,10 @@
 import json
 import logging
 import os
+import re
 import shutil
+import subprocess
+import sys
 
 import bson
 import fiftyone as fo
@@ -14,6 +17,7 @@ from fiftyone import ViewField as F
 from PIL import Image
 
 from fiftyone_ssa import cli
+from fiftyone_ssa import sa1b as sa1b_module
 from fiftyone_ssa.sa1b import (
     IMAGE_ID_FIELD,
     detection_full_mask,
@@ -302,6 +306,143 @@ def test_name_clash_needs_overwrite_and_default_mask_dir(make_sa1b_dir, tmp_path
         ds.delete()
 
 
+BAD_LABEL_FIELDS = [
+    "",
+    "a.b",
+    "_hidden",
+    "a$b",
+    "filepath",
+    "id",
+    "metadata",
+    "tags",
+    "created_at",
+    "last_modified_at",
+    IMAGE_ID_FIELD,
+]
+
+
+def test_bad_label_field_is_rejected_before_anything_changes(
+    make_sa1b_dir, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(fo.config, "default_dataset_dir", str(tmp_path / "fo"))
+    files = make_sa1b_dir(num_images=2, num_masks=2)
+    name = "ssa-test-sa1b-bad-field"
+    ds = import_sa1b(str(files.root), name=name, mask_dir=str(tmp_path / "m"), progress=False)
+    try:
+        ids = ds.values("id")
+        before = fo.list_datasets()
+        for bad in BAD_LABEL_FIELDS:
+            for target in (name, "ssa-test-sa1b-bad-field-new", None):
+                with pytest.raises(ValueError, match=re.escape(f"but got {bad!r}")):
+                    import_sa1b(
+                        str(files.root),
+                        name=target,
+                        label_field=bad,
+                        overwrite=True,
+                        persistent=True,
+                        progress=False,
+                    )
+            assert fo.list_datasets() == before, bad
+        assert not ds.deleted and ds.values("id") == ids
+        assert not (tmp_path / "fo").exists()  # no default mask directory either
+
+        argv = ["import-sa1b", str(files.root), "--name", name, "--overwrite"]
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(argv + ["--label-field", "metadata"])
+        assert exit_info.value.code == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "but got 'metadata'" in err
+        assert fo.list_datasets() == before and ds.values("id") == ids
+    finally:
+        ds.delete()
+
+
+def test_failed_import_leaves_no_dataset_and_keeps_the_replaced_one(
+    make_sa1b_dir, tmp_path, monkeypatch
+):
+    files = make_sa1b_dir(num_images=4, num_masks=2)
+    name = "ssa-test-sa1b-failing"
+    old = import_sa1b(
+        str(files.root), name=name, mask_dir=str(tmp_path / "old"), persistent=True, progress=False
+    )
+    try:
+        old_ids = old.values("id")
+        before = fo.list_datasets()
+        # Interrupted mid-import: the first two samples are already in the new dataset.
+        monkeypatch.setattr(sa1b_module, "_ADD_BATCH_SIZE", 1)
+        read_image = sa1b_module._read_image
+
+        def interrupted(item, *args):
+            if item[0] == files.stems[2]:
+                raise KeyboardInterrupt
+            return read_image(item, *args)
+
+        monkeypatch.setattr(sa1b_module, "_read_image", interrupted)
+        for target in (name, "ssa-test-sa1b-failing-new", None):
+            with pytest.raises(KeyboardInterrupt):
+                import_sa1b(
+                    str(files.root),
+                    name=target,
+                    mask_dir=str(tmp_path / "new"),
+                    num_workers=1,
+                    overwrite=True,
+                    persistent=True,
+                    progress=False,
+                )
+            assert fo.list_datasets() == before, target
+        monkeypatch.setattr(sa1b_module, "_read_image", read_image)
+
+        # Failing after every sample was added.
+        def broken(*args):
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(sa1b_module, "declare_detection_attributes", broken)
+        with pytest.raises(RuntimeError, match="boom"):
+            import_sa1b(str(files.root), name=name, overwrite=True, progress=False)
+        assert fo.list_datasets() == before
+        monkeypatch.undo()
+
+        # Nothing importable: the replaced dataset stays too.
+        broken_dir = tmp_path / "broken"
+        broken_dir.mkdir()
+        (broken_dir / "sa_1.json").write_text("not json")
+        with pytest.raises(RuntimeError, match="could be imported"):
+            import_sa1b(str(broken_dir), name=name, overwrite=True, progress=False)
+        assert fo.list_datasets() == before
+
+        kept = fo.load_dataset(name)
+        assert kept is old and not kept.deleted
+        assert kept.values("id") == old_ids and kept.persistent
+    finally:
+        if fo.dataset_exists(name):
+            fo.delete_dataset(name)
+
+
+def test_overwrite_renames_the_new_dataset_and_uses_the_final_slug(
+    make_sa1b_dir, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(fo.config, "default_dataset_dir", str(tmp_path / "fo"))
+    name = "SSA Test SA1B Replace"
+    old = import_sa1b(
+        str(make_sa1b_dir(num_images=1).root), name=name, persistent=True, progress=False
+    )
+    files = make_sa1b_dir(num_images=3, num_masks=2, name="second", first_image_id=10)
+    before = fo.list_datasets()
+    new = import_sa1b(str(files.root), name=name, overwrite=True, persistent=True, progress=False)
+    try:
+        assert old.deleted and new.name == name and new.persistent
+        assert fo.load_dataset(name) is new and len(new) == 3
+        assert fo.list_datasets() == before  # the temporary name is gone
+        slug_dir = str(tmp_path / "fo" / "ssa-test-sa1b-replace" / "sa1b")
+        assert new.slug == "ssa-test-sa1b-replace"
+        assert new.info["sa1b_import"]["mask_dir"] == slug_dir
+        paths = new.values("sa1b.detections.mask_path", unwind=True)
+        assert len(paths) == 6 and all(p.startswith(slug_dir + os.sep) for p in paths)
+        assert all(os.path.isfile(p) for p in paths)
+    finally:
+        new.delete()
+
+
 def test_class_names_from_engine_json_become_labels(make_sa1b_dir, tmp_path, make_dataset):
     files = make_sa1b_dir(num_images=1, num_masks=2)
     record = files.records["sa_1"]
@@ -449,6 +590,73 @@ def test_semantic_export_writes_one_rle_per_class(make_dataset, tmp_path):
     paths = export_semantic_rles(ds, str(tmp_path / "out"), "ssa", overwrite=True, progress=False)
     assert [os.path.basename(p) for p in paths] == ["sa_7_semantic.json"]
     assert not (tmp_path / "out" / "sa_8_semantic.json").exists()
+
+
+def _export_dataset_with_an_unreadable_image(make_dataset, tmp_path):
+    """sa_1 and sa_3 readable, sa_2's image missing and without metadata."""
+    ds = make_dataset()
+    for stem in ("sa_1", "sa_3"):
+        Image.new("RGB", (6, 4)).save(tmp_path / f"{stem}.jpg")
+    box = fo.Detections(detections=[fo.Detection(label="x", bounding_box=[0, 0, 0.5, 0.5])])
+    ds.add_samples(
+        [fo.Sample(filepath=str(tmp_path / f"{s}.jpg"), sa1b=box) for s in ("sa_1", "sa_2", "sa_3")]
+    )
+    return ds
+
+
+def test_export_skips_samples_that_fail_and_reports_them(make_dataset, tmp_path, caplog):
+    ds = _export_dataset_with_an_unreadable_image(make_dataset, tmp_path)
+    out = tmp_path / "out"
+    with caplog.at_level(logging.WARNING, logger="fiftyone_ssa.sa1b"):
+        paths = export_sa1b(ds, str(out), "sa1b", progress=False)
+    assert [os.path.basename(p) for p in paths] == ["sa_1.json", "sa_3.json"]
+    assert sorted(os.listdir(out)) == ["sa_1.json", "sa_3.json"]
+    assert load_json(out / "sa_3.json")["annotations"][0]["class_name"] == "x"
+    assert "Skipped sa_2.jpg: cannot read the size of" in caplog.text
+    assert (
+        "1 sample(s) could not be exported" in caplog.text and "no 'sa1b' label" not in caplog.text
+    )
+
+    bad = ds.match(F("filepath").ends_with("sa_2.jpg"))
+    with pytest.raises(
+        RuntimeError, match=r"No sample could be exported .*\(1 failed\).*sa_2\.jpg"
+    ):
+        export_sa1b(bad, str(tmp_path / "out2"), "sa1b", progress=False)
+    assert os.listdir(tmp_path / "out2") == []
+
+    # The semantic export (sizes from the masks): an unreadable mask PNG skips that sample.
+    segs = [fo.Segmentation(mask=np.full((4, 6), v, np.uint8)) for v in (0, 1)]
+    ds.set_values("ssa", segs + [fo.Segmentation(mask_path=str(tmp_path / "missing.png"))])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fiftyone_ssa.sa1b"):
+        paths = export_semantic_rles(ds, str(tmp_path / "sem"), "ssa", progress=False)
+    assert [os.path.basename(p) for p in paths] == ["sa_1_semantic.json", "sa_2_semantic.json"]
+    assert "Skipped sa_3.jpg: OSError" in caplog.text and "missing.png" in caplog.text
+    assert "1 sample(s) could not be exported" in caplog.text
+
+
+def test_cli_export_reports_skipped_samples(make_dataset, tmp_path, capsys):
+    ds = _export_dataset_with_an_unreadable_image(make_dataset, tmp_path)
+    ds.persistent = True  # seen by the CLI process
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fiftyone_ssa", "export-sa1b", ds.name, str(out)]
+        + ["--label-field", "sa1b"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"Wrote 2 file(s) to {out}" in proc.stdout
+    assert "sa_2.jpg" in proc.stderr and "1 sample(s) could not be exported" in proc.stderr
+    assert sorted(os.listdir(out)) == ["sa_1.json", "sa_3.json"]
+
+    ds.delete_samples(ds.match(~F("filepath").ends_with("sa_2.jpg")))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["export-sa1b", ds.name, str(tmp_path / "o2"), "--label-field", "sa1b"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "No sample could be exported" in err and "sa_2.jpg" in err
 
 
 def test_cli_round_trip(make_sa1b_dir, tmp_path, capsys):

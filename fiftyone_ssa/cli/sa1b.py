@@ -17,10 +17,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     imp.add_argument("dataset_dir", metavar="DIR", help="directory with sa_<id>.jpg/.json files")
     imp.add_argument("--name", required=True, help="name of the dataset to create")
-    imp.add_argument("--label-field", default="sa1b", help="Detections field (default: sa1b)")
+    imp.add_argument(
+        "--label-field", default="sa1b", help="new Detections field to write (default: sa1b)"
+    )
     imp.add_argument("--mask-dir", default=None, help="directory for the mask PNGs")
     imp.add_argument("--num-workers", type=int, default=None, help="decoding threads")
-    imp.add_argument("--overwrite", action="store_true", help="replace an existing dataset")
+    imp.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing dataset (kept as it was if the import fails)",
+    )
     imp.set_defaults(func=run_import)
 
     exp = subparsers.add_parser(
@@ -28,7 +34,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="export a Detections field as SA-1B JSON (or a Segmentation as SSA's RLE files)",
         description="Write one <image stem>.json per sample in SA-1B's schema with class_name "
         "and class_proposals per annotation; a Segmentation field writes the close-set SSA "
-        "files <image stem>_semantic.json instead.",
+        "files <image stem>_semantic.json instead. Samples whose file cannot be made (e.g. an "
+        "unreadable image) are skipped with a warning on stderr.",
     )
     exp.add_argument("dataset", metavar="DATASET", help="name of the dataset")
     exp.add_argument("export_dir", metavar="EXPORT_DIR", help="output directory")
