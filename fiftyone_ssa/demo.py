@@ -86,7 +86,8 @@ def run_demo(
         for preset in (semantic_branch, mask_branch):
             if preset in weights.PRESETS and not weights.is_present(preset):
                 weights.download(preset)
-    # Load the models first: missing weights fail here, within seconds.
+    # Load the models first: missing weights fail here, within seconds, all named at once.
+    weights.check_present([semantic_branch, mask_branch])
     semantic = create_branch(semantic_branch, kind="semantic", device=device)
     masks = create_branch(mask_branch, kind="mask", device=device, **options)
 

@@ -160,8 +160,9 @@ def apply_ssa_engine(
         num_workers: threads decoding images ahead of the models (0: none, decoded in turn).
         skip_existing: label only samples whose ``label_field`` is empty.
         overwrite: replace the labels of other runs in the output fields.
-        skip_failures: record a failing sample in ``<label_field>_error`` and go on; False
-            raises at the first failure.
+        skip_failures: record a failing sample in ``<label_field>_error`` and go on (labels
+            an earlier run gave it stay, their ``run_key`` tells); False raises at the first
+            failure.
         write_segmentation: also write ``<label_field>_seg``.
         output_dir: where large instance masks are written (default: FiftyOne's dataset
             directory).

@@ -192,8 +192,9 @@ def apply_ssa(
         write_branch: also write ``<label_field>_branch``.
         top_k: class proposals per mask.
         classes: class names for an open-vocabulary (CLIPSeg) semantic branch.
-        skip_failures: record a failing sample in ``<label_field>_error`` and go on; False
-            raises at the first failure.
+        skip_failures: record a failing sample in ``<label_field>_error`` and go on (labels
+            an earlier run gave it stay, their ``run_key`` tells); False raises at the first
+            failure.
         output_dir: where large instance masks are written (default: FiftyOne's dataset
             directory).
         progress: FiftyOne's progress argument (True/False/None or a callable).

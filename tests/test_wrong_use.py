@@ -469,3 +469,18 @@ def test_plugin_evaluate_form_refuses_differently_named_predictions(cli_dataset)
     refused = invalid(form("evaluate_miou", cli_dataset, params))
     assert "has no mask targets" in refused["gt_targets_error"]
     assert not invalid(form("evaluate_miou", cli_dataset, {**params, "pred_fields": ["coarse"]}))
+
+
+def test_demo_without_weights_names_every_missing_model(tmp_path, capsys):
+    name = "ssa-demo-without-weights"
+    code, err = run_cli(
+        ["demo", "--name", name, "--device", "cpu", "--models-dir", tmp_path / "empty"], capsys
+    )
+    assert_one_line_error(
+        code,
+        err,
+        "demo",
+        "'segformer-b0-ade20k', 'sam-vit-b'",
+        "models download segformer-b0-ade20k sam-vit-b",
+    )
+    assert not fo.dataset_exists(name)

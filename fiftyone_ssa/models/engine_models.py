@@ -72,21 +72,6 @@ def _model_dir(source: str | os.PathLike, task: str) -> Path:
     )
 
 
-def _check_weights_present(sources) -> None:
-    """Raises FileNotFoundError (one line) for the first preset or hub id whose weights are absent.
-
-    Loaded models and existing paths pass; unknown names are left to the loaders' errors.
-    """
-    for source in sources:
-        if not isinstance(source, (str, os.PathLike)):
-            continue
-        name = os.fspath(source)
-        if Path(name).expanduser().exists():
-            continue
-        if name in weights.PRESETS or weights.looks_like_hf_id(name):
-            weights.resolve(name)
-
-
 @dataclass
 class EngineModels:
     """The models of SSA-engine, loaded once per run.
@@ -157,7 +142,7 @@ class EngineModels:
             "clipseg": clipseg,
         }
         chosen = {role: defaults[role] if v is None else v for role, v in chosen.items()}
-        _check_weights_present(chosen.values())  # fail before loading gigabytes
+        weights.check_present(chosen.values())  # fail before loading gigabytes
         ade, coco, captioner, clip, clipseg = chosen.values()
         device = torch.device(device) if device else default_device()
         # The cheap, most often missing one first: fail before loading gigabytes.

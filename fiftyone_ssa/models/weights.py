@@ -18,8 +18,10 @@ from __future__ import annotations
 import os
 import shutil
 import urllib.request
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 _models_dir_override: Path | None = None
 
@@ -203,6 +205,31 @@ def missing_weights_message(name: str) -> str:
         f"{name}` (needs internet), or copy the files there, or point --models-dir / "
         f"$FIFTYONE_SSA_MODELS_DIR at a directory that has them"
     )
+
+
+def check_present(sources: Iterable[Any]) -> None:
+    """Raises FileNotFoundError (one line) naming every preset or hub id whose weights are absent.
+
+    Loaded models and existing paths pass; unknown names are left to the loaders' errors.
+    """
+    missing = []
+    for source in sources:
+        if not isinstance(source, (str, os.PathLike)):
+            continue
+        name = os.fspath(source)
+        known = name in PRESETS or looks_like_hf_id(name)
+        if known and not Path(name).expanduser().exists() and not is_present(name):
+            missing.append(name)
+    missing = list(dict.fromkeys(missing))
+    if len(missing) == 1:
+        raise FileNotFoundError(missing_weights_message(missing[0]))
+    if missing:
+        raise FileNotFoundError(
+            f"missing weights for {', '.join(map(repr, missing))}: run `fiftyone-ssa models "
+            f"download {' '.join(missing)}` (needs internet), or copy the files into "
+            f"{get_models_dir()}, or point --models-dir / $FIFTYONE_SSA_MODELS_DIR at a "
+            "directory that has them"
+        )
 
 
 def resolve(name: str) -> Path:
