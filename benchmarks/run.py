@@ -130,7 +130,7 @@ class ModelCache:
 
 
 def load_engine_models(preset: BenchPreset, cache: ModelCache, device, nlp, half: bool):
-    from fiftyone_ssa.engine import EngineModels
+    from fiftyone_ssa.models.engine_models import EngineModels
 
     paths = {role: str(cache.directory(name)) for role, name in preset.engine.items()}
     models = EngineModels.load(device=device, spacy_model=nlp, half=half, **paths)
@@ -242,7 +242,7 @@ def bench_voting(results, preset, device, n_images: int, repeats: int = 2) -> No
 
 
 def bench_engine(results, preset, cache, images, device, nlp) -> list:
-    from fiftyone_ssa.engine import label_masks
+    from fiftyone_ssa.models.engine_models import label_masks
 
     half = device.type == "cuda"
     models = load_engine_models(preset, cache, device, nlp, half=half)
