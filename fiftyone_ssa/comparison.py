@@ -70,7 +70,7 @@ def compare_miou(
     Returns:
         ``{pred_field: MIoUResults}`` in the order of ``pred_fields``.
     """
-    from fiftyone_ssa.evaluation import check_ground_truth_targets, evaluate_miou
+    from fiftyone_ssa.evaluation import check_evaluable, check_ground_truth_targets, evaluate_miou
 
     if isinstance(pred_fields, str):
         pred_fields = [pred_fields]
@@ -78,6 +78,7 @@ def compare_miou(
     if not pred_fields or len(set(pred_fields)) != len(pred_fields):
         raise ValueError(f"Expected distinct prediction fields, but got {pred_fields}")
     check_ground_truth_targets(samples, gt_field, pred_fields)
+    check_evaluable(samples, pred_fields, gt_field)  # before any run is saved
     keys = comparison_eval_keys(eval_key, pred_fields)
     return {
         field: evaluate_miou(

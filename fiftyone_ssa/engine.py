@@ -163,7 +163,8 @@ def apply_ssa_engine(
         skip_failures: record a failing sample in ``<label_field>_error`` and go on (labels
             an earlier run gave it stay, their ``run_key`` tells); False raises at the first
             failure.
-        write_segmentation: also write ``<label_field>_seg``.
+        write_segmentation: also write ``<label_field>_seg``; when False, samples relabelled
+            over an earlier run lose the map that run painted.
         output_dir: where large instance masks are written (default: FiftyOne's dataset
             directory).
         progress: FiftyOne's progress argument (True/False/None or a callable).

@@ -38,6 +38,20 @@ logger = logging.getLogger(__name__)
 __all__ = ["MIoUEvaluation", "MIoUEvaluationConfig", "MIoUResults", "evaluate_miou"]
 
 
+def check_evaluable(samples, pred_fields: Sequence[str], gt_field: str) -> None:
+    """Raises ValueError (one line) unless some sample has ``gt_field`` and each prediction.
+
+    Checked for every field before any evaluation is saved.
+    """
+    if not len(samples):
+        raise ValueError(f"nothing to evaluate against {gt_field!r}: the collection is empty")
+    for field in pred_fields:
+        if not samples.exists(field).exists(gt_field).limit(1).count():
+            raise ValueError(
+                f"nothing to evaluate {field!r} against {gt_field!r}: no sample has both labels"
+            )
+
+
 def evaluate_miou(
     samples: Any,
     pred_field: str,
@@ -101,9 +115,7 @@ def evaluate_miou(
             raise ValueError(
                 f"Expected sample-level Segmentation fields, but got the frame field {field!r}"
             )
-    if not samples.exists(pred_field).exists(gt_field).limit(1).count():
-        what = "the collection is empty" if not len(samples) else "no sample has both labels"
-        raise ValueError(f"nothing to evaluate {pred_field!r} against {gt_field!r}: {what}")
+    check_evaluable(samples, [pred_field], gt_field)
     config = MIoUEvaluationConfig(
         pred_field,
         gt_field,

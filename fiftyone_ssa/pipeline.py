@@ -189,7 +189,8 @@ def apply_ssa(
         num_workers: threads decoding images ahead of the models (0: none, decoded in turn).
         skip_existing: label only samples whose ``label_field`` is empty.
         overwrite: replace the labels of other runs in the output fields.
-        write_branch: also write ``<label_field>_branch``.
+        write_branch: also write ``<label_field>_branch``; when False, samples relabelled
+            over an earlier run lose the branch map that run wrote.
         top_k: class proposals per mask.
         classes: class names for an open-vocabulary (CLIPSeg) semantic branch.
         skip_failures: record a failing sample in ``<label_field>_error`` and go on (labels

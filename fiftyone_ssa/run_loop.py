@@ -68,8 +68,9 @@ class LabellingJob:
     def unwritten_outputs(self) -> dict[str, type]:
         """The optional output fields this run does not write -> their label type.
 
-        Where an earlier run into the same label field left one, it is cleared on every sample
-        this run labels: no stale map of other settings stays beside the new labels.
+        On a sample this run relabels (one holding a ``label_field`` label of another run), such
+        a field is cleared: no map of the earlier run's settings stays beside the new labels.
+        Samples without a ``label_field`` label keep it (it is not the runs' there).
         """
         return {}
 
@@ -152,9 +153,9 @@ def execute_labelling_run(
             others_remain = runs.foreign_labels(
                 dataset, label_field, run_key, excluding=pending_ids
             )
-            runs.declare_output_fields(dataset, job.output_schema())
-            job.prepare(dataset, others_remain)
-            if pending_ids:  # a run that labels nothing is not what the field holds
+            if pending_ids:  # a run with nothing to label changes no dataset-level setting
+                runs.declare_output_fields(dataset, job.output_schema())
+                job.prepare(dataset, others_remain)
                 runs.record_run(dataset, label_field, run_key, config)
             ranges = None
             if ranks.is_distributed:
@@ -222,7 +223,7 @@ def _label_samples(
     read = safe_reader(job.needs_image)
     done = 0
     error_field = runs.error_field(job.label_field)
-    stale = _stale_outputs(dataset, job)
+    stale = _stale_outputs(dataset, job.label_field, job.unwritten_outputs())
     with SampleWriter(dataset) as writer, fou.ProgressBar(total=total, progress=progress) as pbar:
         for batch, images in prefetch(iter_batches(select, batch_size), read, num_workers):
             results = job.label_batch(batch, images, skip_failures)
@@ -238,7 +239,8 @@ def _label_samples(
                     values, entry.num_masks, entry.classes = job.sample_values(
                         sample.id, outcome, run_key
                     )
-                    writer.add(sample.id, {**dict.fromkeys(stale), **values})
+                    cleared = {name: None for name, ids in stale.items() if sample.id in ids}
+                    writer.add(sample.id, {**cleared, **values})
                 summary.samples.append(entry)
                 done += 1
                 pbar.update()
@@ -248,12 +250,19 @@ def _label_samples(
             writer.flush()
 
 
-def _stale_outputs(dataset: fo.Dataset, job: LabellingJob) -> list[str]:
-    """The fields of :meth:`LabellingJob.unwritten_outputs` an earlier run left."""
+def _stale_outputs(
+    dataset: fo.Dataset, label_field: str, unwritten: dict[str, type]
+) -> dict[str, set[str]]:
+    """Each unwritten optional output an earlier run left -> the ids of the samples holding it
+    beside a ``label_field`` label (see :meth:`LabellingJob.unwritten_outputs`)."""
     schema = dataset.get_field_schema()
-    return [
-        name
-        for name, label_type in job.unwritten_outputs().items()
-        if name in schema
-        and issubclass(getattr(schema[name], "document_type", None) or type(None), label_type)
-    ]
+    stale: dict[str, set[str]] = {}
+    if label_field not in schema:
+        return stale
+    for name, label_type in unwritten.items():
+        field = schema.get(name)
+        if isinstance(field, fo.EmbeddedDocumentField) and issubclass(
+            field.document_type, label_type
+        ):
+            stale[name] = set(dataset.exists(label_field).exists(name).values("id"))
+    return stale

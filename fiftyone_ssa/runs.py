@@ -110,6 +110,11 @@ def check_target(samples, label_field: str) -> None:
             f"Expected a collection of images, but got media type {samples.media_type!r} (for a "
             "grouped dataset, select an image slice with select_group_slices)"
         )
+    check_field_name(label_field)
+
+
+def check_field_name(label_field: Any) -> None:
+    """Raises ValueError (one line) unless ``label_field`` is a plain top-level field name."""
     if not isinstance(label_field, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", label_field):
         raise ValueError(
             "Expected `label_field` to be a top-level field name (letters, digits and "

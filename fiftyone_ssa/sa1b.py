@@ -49,6 +49,7 @@ from fiftyone_ssa.core.rle import (
     rle_to_mask,
 )
 from fiftyone_ssa.labels import detection_full_mask  # noqa: F401 (re-exported)
+from fiftyone_ssa.runs import check_field_name
 
 logger = logging.getLogger(__name__)
 
@@ -121,18 +122,19 @@ def import_sa1b(
     the dataset it was building is deleted before the exception propagates. When it replaces
     an existing dataset (``overwrite``), the new one is built under a temporary name and takes
     ``name`` only once complete, so a failed import leaves the existing dataset in place. Mask
-    PNGs already written are not removed.
+    PNGs already written are not removed, nor are the replaced dataset's.
 
     Args:
         dataset_dir: directory holding the images and JSON files (not searched recursively).
         name: name of the new dataset (default: FiftyOne picks one).
-        label_field: the ``fo.Detections`` field to write: a new top-level field name (not
-            empty, no ``.`` or ``$``, not starting with ``_``, not a built-in sample field such
+        label_field: the ``fo.Detections`` field to write: a new top-level field name (letters,
+            digits and underscores, starting with a letter; not a built-in sample field such
             as ``filepath`` or ``metadata``, not ``sa1b_image_id``).
         mask_dir: where the mask PNGs go, as ``<mask_dir>/<image stem>/<index>.png``. Default:
             ``<fo.config.default_dataset_dir>/<dataset slug>/<label_field>`` (the slug of the
-            final dataset name).
-        num_workers: threads decoding files (default: FiftyOne's recommendation).
+            final dataset name; ``<label_field>-<random suffix>`` when replacing a dataset, so
+            that its masks stay intact if the import fails).
+        num_workers: threads decoding files (default: FiftyOne's recommendation; >= 0).
         overwrite: replace an existing dataset called ``name`` (deleted only once the new one
             is complete).
         progress: show a progress bar (None: FiftyOne's default), or a progress callback.
@@ -142,12 +144,15 @@ def import_sa1b(
         The new dataset.
 
     Raises:
-        ValueError: ``label_field`` is not a valid new field name, ``dataset_dir`` is not a
-            directory or holds no images / JSON files, or the dataset exists and ``overwrite``
-            is False (all checked before any dataset is created or deleted).
+        ValueError: ``label_field`` is not a valid new field name, ``num_workers`` is
+            negative, ``dataset_dir`` is not a directory or holds no images / JSON files, or
+            the dataset exists and ``overwrite`` is False (all checked before any dataset is
+            created or deleted).
         RuntimeError: no file could be imported (the dataset is deleted again).
     """
     _check_label_field(label_field)
+    if num_workers is not None and num_workers < 0:
+        raise ValueError(f"Expected `num_workers` to be >= 0, but got {num_workers}")
     if not os.path.isdir(dataset_dir):
         raise ValueError(f"Expected `dataset_dir` to be a directory, but got {dataset_dir!r}")
     items = _pair_files(dataset_dir)
@@ -160,11 +165,14 @@ def import_sa1b(
         raise ValueError(f"Dataset {name!r} already exists; pass overwrite=True to replace it")
 
     # Replacing: build under a temporary name so that the existing dataset outlives a failure.
-    dataset = fo.Dataset(_temporary_name(name) if replace else name)
+    dataset = fo.Dataset(_temporary_name(name, "importing") if replace else name)
+    replaced = None
     try:
         if mask_dir is None:
             slug = fou.to_slug(name) if name is not None else dataset.slug
-            mask_dir = os.path.join(fo.config.default_dataset_dir, slug, label_field)
+            # A replacement writes its own folder: the replaced dataset's masks stay intact.
+            folder = f"{label_field}-{uuid.uuid4().hex[:8]}" if replace else label_field
+            mask_dir = os.path.join(fo.config.default_dataset_dir, slug, folder)
         summary = _import_files(
             dataset,
             dataset_dir,
@@ -174,16 +182,33 @@ def import_sa1b(
             num_workers,
             progress,
         )
-        if replace:
-            fo.delete_dataset(name)
-            dataset.name = name
         if persistent:
             dataset.persistent = True
+        if replace:
+            replaced = _take_name(dataset, name)
     except BaseException:
         _discard(dataset)
         raise
+    if replaced is not None:
+        replaced.delete()
     _log_summary(summary, label_field)
     return dataset
+
+
+def _take_name(dataset: fo.Dataset, name: str) -> fo.Dataset:
+    """Renames the dataset called ``name`` aside and gives ``dataset`` its name.
+
+    Returns:
+        The renamed old dataset, to delete (it keeps ``name`` if the rename fails).
+    """
+    old = fo.load_dataset(name)
+    old.name = _temporary_name(name, "replaced")
+    try:
+        dataset.name = name
+    except BaseException:
+        old.name = name
+        raise
+    return old
 
 
 def _import_files(
@@ -236,25 +261,19 @@ def _import_files(
 
 def _check_label_field(label_field: Any) -> None:
     """Raises ValueError unless ``label_field`` can name a new top-level sample field."""
+    check_field_name(label_field)
     reserved = {*fos.get_default_sample_fields(include_private=True), IMAGE_ID_FIELD}
-    if (
-        not isinstance(label_field, str)
-        or not label_field
-        or label_field.startswith("_")
-        or any(c in label_field for c in ".$")
-        or label_field in reserved
-    ):
+    if label_field in reserved:
         raise ValueError(
-            "Expected `label_field` to be a new top-level field name (not empty, no '.' or '$', "
-            "not starting with '_', not a built-in field such as 'filepath', 'id', 'metadata', "
-            f"'tags' or {IMAGE_ID_FIELD!r}), but got {label_field!r}"
+            f"Expected `label_field` to be a new field, but got {label_field!r}, a field "
+            "FiftyOne or the import itself writes"
         )
 
 
-def _temporary_name(name: str) -> str:
-    """An unused dataset name to build the replacement of dataset ``name`` under."""
+def _temporary_name(name: str, purpose: str) -> str:
+    """An unused dataset name derived from ``name`` (``<name>-<purpose>-<random>``)."""
     while True:
-        candidate = f"{name[:64]}-importing-{uuid.uuid4().hex[:8]}"
+        candidate = f"{name[:64]}-{purpose}-{uuid.uuid4().hex[:8]}"
         if not fo.dataset_exists(candidate):
             return candidate
 
@@ -719,6 +738,7 @@ def _export(
     view = samples.select_fields(fields + extra)
     written = []
     failed: dict[str, str] = {}  # image file name -> why its record could not be made
+    removed = 0
     for index, (sample, path) in enumerate(
         zip(view.iter_samples(progress=progress), paths, strict=True)
     ):
@@ -729,13 +749,18 @@ def _export(
             key = os.path.basename(sample.filepath)
             failed[key] = f"{type(err).__name__}: {err}" if isinstance(err, OSError) else str(err)
             logger.warning("Skipped %s: %s", key, failed[key])
-            continue
+            record = None
         if record is None:
+            if os.path.exists(path):  # an earlier export's (overwrite): not these labels
+                os.remove(path)
+                removed += 1
             continue
         text = json.dumps(record)  # serialized first: no half-written file on a TypeError
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
         written.append(path)
+    if removed:
+        logger.warning("Removed %d earlier file(s) of samples not exported this time", removed)
     unlabelled = len(paths) - len(written) - len(failed)
     if unlabelled:
         logger.warning("%d sample(s) have no %r label and were not exported", unlabelled, fields[0])

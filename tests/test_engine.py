@@ -823,3 +823,18 @@ def test_loading_clip_leaves_the_root_logger_alone(tiny_engine_dirs, monkeypatch
     ClipFilter(str(tiny_engine_dirs["clip"]), device="cpu")
     # A handler here would print every INFO record (FiftyOne's progress bars) a second time
     assert root.handlers == []
+
+
+def test_read_vocabulary_tells_names_from_files(tmp_path, monkeypatch):
+    from fiftyone_ssa.cli.engine import read_vocabulary
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tree").mkdir()
+    names = tmp_path / "names.txt"
+    names.write_text("road\n")
+    # A bare word naming a directory here and a name with a slash stay names
+    assert read_vocabulary(["cup/mug", "tree", str(names)]) == ["cup/mug", "tree", "road"]
+    with pytest.raises(ValueError, match="'missing.txt': no such file"):
+        read_vocabulary(["missing.txt"])
+    with pytest.raises(ValueError, match="a directory, expected a file of names"):
+        read_vocabulary([str(tmp_path / "tree")])

@@ -412,13 +412,16 @@ def test_failed_evaluation_leaves_no_saved_run(make_dataset, tmp_path):
 
 def test_nothing_to_evaluate_raises_before_saving(make_dataset, tmp_path):
     pairs = random_masks(np.random.default_rng(9), [0, 1], [0, 1], count=2)
-    dataset = build_dataset(make_dataset, tmp_path, pairs)
+    dataset = build_dataset(make_dataset, tmp_path, pairs, extra={"empty": [p for _, p in pairs]})
     with pytest.raises(ValueError, match="the collection is empty"):
         evaluate_miou(dataset.limit(0), "pred", "gt", eval_key="ev", progress=False)
-    dataset.set_values("pred", [None, None])
+    dataset.set_values("empty", [None, None])
+    with pytest.raises(ValueError, match="'empty' against 'gt': no sample has both labels"):
+        evaluate_miou(dataset, "empty", "gt", eval_key="ev", progress=False)
+    # Several fields: checked before the first one's run is saved
     with pytest.raises(ValueError, match="no sample has both labels"):
-        evaluate_miou(dataset, "pred", "gt", eval_key="ev", progress=False)
-    assert not dataset.list_evaluations() and "ev_miou" not in dataset.get_field_schema()
+        compare_miou(dataset, ["pred", "empty"], "gt", eval_key="ev", progress=False)
+    assert not dataset.list_evaluations() and "ev_pred_miou" not in dataset.get_field_schema()
 
 
 def test_plot_refuses_a_format_matplotlib_cannot_write(make_dataset, tmp_path):

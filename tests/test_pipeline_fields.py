@@ -94,6 +94,15 @@ def test_same_call_resumes_without_overwrite(scene_dataset):
     assert ds.info["fiftyone_ssa_runs"]["ssa"]["run_key"] == first.run_key
 
 
+def test_a_branch_field_of_the_users_own_is_left_alone(scene_dataset):
+    ds = scene_dataset(n=2)
+    mine = [fo.Segmentation(mask=np.full((4, 4), 7, np.uint8)) for _ in range(2)]
+    ds.set_values("ssa_branch", mine)
+    apply_ssa(ds, semantic_branch="field:coarse", mask_branch="field:instances", write_branch=False)
+    # No sample held an ssa label: the field is not a run's, and none of it is cleared
+    assert ds.count("ssa") == 2 and ds.count("ssa_branch") == 2
+
+
 def test_run_labelling_nothing_leaves_the_recorded_config(scene_dataset):
     ds = scene_dataset(n=2)
     branches = {"semantic_branch": "field:coarse", "mask_branch": "field:instances"}

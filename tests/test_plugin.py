@@ -631,6 +631,14 @@ def test_evaluate_miou_form(scene_dataset):
     assert not invalid(form("evaluate_miou", ds, {**params, "overwrite": True}))
     execute("evaluate_miou", ds, params={**params, "overwrite": True})
 
+    two = {"gt_field": "ground_truth", "pred_fields": ["coarse", "noisy"], "eval_key": "two"}
+    execute("evaluate_miou", ds, params=two)
+    ds.set_values("noisy", [None])
+    with pytest.raises(ExecutionError, match="no sample has both labels"):
+        execute("evaluate_miou", ds, params={**two, "overwrite": True})
+    ds.reload()
+    assert ds.has_evaluation("two_coarse") and ds.has_evaluation("two_noisy")  # none deleted
+
 
 def test_evaluate_miou_warns_when_ground_truth_has_no_mask_targets(scene_dataset):
     ds = scene_dataset(n=2, gt_targets=False)

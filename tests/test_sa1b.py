@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import bson
 import fiftyone as fo
@@ -360,17 +361,19 @@ def test_bad_label_field_is_rejected_before_anything_changes(
 def test_failed_import_leaves_no_dataset_and_keeps_the_replaced_one(
     make_sa1b_dir, tmp_path, monkeypatch
 ):
+    monkeypatch.setattr(fo.config, "default_dataset_dir", str(tmp_path / "fo"))
     files = make_sa1b_dir(num_images=4, num_masks=2)
     name = "ssa-test-sa1b-failing"
-    old = import_sa1b(
-        str(files.root), name=name, mask_dir=str(tmp_path / "old"), persistent=True, progress=False
-    )
+    old = import_sa1b(str(files.root), name=name, persistent=True, progress=False)
+    old_masks = old.values("sa1b.detections.mask_path", unwind=True)
+    old_bytes = [Path(p).read_bytes() for p in old_masks]
     try:
         old_ids = old.values("id")
         before = fo.list_datasets()
         # Interrupted mid-import: the first two samples are already in the new dataset.
         monkeypatch.setattr(sa1b_module, "_ADD_BATCH_SIZE", 1)
         read_image = sa1b_module._read_image
+        declare = sa1b_module.declare_detection_attributes
 
         def interrupted(item, *args):
             if item[0] == files.stems[2]:
@@ -392,15 +395,18 @@ def test_failed_import_leaves_no_dataset_and_keeps_the_replaced_one(
             assert fo.list_datasets() == before, target
         monkeypatch.setattr(sa1b_module, "_read_image", read_image)
 
-        # Failing after every sample was added.
+        # Failing after every sample was added, from images with the same stems, other masks,
+        # into the default mask folder: the replaced dataset's mask files stay as they were.
         def broken(*args):
             raise RuntimeError("boom")
 
         monkeypatch.setattr(sa1b_module, "declare_detection_attributes", broken)
+        other = make_sa1b_dir(num_images=4, num_masks=2, seed=1, name="other")
         with pytest.raises(RuntimeError, match="boom"):
-            import_sa1b(str(files.root), name=name, overwrite=True, progress=False)
+            import_sa1b(str(other.root), name=name, overwrite=True, progress=False)
         assert fo.list_datasets() == before
-        monkeypatch.undo()
+        assert [Path(p).read_bytes() for p in old_masks] == old_bytes
+        monkeypatch.setattr(sa1b_module, "declare_detection_attributes", declare)
 
         # Nothing importable: the replaced dataset stays too.
         broken_dir = tmp_path / "broken"
@@ -410,6 +416,7 @@ def test_failed_import_leaves_no_dataset_and_keeps_the_replaced_one(
             import_sa1b(str(broken_dir), name=name, overwrite=True, progress=False)
         assert fo.list_datasets() == before
 
+        monkeypatch.undo()
         kept = fo.load_dataset(name)
         assert kept is old and not kept.deleted
         assert kept.values("id") == old_ids and kept.persistent
@@ -433,11 +440,13 @@ def test_overwrite_renames_the_new_dataset_and_uses_the_final_slug(
         assert old.deleted and new.name == name and new.persistent
         assert fo.load_dataset(name) is new and len(new) == 3
         assert fo.list_datasets() == before  # the temporary name is gone
-        slug_dir = str(tmp_path / "fo" / "ssa-test-sa1b-replace" / "sa1b")
+        # The replacement's masks: a folder of their own beside the replaced dataset's
+        slug_dir = str(tmp_path / "fo" / "ssa-test-sa1b-replace")
         assert new.slug == "ssa-test-sa1b-replace"
-        assert new.info["sa1b_import"]["mask_dir"] == slug_dir
+        mask_dir = new.info["sa1b_import"]["mask_dir"]
+        assert re.fullmatch(re.escape(slug_dir + os.sep) + r"sa1b-[0-9a-f]{8}", mask_dir)
         paths = new.values("sa1b.detections.mask_path", unwind=True)
-        assert len(paths) == 6 and all(p.startswith(slug_dir + os.sep) for p in paths)
+        assert len(paths) == 6 and all(p.startswith(mask_dir + os.sep) for p in paths)
         assert all(os.path.isfile(p) for p in paths)
     finally:
         new.delete()
@@ -616,6 +625,14 @@ def test_export_skips_samples_that_fail_and_reports_them(make_dataset, tmp_path,
     assert (
         "1 sample(s) could not be exported" in caplog.text and "no 'sa1b' label" not in caplog.text
     )
+
+    # Overwriting an earlier export: the skipped sample's earlier file goes, not left as current
+    (out / "sa_2.json").write_text("{}")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fiftyone_ssa.sa1b"):
+        export_sa1b(ds, str(out), "sa1b", overwrite=True, progress=False)
+    assert sorted(os.listdir(out)) == ["sa_1.json", "sa_3.json"]
+    assert "Removed 1 earlier file(s)" in caplog.text
 
     bad = ds.match(F("filepath").ends_with("sa_2.jpg"))
     with pytest.raises(

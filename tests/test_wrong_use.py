@@ -345,7 +345,7 @@ ENGINE_CASES = [
     (
         "vocabulary-directory",
         ["--mask-branch", "field:masks", "--vocabulary", "a", str(Path(__file__).parent)],
-        ["--vocabulary", "is a directory"],
+        ["--vocabulary", "a directory, expected a file of names"],
     ),
     (
         "vocabulary-file-missing",

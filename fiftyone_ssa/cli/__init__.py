@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"fiftyone-ssa {args.command}: error: {one_line(err)}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt:
-        resumable = args.command in ("run", "engine")
+        resumable = args.command in ("run", "engine") and not args.no_resume
         hint = " (labels written so far are kept; the same command resumes)" if resumable else ""
         print(f"fiftyone-ssa {args.command}: interrupted{hint}", file=sys.stderr)
         sys.exit(130)

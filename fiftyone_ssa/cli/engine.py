@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from fiftyone_ssa.cli.common import (
@@ -95,17 +94,21 @@ def add_parser(subparsers) -> None:
 def read_vocabulary(values: list[str] | None) -> list[str]:
     """Class names from the command line: names, or files of one name per line.
 
+    A value is taken for a path, and must name a file, when it ends in ``.txt`` or has a
+    directory part that exists (``cup/mug`` stays a name unless ``./cup`` exists).
+
     Raises:
-        ValueError: a value naming a directory, or a path (a separator or a ``.txt`` suffix)
-            to no file.
+        ValueError: a value taken for a path that names a directory or nothing.
     """
     names: list[str] = []
     for value in values or []:
         path = Path(value).expanduser()
-        if path.is_dir():
-            raise ValueError(f"--vocabulary {value!r} is a directory, not a name or a file")
-        if not path.is_file() and ("/" in value or os.sep in value or value.endswith(".txt")):
-            raise ValueError(f"--vocabulary {value!r}: no such file")
+        meant_as_path = value.endswith(".txt") or (
+            path.parent != Path(".") and path.parent.is_dir()
+        )
+        if meant_as_path and not path.is_file():
+            what = "a directory" if path.is_dir() else "no such file"
+            raise ValueError(f"--vocabulary {value!r}: {what}, expected a file of names")
         if path.is_file():
             for line in path.read_text(encoding="utf-8").splitlines():
                 line = line.split("#", 1)[0].strip()

@@ -123,7 +123,7 @@ def _refuse_classes(kwargs: dict, branch: str) -> None:
     """ValueError when ``classes`` is given for a branch whose classes are its own."""
     if kwargs.pop("classes", None) is not None:
         raise ValueError(
-            f"`classes` (--classes) names a CLIPSeg branch's classes, but {branch} has its own"
+            f"`classes` (--classes) is only for CLIPSeg branches; {branch} has its own classes"
         )
 
 

@@ -224,11 +224,11 @@ def check_present(sources: Iterable[Any]) -> None:
     if len(missing) == 1:
         raise FileNotFoundError(missing_weights_message(missing[0]))
     if missing:
+        where = ", ".join(str(local_dir(n)) for n in missing)
         raise FileNotFoundError(
             f"missing weights for {', '.join(map(repr, missing))}: run `fiftyone-ssa models "
-            f"download {' '.join(missing)}` (needs internet), or copy the files into "
-            f"{get_models_dir()}, or point --models-dir / $FIFTYONE_SSA_MODELS_DIR at a "
-            "directory that has them"
+            f"download {' '.join(missing)}` (needs internet), or copy the files to {where}, or "
+            "point --models-dir / $FIFTYONE_SSA_MODELS_DIR at a directory that has them"
         )
 
 

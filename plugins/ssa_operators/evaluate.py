@@ -182,6 +182,7 @@ class EvaluateMIoU(SSAOperator):
         pred_fields = list(params["pred_fields"])
         save = params.get("save", True)
         keys = eval_keys(params.get("eval_key") or "miou", pred_fields) if save else {}
+        evaluation.check_evaluable(samples, pred_fields, gt_field)  # before anything is deleted
         if save and params.get("overwrite", False):
             for key in keys.values():
                 if ctx.dataset.has_evaluation(key):
