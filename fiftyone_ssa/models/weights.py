@@ -195,15 +195,18 @@ def is_present(name: str) -> bool:
     return _has_hf_weights(directory)
 
 
-def missing_weights_message(name: str) -> str:
-    """One line telling the user which file is missing and how to provide it."""
-    directory = local_dir(name)
-    preset = PRESETS.get(name)
-    what = directory / preset.filename if preset and preset.filename else directory
+def missing_weights_message(*names: str) -> str:
+    """One line telling the user which files are missing and how to provide them."""
+    where = []
+    for name in names:
+        directory = local_dir(name)
+        preset = PRESETS.get(name)
+        where.append(directory / preset.filename if preset and preset.filename else directory)
     return (
-        f"missing weights for {name!r}: {what} not found. Run `fiftyone-ssa models download "
-        f"{name}` (needs internet), or copy the files there, or point --models-dir / "
-        f"$FIFTYONE_SSA_MODELS_DIR at a directory that has them"
+        f"missing weights for {', '.join(map(repr, names))}: {', '.join(map(str, where))} not "
+        f"found. Run `fiftyone-ssa models download {' '.join(names)}` (needs internet), or copy "
+        "the files there, or point --models-dir / $FIFTYONE_SSA_MODELS_DIR at a directory that "
+        "has them"
     )
 
 
@@ -220,16 +223,8 @@ def check_present(sources: Iterable[Any]) -> None:
         known = name in PRESETS or looks_like_hf_id(name)
         if known and not Path(name).expanduser().exists() and not is_present(name):
             missing.append(name)
-    missing = list(dict.fromkeys(missing))
-    if len(missing) == 1:
-        raise FileNotFoundError(missing_weights_message(missing[0]))
     if missing:
-        where = ", ".join(str(local_dir(n)) for n in missing)
-        raise FileNotFoundError(
-            f"missing weights for {', '.join(map(repr, missing))}: run `fiftyone-ssa models "
-            f"download {' '.join(missing)}` (needs internet), or copy the files to {where}, or "
-            "point --models-dir / $FIFTYONE_SSA_MODELS_DIR at a directory that has them"
-        )
+        raise FileNotFoundError(missing_weights_message(*dict.fromkeys(missing)))
 
 
 def resolve(name: str) -> Path:
