@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -116,12 +119,20 @@ class ModelCache:
         family = random_init.resolve_model_config(name)["family"]
         return TINY_OVERRIDES[family] if self.tiny else None
 
+    def stamp(self, name: str) -> str:
+        """Changes whenever the preset's config or the way random models are built changes."""
+        config = random_init.resolve_model_config(name, self.overrides(name))
+        source = Path(random_init.__file__).read_bytes()
+        return hashlib.sha256(source + json.dumps(config, sort_keys=True).encode()).hexdigest()
+
     def directory(self, name: str) -> Path:
         directory = self.root / (name + ("-tiny" if self.tiny else ""))
-        if not (directory / ".complete").is_file():
+        marker, stamp = directory / ".complete", self.stamp(name)
+        if not marker.is_file() or marker.read_text() != stamp:
             print(f"saving random {name} to {directory}", file=sys.stderr, flush=True)
+            shutil.rmtree(directory, ignore_errors=True)
             random_init.save_random_model(name, directory, seed=0, overrides=self.overrides(name))
-            (directory / ".complete").write_text("")
+            marker.write_text(stamp)
         return directory
 
     def sam(self, name: str, device: torch.device):

@@ -49,6 +49,16 @@ def test_kept_configs_build_at_their_real_size(name):
         assert len(labels) == config["model"]["num_labels"]
 
 
+@pytest.mark.parametrize("name", ["blip-base", "blip-large"])
+def test_random_blip_sees_the_image(name):
+    """Different crops embed differently (BLIP's vision default would draw weights at 1e-10)."""
+    model = random_init.build_random_model(name, TINY_OVERRIDES["blip"])
+    size = model.config.vision_config.image_size
+    with torch.no_grad():
+        embeds = model.vision_model(pixel_values=torch.randn(2, 3, size, size)).pooler_output
+    assert (embeds[0] - embeds[1]).abs().max() > 0.1 * embeds.abs().max()
+
+
 @pytest.mark.parametrize("name", ["sam-vit-b", "sam-vit-l", "sam-vit-h"])
 def test_sam_sizes(name):
     with torch.device("meta"):

@@ -203,7 +203,13 @@ def build_random_model(name: str, overrides: dict | None = None) -> torch.nn.Mod
     elif family == "blip":
         from transformers import BlipConfig, BlipForConditionalGeneration
 
-        model = BlipForConditionalGeneration(BlipConfig(**model_config))
+        # BlipVisionConfig's default initializer_range is 1e-10: its random vision weights would
+        # be ~0, every crop would embed alike and every caption be the same. Trained weights
+        # are nothing like that; draw them at the text side's scale.
+        vision = {"initializer_range": 0.02, **model_config.get("vision_config", {})}
+        model = BlipForConditionalGeneration(
+            BlipConfig(**{**model_config, "vision_config": vision})
+        )
     else:
         raise ValueError(f"Expected a known model family for {name}, but got {family!r}")
     return model.eval()
