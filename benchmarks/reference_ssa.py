@@ -96,8 +96,9 @@ def reference_clip(clip, preprocess, patch: np.ndarray, names: list[str], top_k:
 def reference_clipseg(decider, patch: np.ndarray, names: list[str]) -> torch.Tensor:
     """The original's ``clipseg_segmentation``: the crop repeated per name, resized to 512x512.
 
-    The logits are resized to the crop's own size (the original resized them to the processor's
-    output size and indexed them with the crop's mask, which only works when both agree).
+    Returns the (len(names), 512, 512) logits. The original resized them to the processor's
+    input size and indexed them with the crop's own mask, which only works when both agree;
+    the mask is resized to the logits instead (nearest), as the project's decider does.
     """
     inputs = decider.processor(
         text=names, images=[Image.fromarray(patch)] * len(names), padding=True, return_tensors="pt"
@@ -105,10 +106,7 @@ def reference_clipseg(decider, patch: np.ndarray, names: list[str]) -> torch.Ten
     inputs["pixel_values"] = F.interpolate(
         inputs["pixel_values"], size=(512, 512), mode="bilinear", align_corners=False
     )
-    logits = decider.model(**inputs).logits.reshape(len(names), *inputs["pixel_values"].shape[-2:])
-    return F.interpolate(logits[None], size=patch.shape[:2], mode="bilinear", align_corners=False)[
-        0
-    ]
+    return decider.model(**inputs).logits.reshape(len(names), *inputs["pixel_values"].shape[-2:])
 
 
 def reference_engine(
@@ -183,7 +181,9 @@ def reference_engine(
             proposals = reference_clip(models.clip, preprocess, patch_small, candidates, k)
         with clock("clipseg"):
             ids = reference_clipseg(models.clipseg, patch_large, proposals).argmax(0)
-            winner = torch.bincount(ids[torch.from_numpy(valid_huge)].flatten()).topk(1)
+            crop_mask = torch.from_numpy(valid_huge).to(ids.device)[None, None].float()
+            crop_mask = F.interpolate(crop_mask, size=ids.shape, mode="nearest-exact")[0, 0] > 0
+            winner = torch.bincount(ids[crop_mask].flatten()).topk(1)
         name = proposals[winner.indices.item()] if len(proposals) > 1 else proposals[0]
         results.append({"class_name": name, "class_proposals": proposals, "caption": caption})
     return results

@@ -282,9 +282,12 @@ def bench_engine(results, preset, cache, images, device, nlp) -> list:
     rles = [masks_to_rles(m) for m in masks]
     reference_engine(reference_models, images[0], rles[0][:2], 3, preset.max_new_tokens)  # warm-up
     timings: dict[str, float] = {}
+    reference = []
     with results.stage("SSA-engine: reference (per mask, bs 1)", len(images), n_masks) as ref:
         for image, image_rles in zip(images, rles):
-            reference_engine(reference_models, image, image_rles, 3, preset.max_new_tokens, timings)
+            reference += reference_engine(
+                reference_models, image, image_rles, 3, preset.max_new_tokens, timings
+            )
     for role, name in {"decode": "RLE decode", **ENGINE_PARTS}.items():
         seconds = timings.get(role, 0.0)
         results.rows.append(Row(f"  reference: {name}", seconds, len(images), n_masks))
@@ -312,7 +315,36 @@ def bench_engine(results, preset, cache, images, device, nlp) -> list:
         f"reference fp32; per-model ratios: "
         + ", ".join(f"{k} {v:.1f}x" for k, v in per_mask.items())
     )
+    results.notes.append(engine_agreement(labels, reference))
     return list(zip(masks, labels))
+
+
+def engine_agreement(labels: list, reference: list[dict]) -> str:
+    """How often ours and the reference give the same caption, proposals and class, per mask.
+
+    With random weights CLIPSeg's prompts split a mask's pixels about evenly, so the class flips
+    with the slightest difference in the crops' pixels (PIL's resize in the reference, torch's in
+    ours); captions and proposals are the meaningful figures there.
+
+    Args:
+        labels: our ``MaskLabels``, one per image.
+        reference: the reference's per-mask dicts, image by image.
+    """
+    ours = [
+        (caption, proposals, name)
+        for image in labels
+        for caption, proposals, name in zip(
+            image.captions, image.class_proposals, image.class_names
+        )
+    ]
+    theirs = [(r["caption"], r["class_proposals"], r["class_name"]) for r in reference]
+    n = max(len(ours), 1)
+    same = [sum(a[i] == b[i] for a, b in zip(ours, theirs)) / n for i in range(3)]
+    prompts = sum(len(p) for _, p, _ in theirs) / n
+    return (
+        f"SSA-engine agreement with the reference, per mask: caption {same[0]:.2f}, proposals "
+        f"{same[1]:.2f}, class {same[2]:.2f}; {prompts:.2f} proposals (CLIPSeg prompts) per mask"
+    )
 
 
 def bench_database(results, images, labelled, workdir: Path) -> None:
