@@ -223,7 +223,7 @@ def _label_samples(
     read = safe_reader(job.needs_image)
     done = 0
     error_field = runs.error_field(job.label_field)
-    stale = _stale_outputs(dataset, job.label_field, job.unwritten_outputs())
+    stale = _stale_outputs(dataset, view, job.label_field, job.unwritten_outputs())
     with SampleWriter(dataset) as writer, fou.ProgressBar(total=total, progress=progress) as pbar:
         for batch, images in prefetch(iter_batches(select, batch_size), read, num_workers):
             results = job.label_batch(batch, images, skip_failures)
@@ -251,10 +251,11 @@ def _label_samples(
 
 
 def _stale_outputs(
-    dataset: fo.Dataset, label_field: str, unwritten: dict[str, type]
+    dataset: fo.Dataset, view, label_field: str, unwritten: dict[str, type]
 ) -> dict[str, set[str]]:
-    """Each unwritten optional output an earlier run left -> the ids of the samples holding it
-    beside a ``label_field`` label (see :meth:`LabellingJob.unwritten_outputs`)."""
+    """Each unwritten optional output an earlier run left -> the ids of the samples of ``view``
+    (this rank's pending samples) holding it beside a ``label_field`` label (see
+    :meth:`LabellingJob.unwritten_outputs`)."""
     schema = dataset.get_field_schema()
     stale: dict[str, set[str]] = {}
     if label_field not in schema:
@@ -264,5 +265,5 @@ def _stale_outputs(
         if isinstance(field, fo.EmbeddedDocumentField) and issubclass(
             field.document_type, label_type
         ):
-            stale[name] = set(dataset.exists(label_field).exists(name).values("id"))
+            stale[name] = set(view.exists(label_field).exists(name).values("id"))
     return stale
