@@ -429,6 +429,27 @@ def test_clipseg_thin_mask_still_votes(tiny_engine_models):
 # --------------------------------------------------------------------------- BLIP
 
 
+def test_blip_sdpa_attention_matches_eager(tiny_engine_dirs, scenes):
+    from transformers import BlipForConditionalGeneration
+
+    from fiftyone_ssa.models.captioner import BlipCaptioner, use_sdpa_attention
+
+    eager = BlipForConditionalGeneration.from_pretrained(tiny_engine_dirs["blip"]).eval()
+    captioner = BlipCaptioner(tiny_engine_dirs["blip"], device="cpu", max_new_tokens=8)
+    images, boxes = _crop_inputs(scenes, 1.6)
+    pixels = torch.cat([captioner.transform(i, b) for i, b in zip(images, boxes)])
+    with torch.no_grad():
+        theirs = eager.vision_model(pixel_values=pixels).last_hidden_state
+        ours = captioner.model.vision_model(pixel_values=pixels).last_hidden_state
+    assert (theirs - ours).abs().max() > 0  # a different computation of ...
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)  # ... the same attention
+    tokens = eager.generate(pixel_values=pixels, max_new_tokens=8, num_beams=1, do_sample=False)
+    assert captioner.caption_pixels(pixels) == [
+        " ".join(t.split()) for t in captioner.processor.batch_decode(tokens, True)
+    ]
+    assert use_sdpa_attention(captioner.model.vision_model) == 0  # already switched
+
+
 def test_captions_batched_equal_one_by_one(tiny_engine_models, scenes):
     captioner = tiny_engine_models.captioner
     images, boxes = _crop_inputs(scenes, 1.6)

@@ -6,6 +6,7 @@ with the processor's own size, resampling and normalisation), so no crop ever go
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,6 +56,49 @@ def crop_transform_from_processor(image_processor) -> CropTransform:
     )
 
 
+@functools.cache
+def _sdpa_blip_attention() -> type:
+    from transformers.models.blip.modeling_blip import BlipAttention
+
+    class SdpaBlipAttention(BlipAttention):
+        """``BlipAttention`` through ``scaled_dot_product_attention`` (same parameters)."""
+
+        def forward(self, hidden_states: torch.Tensor, **kwargs) -> tuple[torch.Tensor, None]:
+            """(B, T, C) -> (B, T, C); no attention probabilities."""
+            batch, tokens, channels = hidden_states.shape
+            qkv = self.qkv(hidden_states).reshape(batch, tokens, 3, self.num_heads, -1)
+            query, key, value = qkv.permute(2, 0, 3, 1, 4)
+            context = torch.nn.functional.scaled_dot_product_attention(
+                query, key, value, scale=self.scale
+            )
+            return self.projection(context.transpose(1, 2).reshape(batch, tokens, channels)), None
+
+    return SdpaBlipAttention
+
+
+def use_sdpa_attention(vision_model: torch.nn.Module) -> int:
+    """Makes BLIP's vision encoder attend through ``scaled_dot_product_attention``.
+
+    transformers' ``BlipAttention`` materialises the (B, heads, T, T) scores and their softmax;
+    SDPA computes the same attention in fused kernels (flash / memory-efficient on CUDA, a fused
+    kernel on CPUs) with the same parameters, in eval mode (no attention dropout). Modules of any
+    other class are left alone.
+
+    Args:
+        vision_model: ``BlipForConditionalGeneration.vision_model``.
+
+    Returns:
+        How many attention modules were switched.
+    """
+    sdpa = _sdpa_blip_attention()
+    switched = 0
+    for module in vision_model.modules():
+        if type(module) is sdpa.__base__:
+            module.__class__ = sdpa
+            switched += 1
+    return switched
+
+
 class BlipCaptioner:
     """BLIP (``BlipForConditionalGeneration``) unconditional captions of image crops.
 
@@ -86,6 +130,7 @@ class BlipCaptioner:
         )
         self.dtype = torch.float16 if (half and self.device.type == "cuda") else torch.float32
         self.model.to(self.device, self.dtype).eval()
+        use_sdpa_attention(self.model.vision_model)
         self.transform = crop_transform_from_processor(self.processor.image_processor)
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
