@@ -308,6 +308,11 @@ class FastMaskGenerator:
         crop_boxes, layer_idxs = generate_crop_boxes(
             (height, width), self.crop_n_layers, self.crop_overlap_ratio
         )
+        # On an image one pixel high or wide, segment-anything's crop grid holds crops of no
+        # pixels (its own generator fails on them); they can hold no mask.
+        kept = [i for i, (x0, y0, x1, y1) in enumerate(crop_boxes) if x1 > x0 and y1 > y0]
+        crop_boxes = [crop_boxes[i] for i in kept]
+        layer_idxs = [layer_idxs[i] for i in kept]
         crops = [
             self._process_crop(image, box, layer, (height, width), index)
             for index, (box, layer) in enumerate(zip(crop_boxes, layer_idxs))
