@@ -11,6 +11,7 @@ from fiftyone_ssa.models.fast_mask_generator import (
     _boxes_from_projections,
     _upsample_logits,
 )
+from fiftyone_ssa.models.masks import SamMaskBranch
 from fiftyone_ssa.models.sam_loader import build_sam, load_sam_dir
 from fiftyone_ssa.models.sam_small_regions import (
     postprocess_small_regions,
@@ -222,6 +223,16 @@ def test_invalid_arguments(blob_sam):
         )
     with pytest.raises(ValueError, match="points_per_batch"):
         FastMaskGenerator(blob_sam, points_per_batch=0)
+    # int(3 / 2**2) = 0 points per side in layer 2 (segment-anything: ZeroDivisionError).
+    with pytest.raises(ValueError, match=r"at least one point per side.*3 / 2 \*\* 2"):
+        FastMaskGenerator(
+            blob_sam, points_per_side=3, crop_n_layers=2, crop_n_points_downscale_factor=2
+        )
+    with pytest.raises(ValueError, match="crop_n_points_downscale_factor"):
+        FastMaskGenerator(blob_sam, points_per_side=3, crop_n_points_downscale_factor=0)
+    for fast in (True, False):  # SSA's crop layer (downscale 2) with one point per side
+        with pytest.raises(ValueError, match="at least one point per side"):
+            SamMaskBranch(blob_sam, fast=fast, points_per_side=1)
     generator = FastMaskGenerator(blob_sam, points_per_side=2)
     with pytest.raises(ValueError, match="uint8"):
         generator.generate(np.zeros((8, 8, 3), np.float32))

@@ -52,6 +52,31 @@ if TYPE_CHECKING:
 _UPSAMPLE_BUDGET = {"cuda": 2 << 30, "cpu": 256 << 20}
 
 
+def check_point_grid_settings(
+    points_per_side: int, crop_n_layers: int, crop_n_points_downscale_factor: int
+) -> None:
+    """Checks that every crop layer's point grid has at least one point per side.
+
+    segment-anything gives layer i ``int(points_per_side / factor**i)`` points per side and
+    divides by that number (a ZeroDivisionError when it is 0).
+
+    Raises:
+        ValueError: a layer would have no points.
+    """
+    if crop_n_points_downscale_factor < 1:
+        raise ValueError(
+            "Expected `crop_n_points_downscale_factor` >= 1, but got "
+            f"{crop_n_points_downscale_factor}"
+        )
+    last = int(points_per_side / (crop_n_points_downscale_factor**crop_n_layers))
+    if last < 1:
+        raise ValueError(
+            "Expected at least one point per side in every crop layer (points_per_side / "
+            "crop_n_points_downscale_factor ** crop_n_layers >= 1), but got "
+            f"{points_per_side} / {crop_n_points_downscale_factor} ** {crop_n_layers}"
+        )
+
+
 @dataclass
 class SamMaskSet(MaskSet):
     """The masks of one image from :class:`FastMaskGenerator`, all tensors on one device.
@@ -245,6 +270,9 @@ class FastMaskGenerator:
         if points_per_side is not None:
             if points_per_side < 1:
                 raise ValueError(f"Expected `points_per_side` >= 1, but got {points_per_side}")
+            check_point_grid_settings(
+                points_per_side, crop_n_layers, crop_n_points_downscale_factor
+            )
             point_grids = build_all_layer_point_grids(
                 points_per_side, crop_n_layers, crop_n_points_downscale_factor
             )
