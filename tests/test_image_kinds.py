@@ -175,6 +175,22 @@ def test_dark_16bit_grey_is_scaled_by_its_bit_depth(tmp_path, suffix):
     np.testing.assert_array_equal(image, np.repeat(expected[..., None], 3, axis=2))
 
 
+def test_float_tiff_with_nan_and_inf_pixels(tmp_path):
+    """A float TIFF (a depth map, say) with one NaN or inf pixel read as all black: it is scaled
+    by its largest finite value; NaN and -inf read as 0, +inf as white."""
+    values = np.linspace(0.0, 2.0, 20 * 30, dtype=np.float32).reshape(20, 30)
+    clean = tmp_path / "clean.tif"
+    Image.fromarray(values, mode="F").save(clean)
+    values[0, :3] = [np.nan, np.inf, -np.inf]
+    path = tmp_path / "nonfinite.tif"
+    Image.fromarray(values, mode="F").save(path)
+    image = read_rgb(path)
+    np.testing.assert_array_equal(image[0, :3, 0], [0, 255, 0])
+    np.testing.assert_array_equal(image[:, 3:], read_rgb(clean)[:, 3:])
+    np.testing.assert_array_equal(image[1:], read_rgb(clean)[1:])
+    assert image[-1, -1, 0] == 255
+
+
 def test_32bit_integer_grey_keeps_the_8bit_heuristic(tmp_path):
     """Mode "I" (bit depth unknown): values up to 255 are read as 8-bit, larger as 16-bit."""
     small = (np.arange(20 * 30).reshape(20, 30) % 256).astype(np.int32)

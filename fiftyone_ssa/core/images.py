@@ -17,8 +17,8 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
     16-bit and 32-bit grey images are scaled to 8 bits instead of clipped: a 16-bit image
     (modes "I;16*") always by 65535, as browsers show it, even when its values are all small;
     a 32-bit integer image (mode "I", bit depth unknown) by 65535 when a value exceeds 255, else
-    by 255; a float image (mode "F") by its maximum. Alpha is dropped; palette, grey and CMYK
-    images are converted to RGB.
+    by 255; a float image (mode "F") by its largest finite value (NaN and -inf read as 0, +inf
+    as the top). Alpha is dropped; palette, grey and CMYK images are converted to RGB.
 
     Args:
         image: a PIL image.
@@ -32,7 +32,10 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
         if image.mode.startswith("I;16"):
             top = 65535.0
         elif image.mode == "F":
-            top = max(float(values.max(initial=0)), 1.0)
+            # By the largest finite value: one NaN or inf pixel made every pixel black.
+            finite = np.isfinite(values)
+            top = max(float(values.max(initial=0, where=finite)), 1.0)
+            values = np.where(finite, values, np.where(values > 0, top, 0.0))
         else:
             top = 65535.0 if values.max(initial=0) > 255 else 255.0
         grey = np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
