@@ -199,6 +199,11 @@ def test_refine_coco_names():
 
 def test_candidates_deduplicated_in_order():
     assert dedupe_names(["Dog", " dog ", "a  cat", "", "cat", "DOG."]) == ["Dog", "a cat", "cat"]
+    # One name in two Unicode compositions (a vocabulary file saved on macOS is often NFD):
+    # they were two candidates that look the same and score the same.
+    composed, decomposed = "caf\u00e9", "cafe\u0301"
+    assert dedupe_names([composed, decomposed, "CAF\u00c9"]) == [composed]
+    assert dedupe_names([decomposed, composed]) == [decomposed]
     assert build_candidates(["wall", "wall"], ["red car", "Wall"], ["car"]) == [
         "wall",
         "red car",

@@ -11,6 +11,7 @@ from fiftyone_ssa.models.fast_mask_generator import (
     _boxes_from_projections,
     _upsample_logits,
 )
+from fiftyone_ssa.models.masks import SamMaskBranch
 from fiftyone_ssa.models.sam_loader import build_sam, load_sam_dir
 from fiftyone_ssa.models.sam_small_regions import (
     postprocess_small_regions,
@@ -151,6 +152,40 @@ def test_nothing_passes_the_filters(blob_sam):
     assert out.boxes.shape == (0, 4) and out.crop_boxes.shape == (0, 4)
 
 
+@pytest.mark.parametrize("size", [(1, 64), (48, 1), (1, 1)])
+def test_one_pixel_high_or_wide_image_with_crop_layers(blob_sam, monkeypatch, size):
+    """SSA's default crop_n_layers=1 on an image one pixel high or wide: segment-anything's
+    crop grid holds crops of no pixels, on which the generator failed ("height and width must
+    be > 0"). They hold no mask: the result is segment-anything's on the other crops (its own
+    generator, given the same crops without the empty ones)."""
+    import segment_anything.automatic_mask_generator as amg
+
+    settings = {
+        "points_per_side": 4,
+        "crop_n_layers": 1,
+        "crop_n_points_downscale_factor": 2,
+        "min_mask_region_area": 3,
+        **NO_THRESHOLDS,
+    }
+    image = blob_scene(*size, seed=1)
+    out = FastMaskGenerator(blob_sam, points_per_batch=40, **settings).generate(image)
+    assert out.masks.shape[1:] == size and len(out) > 0
+
+    original = amg.generate_crop_boxes
+
+    def non_empty_crops(*args):
+        boxes, layers = original(*args)
+        keep = [i for i, (x0, y0, x1, y1) in enumerate(boxes) if x1 > x0 and y1 > y0]
+        return [boxes[i] for i in keep], [layers[i] for i in keep]
+
+    monkeypatch.setattr(amg, "generate_crop_boxes", non_empty_crops)
+    ref = reference_records(blob_sam, image, **settings)
+    assert len(out) == len(ref["masks"])
+    np.testing.assert_array_equal(out.masks.numpy(), ref["masks"])
+    np.testing.assert_array_equal(out.crop_boxes.numpy(), ref["crop_boxes"])
+    np.testing.assert_allclose(out.predicted_iou.numpy(), ref["predicted_iou"], atol=1e-5)
+
+
 def test_point_grids_and_bfloat16_autocast(blob_sam):
     from segment_anything.utils.amg import build_point_grid
 
@@ -188,6 +223,16 @@ def test_invalid_arguments(blob_sam):
         )
     with pytest.raises(ValueError, match="points_per_batch"):
         FastMaskGenerator(blob_sam, points_per_batch=0)
+    # int(3 / 2**2) = 0 points per side in layer 2 (segment-anything: ZeroDivisionError).
+    with pytest.raises(ValueError, match=r"at least one point per side.*3 / 2 \*\* 2"):
+        FastMaskGenerator(
+            blob_sam, points_per_side=3, crop_n_layers=2, crop_n_points_downscale_factor=2
+        )
+    with pytest.raises(ValueError, match="crop_n_points_downscale_factor"):
+        FastMaskGenerator(blob_sam, points_per_side=3, crop_n_points_downscale_factor=0)
+    for fast in (True, False):  # SSA's crop layer (downscale 2) with one point per side
+        with pytest.raises(ValueError, match="at least one point per side"):
+            SamMaskBranch(blob_sam, fast=fast, points_per_side=1)
     generator = FastMaskGenerator(blob_sam, points_per_side=2)
     with pytest.raises(ValueError, match="uint8"):
         generator.generate(np.zeros((8, 8, 3), np.float32))

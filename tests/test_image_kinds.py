@@ -159,6 +159,52 @@ def test_exif_rotation_is_applied_to_the_pixels(tmp_path):
     assert image[:5, -5:, 0].min() == 255 and image[-5:, :5, 0].max() == 0
 
 
+@pytest.mark.parametrize("suffix", ["png", "tif"])
+def test_dark_16bit_grey_is_scaled_by_its_bit_depth(tmp_path, suffix):
+    """A 16-bit grey image whose values are all below 256 is nearly black, as browsers show it
+    (its bit depth is known: mode "I;16"); it was read as if 8-bit."""
+    values = (np.arange(20 * 30).reshape(20, 30) % 200 + 40).astype(np.uint16)
+    path = tmp_path / f"dark16.{suffix}"
+    Image.fromarray(values).save(path)
+    with Image.open(path) as image:
+        assert image.mode.startswith("I;16")
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED).astype(np.float64)
+    expected = np.rint(raw * 255.0 / 65535.0).astype(np.uint8)
+    image = read_rgb(path)
+    assert image.max() <= 1
+    np.testing.assert_array_equal(image, np.repeat(expected[..., None], 3, axis=2))
+
+
+def test_float_tiff_with_nan_and_inf_pixels(tmp_path):
+    """A float TIFF (a depth map, say) with one NaN or inf pixel read as all black: it is scaled
+    by its largest finite value; NaN and -inf read as 0, +inf as white."""
+    values = np.linspace(0.0, 2.0, 20 * 30, dtype=np.float32).reshape(20, 30)
+    clean = tmp_path / "clean.tif"
+    Image.fromarray(values, mode="F").save(clean)
+    values[0, :3] = [np.nan, np.inf, -np.inf]
+    path = tmp_path / "nonfinite.tif"
+    Image.fromarray(values, mode="F").save(path)
+    image = read_rgb(path)
+    np.testing.assert_array_equal(image[0, :3, 0], [0, 255, 0])
+    np.testing.assert_array_equal(image[:, 3:], read_rgb(clean)[:, 3:])
+    np.testing.assert_array_equal(image[1:], read_rgb(clean)[1:])
+    assert image[-1, -1, 0] == 255
+
+
+def test_32bit_integer_grey_keeps_the_8bit_heuristic(tmp_path):
+    """Mode "I" (bit depth unknown): values up to 255 are read as 8-bit, larger as 16-bit."""
+    small = (np.arange(20 * 30).reshape(20, 30) % 256).astype(np.int32)
+    path = tmp_path / "small.tif"
+    Image.fromarray(small).save(path)
+    with Image.open(path) as image:
+        assert image.mode == "I"
+    np.testing.assert_array_equal(read_rgb(path)[..., 0], small.astype(np.uint8))
+    large = small * 257
+    path = tmp_path / "large.tif"
+    Image.fromarray(large).save(path)
+    np.testing.assert_array_equal(read_rgb(path)[..., 0], small.astype(np.uint8))
+
+
 def test_every_kind_end_to_end_with_a_callable_branch(make_dataset, tmp_path):
     """The semantic branch sees exactly the reference RGB; outputs have the upright size."""
     seen = {}

@@ -165,6 +165,32 @@ def test_painted_dtype_follows_the_class_map():
         assert torch.equal(painted, paint_masks(c, torch.from_numpy(masks), ref.labels))
 
 
+def test_uint16_class_map_with_ids_above_255_on_every_path():
+    """A class map read with torch.from_numpy from a uint16 mask (more than 255 classes): torch
+    has no max/min or indexed writes for uint16, so every path raised NotImplementedError."""
+    from fiftyone_ssa.core.rle_voting import vote_and_paint_masks
+
+    masks, class_map = random_case(np.random.default_rng(3), 6, 9, 11, 40)
+    class_map = class_map + 280
+    ref_vote, ref_painted = dense(masks, class_map, 320)
+    c16, m = torch.from_numpy(class_map.astype(np.uint16)), torch.from_numpy(masks)
+    assert c16.dtype == torch.uint16
+    dense_vote = vote_mask_classes(m, c16)
+    results = [
+        (dense_vote, paint_masks(c16, m, dense_vote.labels)),
+        vote_and_paint_rles(coco_rles(masks), c16),
+        vote_and_paint_rles(coco_rles(masks), c16, 320),
+        vote_and_paint_masks(m, c16),
+    ]
+    for vote, painted in results:
+        width = vote.votes.shape[1]  # max + 1 when num_classes is not given
+        assert torch.equal(vote.votes, ref_vote.votes[:, :width])
+        assert ref_vote.votes[:, width:].sum() == 0
+        assert torch.equal(vote.labels, ref_vote.labels)
+        assert painted.dtype == torch.uint16
+        assert torch.equal(painted.long(), ref_painted)
+
+
 def test_bad_arguments():
     mask = np.ones((1, 4, 5), dtype=bool)
     rles = coco_rles(mask)

@@ -260,6 +260,14 @@ RUN_CASES = [
         ["'stability_score_thresh'", "in [0.0, 1.0]"],
     ),
     (
+        # SSA's crop layer (downscale 2) would get int(1 / 2) = 0 points per side:
+        # segment-anything's grid builder raised ZeroDivisionError.
+        "too-few-points-for-the-crop-layers",
+        ["--semantic-branch", "field:coarse", "--mask-branch", "{sam}"]
+        + ["--mask-option", "points_per_side=1"],
+        ["at least one point per side in every crop layer", "1 / 2 ** 1"],
+    ),
+    (
         "mask-option-not-a-number",
         ["--semantic-branch", "field:coarse", "--mask-branch", "{sam}"]
         + ["--mask-option", "crop_n_layers=abc"],

@@ -14,8 +14,11 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
     """Converts a PIL image of any common mode to an upright RGB uint8 array.
 
     EXIF orientation is applied (as browsers, and so the FiftyOne App, display the image);
-    16-bit and 32-bit grey images are scaled to 8 bits instead of clipped; alpha is dropped;
-    palette, grey and CMYK images are converted to RGB.
+    16-bit and 32-bit grey images are scaled to 8 bits instead of clipped: a 16-bit image
+    (modes "I;16*") always by 65535, as browsers show it, even when its values are all small;
+    a 32-bit integer image (mode "I", bit depth unknown) by 65535 when a value exceeds 255, else
+    by 255; a float image (mode "F") by its largest finite value (NaN and -inf read as 0, +inf
+    as the top). Alpha is dropped; palette, grey and CMYK images are converted to RGB.
 
     Args:
         image: a PIL image.
@@ -26,9 +29,15 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
     image = ImageOps.exif_transpose(image)
     if image.mode in _HIGH_BIT_MODES:
         values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if values.max(initial=0) > 255 else 255.0
-        if image.mode == "F":
-            top = max(float(values.max(initial=0)), 1.0)
+        if image.mode.startswith("I;16"):
+            top = 65535.0
+        elif image.mode == "F":
+            # By the largest finite value: one NaN or inf pixel made every pixel black.
+            finite = np.isfinite(values)
+            top = max(float(values.max(initial=0, where=finite)), 1.0)
+            values = np.where(finite, values, np.where(values > 0, top, 0.0))
+        else:
+            top = 65535.0 if values.max(initial=0) > 255 else 255.0
         grey = np.clip(np.rint(values * (255.0 / top)), 0, 255).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=2)
     if image.mode != "RGB":

@@ -25,7 +25,12 @@ import torch
 
 from fiftyone_ssa.core.crops import mask_boxes_xyxy
 from fiftyone_ssa.core.rle import RLE, rle_runs
-from fiftyone_ssa.core.voting import VoteResult, painting_order
+from fiftyone_ssa.core.voting import (
+    WIDE_UNSIGNED_DTYPES,
+    VoteResult,
+    as_supported_ids,
+    painting_order,
+)
 
 
 @dataclass
@@ -151,7 +156,7 @@ def count_run_votes(runs: MaskRuns, class_map: torch.Tensor, num_classes: int) -
         raise ValueError(f"Expected `num_classes` to be >= 1, but got {num_classes}")
     device = class_map.device
     runs = runs.to(device)
-    flat = _column_major(class_map)
+    flat = _column_major(as_supported_ids(class_map))
     if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= num_classes):
         raise ValueError(
             f"Expected `class_map` ids in [0, {num_classes}), but got ids in "
@@ -196,7 +201,7 @@ def vote_rle_classes(
     """
     runs = _as_runs(rles, class_map)
     if num_classes is None:
-        num_classes = int(class_map.max()) + 1 if class_map.numel() else 1
+        num_classes = int(as_supported_ids(class_map).max()) + 1 if class_map.numel() else 1
     return VoteResult.from_votes(count_run_votes(runs, class_map, num_classes))
 
 
@@ -223,6 +228,8 @@ def paint_runs(
     n = runs.num_masks
     if labels.shape != (n,):
         raise ValueError(f"Expected `labels` to be ({n},), but got shape {tuple(labels.shape)}")
+    if class_map.dtype in WIDE_UNSIGNED_DTYPES:
+        return paint_runs(class_map.long(), runs, labels, order).to(class_map.dtype)
     device = class_map.device
     runs = runs.to(device)
     if order is None:

@@ -9,6 +9,7 @@ is the candidate list, so every answer is one of its names.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 
 VOCABULARY_MODES = ("add", "restrict")
@@ -53,12 +54,17 @@ def refine_coco_name(name: str) -> str:
 
 
 def dedupe_names(names: Iterable[str]) -> list[str]:
-    """Normalised names without empties and case-insensitive repeats, first spelling kept."""
+    """Normalised names without empties and case-insensitive repeats, first spelling kept.
+
+    Names that differ only in Unicode composition (``"café"`` typed as one code point or as
+    ``e`` plus a combining accent) are repeats: they look the same and CLIP's tokenizer reads
+    them as one text.
+    """
     seen: set[str] = set()
     out: list[str] = []
     for name in names:
         clean = normalize_name(name)
-        key = clean.casefold()
+        key = unicodedata.normalize("NFC", clean).casefold()
         if clean and key not in seen:
             seen.add(key)
             out.append(clean)

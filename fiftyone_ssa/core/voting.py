@@ -20,6 +20,22 @@ import torch
 _MAX_PAIRS_PER_CHUNK = 1 << 24
 # Upper bound on mask pixels materialised at once when painting.
 _MAX_PAINT_ELEMENTS = 1 << 26
+# Unsigned dtypes wider than 8 bits (a uint16 class map read with ``torch.from_numpy``): torch
+# implements few operations on them (no min/max, no indexed writes), so they are worked on as
+# int64 and the painted map is cast back.
+WIDE_UNSIGNED_DTYPES = (torch.uint16, torch.uint32, torch.uint64)
+
+
+def as_supported_ids(class_map: torch.Tensor) -> torch.Tensor:
+    """The class map itself, or as int64 when torch cannot compute on its dtype (uint16/32/64).
+
+    Args:
+        class_map: (H, W) integer class ids.
+
+    Returns:
+        (H, W) integer class ids that torch's reductions and indexed writes accept.
+    """
+    return class_map.long() if class_map.dtype in WIDE_UNSIGNED_DTYPES else class_map
 
 
 @dataclass
@@ -159,7 +175,7 @@ def vote_mask_classes(
         The votes, areas, winning labels and confidences of the N masks.
     """
     if num_classes is None:
-        num_classes = int(class_map.max()) + 1 if class_map.numel() else 1
+        num_classes = int(as_supported_ids(class_map).max()) + 1 if class_map.numel() else 1
     return VoteResult.from_votes(count_votes(masks, class_map, num_classes))
 
 
@@ -199,6 +215,8 @@ def paint_masks(
     n = masks.shape[0]
     if labels.shape != (n,):
         raise ValueError(f"Expected `labels` to be ({n},), but got shape {tuple(labels.shape)}")
+    if class_map.dtype in WIDE_UNSIGNED_DTYPES:
+        return paint_masks(class_map.long(), masks, labels, order).to(class_map.dtype)
     out = class_map.clone()
     if n == 0:
         return out

@@ -52,6 +52,31 @@ if TYPE_CHECKING:
 _UPSAMPLE_BUDGET = {"cuda": 2 << 30, "cpu": 256 << 20}
 
 
+def check_point_grid_settings(
+    points_per_side: int, crop_n_layers: int, crop_n_points_downscale_factor: int
+) -> None:
+    """Checks that every crop layer's point grid has at least one point per side.
+
+    segment-anything gives layer i ``int(points_per_side / factor**i)`` points per side and
+    divides by that number (a ZeroDivisionError when it is 0).
+
+    Raises:
+        ValueError: a layer would have no points.
+    """
+    if crop_n_points_downscale_factor < 1:
+        raise ValueError(
+            "Expected `crop_n_points_downscale_factor` >= 1, but got "
+            f"{crop_n_points_downscale_factor}"
+        )
+    last = int(points_per_side / (crop_n_points_downscale_factor**crop_n_layers))
+    if last < 1:
+        raise ValueError(
+            "Expected at least one point per side in every crop layer (points_per_side / "
+            "crop_n_points_downscale_factor ** crop_n_layers >= 1), but got "
+            f"{points_per_side} / {crop_n_points_downscale_factor} ** {crop_n_layers}"
+        )
+
+
 @dataclass
 class SamMaskSet(MaskSet):
     """The masks of one image from :class:`FastMaskGenerator`, all tensors on one device.
@@ -245,6 +270,9 @@ class FastMaskGenerator:
         if points_per_side is not None:
             if points_per_side < 1:
                 raise ValueError(f"Expected `points_per_side` >= 1, but got {points_per_side}")
+            check_point_grid_settings(
+                points_per_side, crop_n_layers, crop_n_points_downscale_factor
+            )
             point_grids = build_all_layer_point_grids(
                 points_per_side, crop_n_layers, crop_n_points_downscale_factor
             )
@@ -308,6 +336,11 @@ class FastMaskGenerator:
         crop_boxes, layer_idxs = generate_crop_boxes(
             (height, width), self.crop_n_layers, self.crop_overlap_ratio
         )
+        # On an image one pixel high or wide, segment-anything's crop grid holds crops of no
+        # pixels (its own generator fails on them); they can hold no mask.
+        kept = [i for i, (x0, y0, x1, y1) in enumerate(crop_boxes) if x1 > x0 and y1 > y0]
+        crop_boxes = [crop_boxes[i] for i in kept]
+        layer_idxs = [layer_idxs[i] for i in kept]
         crops = [
             self._process_crop(image, box, layer, (height, width), index)
             for index, (box, layer) in enumerate(zip(crop_boxes, layer_idxs))

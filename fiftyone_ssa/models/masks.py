@@ -128,9 +128,19 @@ class SamMaskBranch(MaskBranch):
         self._generator = self._make_generator()
 
     def _make_generator(self):
-        if self.fast:
-            from fiftyone_ssa.models.fast_mask_generator import FastMaskGenerator
+        from fiftyone_ssa.models.fast_mask_generator import (
+            FastMaskGenerator,
+            check_point_grid_settings,
+        )
 
+        options = self.options
+        if options.get("points_per_side") is not None:
+            check_point_grid_settings(
+                options["points_per_side"],
+                options.get("crop_n_layers", 0),
+                options.get("crop_n_points_downscale_factor", 1),
+            )
+        if self.fast:
             return FastMaskGenerator(self.model, **self.options)
         from segment_anything import SamAutomaticMaskGenerator
 
