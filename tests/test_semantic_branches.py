@@ -126,3 +126,22 @@ def test_callable_with_wrong_shape_is_rejected():
     branch = create_branch(lambda image: (np.zeros((2, 2)), {0: "a"}), device="cpu")
     with pytest.raises(ValueError, match="class map"):
         branch.predict([np.zeros((3, 3, 3), dtype=np.uint8)])
+
+
+@pytest.mark.parametrize(
+    "class_map",
+    [np.full((3, 3), 0.7, dtype=np.float32), np.full((3, 3), -1)],
+    ids=["scores", "negative"],
+)
+def test_callable_returning_scores_is_rejected(class_map):
+    branch = create_branch(lambda image: (class_map, {0: "a"}), device="cpu")
+    with pytest.raises(ValueError, match="class ids"):
+        branch.predict([np.zeros((3, 3, 3), dtype=np.uint8)])
+
+
+def test_callable_class_ids_of_any_integral_dtype_are_taken():
+    grid = np.arange(9).reshape(3, 3)
+    for ids in (grid + 300.0, (grid + 300).astype(np.uint16), grid.astype(np.uint8), grid % 2 == 1):
+        branch = create_branch(lambda image, ids=ids: (ids, {0: "a"}), device="cpu")
+        (class_map,) = branch.predict([np.zeros((3, 3, 3), dtype=np.uint8)])
+        assert class_map.dtype == torch.int64 and class_map.tolist() == ids.astype(int).tolist()

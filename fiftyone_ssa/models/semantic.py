@@ -76,6 +76,22 @@ class FieldSemanticBranch(SemanticBranch):
         raise RuntimeError(f"{self.name} reads its class maps from the samples, not from images")
 
 
+def _holds_class_ids(class_map: torch.Tensor) -> bool:
+    """Whether every value of a map is a whole number >= 0 (a bool map holds ids 0 and 1)."""
+    if class_map.is_complex():
+        return False
+    if class_map.is_floating_point():
+        return bool(((class_map >= 0) & (class_map == class_map.round())).all())
+    return class_map.numel() == 0 or int(class_map.long().min()) >= 0
+
+
+def _odd_value(class_map: torch.Tensor) -> float:
+    """One value of a map that is not a class id."""
+    values = class_map.flatten().double()
+    odd = (values < 0) | (values != values.round())
+    return values[odd][0].item() if bool(odd.any()) else values[0].item()
+
+
 class CallableSemanticBranch(SemanticBranch):
     """Wraps any Python callable ``image -> (class map, id -> name)``.
 
@@ -105,12 +121,19 @@ class CallableSemanticBranch(SemanticBranch):
             class_map, classes = self.fn(image)
             class_map = torch.as_tensor(
                 np.asarray(class_map) if not torch.is_tensor(class_map) else class_map
-            ).to(self.device, torch.int64)
+            )
             if tuple(class_map.shape) != image.shape[:2]:
                 raise ValueError(
                     f"Expected the callable's class map to be {image.shape[:2]}, but got "
                     f"{tuple(class_map.shape)}"
                 )
+            if not _holds_class_ids(class_map):
+                raise ValueError(
+                    f"Expected the callable's class map to hold class ids (integers >= 0), but "
+                    f"got {class_map.dtype} values such as {_odd_value(class_map)}: return the "
+                    "argmax of scores, not the scores"
+                )
+            class_map = class_map.to(self.device, torch.int64)
             self.classes.update({int(k): str(v) for k, v in classes.items()})
             maps.append(class_map)
         return maps
