@@ -264,5 +264,6 @@ def _stale_outputs(
         if isinstance(field, fo.EmbeddedDocumentField) and issubclass(
             field.document_type, label_type
         ):
-            stale[name] = set(dataset.exists(label_field).exists(name).values("id"))
+            labelled = runs.every_sample(dataset).exists(label_field)
+            stale[name] = set(labelled.exists(name).values("id"))
     return stale
