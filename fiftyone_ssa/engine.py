@@ -181,6 +181,7 @@ def apply_ssa_engine(
         A summary of the run.
     """
     check_run_options(batch_size, top_k, num_workers)
+    distributed.check_device(device)
     if models is not None and not isinstance(models, (EngineModels, dict)):
         raise ValueError(
             f"Expected `models` to be EngineModels or a dict of model sources, but got "

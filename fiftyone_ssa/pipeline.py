@@ -211,6 +211,7 @@ def apply_ssa(
         A summary of the run.
     """
     check_run_options(batch_size, top_k, num_workers)
+    distributed.check_device(device)
     if isinstance(classes, str):
         raise ValueError(f"Expected `classes` to be a list of class names, but got {classes!r}")
     config = {
