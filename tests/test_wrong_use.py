@@ -384,8 +384,9 @@ def test_engine_wrong_use(cli_dataset, models_dir, tiny_engine_dirs, capsys, arg
 
 
 EVAL_CASES = [
-    ("missing-gt", ["--gt", "nope", "--pred", "coarse"], ["nope"]),
-    ("missing-pred", ["--gt", "gt", "--pred", "nope"], ["nope"]),
+    # Said "no sample has both labels" for a field that does not exist.
+    ("missing-gt", ["--gt", "nope", "--pred", "coarse"], ["field 'nope' does not exist"]),
+    ("missing-pred", ["--gt", "gt", "--pred", "nope"], ["field 'nope' does not exist"]),
     ("gt-of-wrong-type", ["--gt", "masks", "--pred", "coarse"], ["masks"]),
     (
         "plot-in-an-unknown-format",
