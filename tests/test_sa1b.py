@@ -771,3 +771,23 @@ def test_labelling_imported_masks_keeps_every_original_key_for_export(
                 for key in ANNOTATION_KEYS:
                     assert got[key] == want[key], (stem, key)
                 assert got["class_name"] and got["class_proposals"]
+
+
+def test_null_area_is_the_rle_area_and_a_bad_one_names_the_annotation(make_sa1b_dir, tmp_path):
+    # "area": null failed the whole file with "TypeError: int() argument must be ... not
+    # 'NoneType'" (this tool's own export writes null for the other missing numbers).
+    files = make_sa1b_dir(num_images=2, num_masks=2)
+    for stem, area in zip(files.stems, [None, "big"]):
+        record = files.records[stem]
+        record["annotations"][0]["area"] = area
+        (files.root / f"{stem}.json").write_text(json.dumps(record))
+    dataset = import_sa1b(str(files.root), mask_dir=str(tmp_path / "m"), progress=False)
+    try:
+        det = by_stem(dataset)[files.stems[0]].sa1b.detections[0]
+        assert det.area == int(files.masks[files.stems[0]][0].sum())
+        errors = dataset.info["sa1b_import"]["errors"]
+        assert list(errors) == [f"{files.stems[1]}.json"]
+        assert errors[f"{files.stems[1]}.json"].startswith("annotation 0 (id 2000)")
+        assert "'area'" in errors[f"{files.stems[1]}.json"]
+    finally:
+        dataset.delete()
