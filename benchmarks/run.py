@@ -362,7 +362,7 @@ def bench_database(results, images, labelled, workdir: Path) -> None:
     job = EngineJob("ssa_engine", None, None, {}, False, str(workdir / "masks"))
 
     def values(sample_id, masks, labels):
-        return job.sample_values(sample_id, (MaskSet.from_masks(masks), labels), "bench")[0]
+        return job.sample_values(sample_id, (MaskSet.from_masks(masks), None, labels), "bench")[0]
 
     dataset = fo.Dataset(f"ssa-benchmark-{os.getpid()}-{time.time_ns()}")
     try:

@@ -101,6 +101,40 @@ def default_device(ranks: Ranks) -> str | None:
     return None
 
 
+def check_device(device: Any) -> None:
+    """Raises ValueError (one line) unless ``device`` is None or a device this machine has.
+
+    Checked before any model loads or anything is written: a CUDA device on a machine without
+    one would otherwise fail every sample, one by one, and record the failure on each.
+
+    Args:
+        device: a torch device or its name (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``).
+    """
+    if device is None:
+        return
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(
+            f"Expected `device` to be a torch device such as 'cpu', 'cuda' or 'cuda:1', but "
+            f"got {device!r}"
+        ) from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {str(device)!r} needs CUDA, which is not available on this machine "
+                "(torch.cuda.is_available() is False); use 'cpu'"
+            )
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(
+                f"device {str(device)!r} does not exist: this machine has {count} CUDA "
+                f"device(s), cuda:0 to cuda:{count - 1}"
+            )
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(device)!r} is not available on this machine; use 'cpu'")
+
+
 def barrier() -> None:
     """Waits for every rank (no-op for a single rank)."""
     if _group_active():

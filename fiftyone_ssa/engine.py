@@ -22,7 +22,7 @@ from fiftyone_ssa.batching import check_label_field, guard
 from fiftyone_ssa.core.mask_set import MaskSet
 from fiftyone_ssa.core.vocabulary import check_vocabulary
 from fiftyone_ssa.core.voting import paint_masks, painting_order
-from fiftyone_ssa.labels import build_detections, class_map_to_numpy
+from fiftyone_ssa.labels import build_detections, carried_attributes, class_map_to_numpy
 from fiftyone_ssa.models.engine_models import (
     CAPTION_CROP_SCALE,
     CLIP_CROP_SCALE,
@@ -181,6 +181,7 @@ def apply_ssa_engine(
         A summary of the run.
     """
     check_run_options(batch_size, top_k, num_workers)
+    distributed.check_device(device)
     if models is not None and not isinstance(models, (EngineModels, dict)):
         raise ValueError(
             f"Expected `models` to be EngineModels or a dict of model sources, but got "
@@ -299,7 +300,7 @@ class EngineJob(LabellingJob):
         return _label_batch(batch, images, self.masks, self.models, self.settings, skip_failures)
 
     def sample_values(self, sample_id, outcome, run_key):
-        mask_set, labels = outcome
+        mask_set, carried, labels = outcome
         values = _sample_values(
             sample_id,
             self.label_field,
@@ -308,6 +309,7 @@ class EngineJob(LabellingJob):
             self.targets,
             self.mask_root,
             run_key,
+            carried,
         )
         return values, len(mask_set), sorted(set(labels.class_names))
 
@@ -316,17 +318,27 @@ class EngineJob(LabellingJob):
             self.targets.save()
 
 
-def _sample_masks(sample, image: np.ndarray, masks, device: torch.device) -> MaskSet:
-    """The sample's non-empty masks on ``device``: from its field or from the mask branch."""
+def _sample_masks(sample, image: np.ndarray, masks, device: torch.device):
+    """The sample's non-empty masks on ``device``: from its field or from the mask branch.
+
+    Returns:
+        The MaskSet, and for a field branch the carried attributes of each of its masks
+        (see ``labels.carried_attributes``; None for a model branch).
+    """
     mask_set = sample_masks(sample, image, tuple(image.shape[:2]), masks, device)
-    return mask_set.select(mask_set.masks.flatten(1).any(dim=1))
+    keep = mask_set.masks.flatten(1).any(dim=1)
+    carried = None
+    if isinstance(masks, FieldMaskBranch):
+        kept = keep.cpu().tolist()
+        carried = [a for a, k in zip(carried_attributes(sample[masks.field]), kept) if k]
+    return mask_set.select(keep), carried
 
 
 def _label_batch(batch, images, masks, models, settings, skip_failures):
     """SSA-engine for a batch of samples; (outcome or exception, seconds) per sample.
 
-    Outcomes are ``(mask set, MaskLabels)``. A model failure on the batch is retried sample by
-    sample so one bad image does not fail its batch-mates.
+    Outcomes are ``(mask set, carried attributes or None, MaskLabels)``. A model failure on
+    the batch is retried sample by sample so one bad image does not fail its batch-mates.
     """
     start = time.perf_counter()
     mask_sets = [
@@ -339,10 +351,10 @@ def _label_batch(batch, images, masks, models, settings, skip_failures):
     outcomes: list[Any] = list(mask_sets)
     try:
         labels = label_masks(
-            models, [images[i] for i in live], [mask_sets[i].masks for i in live], **settings
+            models, [images[i] for i in live], [mask_sets[i][0].masks for i in live], **settings
         )
         for i, image_labels in zip(live, labels):
-            outcomes[i] = (mask_sets[i], image_labels)
+            outcomes[i] = (*mask_sets[i], image_labels)
     except Exception as err:
         if not skip_failures:
             raise
@@ -395,8 +407,12 @@ def _sample_values(
     targets: _SegmentationTargets | None,
     mask_root: str,
     run_key: str,
+    carried: list[dict] | None = None,
 ) -> dict:
-    """One sample's output field values (written in a single update)."""
+    """One sample's output field values (written in a single update).
+
+    ``carried``: per mask, attributes of its source detection to keep (field branches).
+    """
     areas = mask_set.masks.flatten(1).sum(dim=1)
     area_list = areas.cpu().tolist()
     ious = mask_set.predicted_iou.cpu().tolist()
@@ -414,6 +430,8 @@ def _sample_values(
         }
         for i in range(len(mask_set))
     ]
+    for attrs, kept in zip(attributes, carried or []):
+        attrs.update(kept)
     mask_dir = None
     if sum(area_list) > MAX_INLINE_MASK_PIXELS:
         # A directory per run key: relabelling with other settings leaves the files of the

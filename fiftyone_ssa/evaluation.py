@@ -45,6 +45,10 @@ def check_evaluable(samples, pred_fields: Sequence[str], gt_field: str) -> None:
     """
     if not len(samples):
         raise ValueError(f"nothing to evaluate against {gt_field!r}: the collection is empty")
+    schema = samples.get_field_schema(flat=True)
+    for field in [gt_field, *pred_fields]:
+        if field not in schema:
+            raise ValueError(f"field {field!r} does not exist on these samples")
     for field in pred_fields:
         if not samples.exists(field).exists(gt_field).limit(1).count():
             raise ValueError(

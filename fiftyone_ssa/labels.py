@@ -114,6 +114,35 @@ def detections_to_mask_set(
     )
 
 
+# Attributes that describe a mask itself (SA-1B's annotation id, prompt point, crop box,
+# original box and RLE, the mask generator's scores at full precision). A run reading its masks
+# from a Detections field copies them onto the detections it writes for the same masks, so that
+# exporting its output to SA-1B keeps the original annotations with the new classes.
+CARRIED_MASK_ATTRIBUTES = (
+    "sa1b_id",
+    "point_coords",
+    "crop_box",
+    "sa1b_bbox",
+    "rle_counts",
+    "predicted_iou",
+    "stability_score",
+)
+
+
+def carried_attributes(label: fo.Detections | None) -> list[dict]:
+    """The :data:`CARRIED_MASK_ATTRIBUTES` of each detection with a mask, in the order of
+    :func:`detections_to_mask_set`'s masks (absent or None attributes left out)."""
+    carried = []
+    for det in label.detections if label is not None else []:
+        if det.mask is None and det.mask_path is None:
+            continue
+        values = {
+            name: det.get_field(name) for name in CARRIED_MASK_ATTRIBUTES if det.has_field(name)
+        }
+        carried.append({k: v for k, v in values.items() if v is not None})
+    return carried
+
+
 def _float_attr(det: fo.Detection, name: str) -> float:
     value = det.get_field(name) if det.has_field(name) else None
     return float(value) if value is not None else float("nan")

@@ -19,6 +19,7 @@ from fiftyone_ssa.core.rle_voting import vote_and_paint_masks
 from fiftyone_ssa.core.voting import paint_masks, painting_order, vote_mask_classes
 from fiftyone_ssa.labels import (
     build_detections,
+    carried_attributes,
     class_map_to_numpy,
     detections_to_mask_set,
     segmentation_to_tensor,
@@ -210,6 +211,7 @@ def apply_ssa(
         A summary of the run.
     """
     check_run_options(batch_size, top_k, num_workers)
+    distributed.check_device(device)
     if isinstance(classes, str):
         raise ValueError(f"Expected `classes` to be a list of class names, but got {classes!r}")
     config = {
@@ -328,6 +330,7 @@ class SSAJob(LabellingJob):
         areas = vote.areas.cpu().tolist()
         ious = mask_set.predicted_iou.cpu().tolist()
         stabilities = mask_set.stability_score.cpu().tolist()
+        carried = outcome["carried"]
         attributes = [
             {
                 "confidence": confidence[i],
@@ -338,6 +341,8 @@ class SSAJob(LabellingJob):
             }
             for i in range(len(labels))
         ]
+        for attrs, kept in zip(attributes, carried or []):
+            attrs.update(kept)
         lf = self.label_field
         mask_dir = None
         if sum(areas) > MAX_INLINE_MASK_PIXELS:
@@ -492,4 +497,8 @@ def _label_sample(sample, image, class_map, semantic, masks, device, top_k):
     result = label_one_image(image, class_map, mask_set, semantic.classes, top_k)
     result["mask_set"] = mask_set
     result["class_map"] = class_map
+    # The masks' own provenance (e.g. SA-1B ids and prompts) stays with them.
+    result["carried"] = (
+        carried_attributes(sample[masks.field]) if isinstance(masks, FieldMaskBranch) else None
+    )
     return result

@@ -212,6 +212,18 @@ def check_outputs_free(
         )
 
 
+def every_sample(dataset: fo.Dataset):
+    """The samples of every group slice of a grouped dataset (the dataset itself otherwise).
+
+    A grouped dataset's own queries see only its default slice, so labels a run wrote into
+    another slice would look absent: refused runs would overwrite them, resumed or
+    ``skip_existing`` runs would label them again.
+    """
+    if dataset.media_type == "group":
+        return dataset.select_group_slices(_allow_mixed=True)
+    return dataset
+
+
 def foreign_labels(
     dataset: fo.Dataset, label_field: str, run_key: str, excluding: list | None = None
 ) -> bool:
@@ -223,7 +235,11 @@ def foreign_labels(
         run_key: this run's key.
         excluding: ids of samples not to count (e.g. those the run relabels).
     """
-    others = dataset.exists(label_field).match(F(f"{label_field}.{RUN_KEY_ATTRIBUTE}") != run_key)
+    others = (
+        every_sample(dataset)
+        .exists(label_field)
+        .match(F(f"{label_field}.{RUN_KEY_ATTRIBUTE}") != run_key)
+    )
     if excluding:
         others = others.exclude(excluding)
     return bool(others.limit(1).count())
@@ -242,12 +258,12 @@ def pending_samples(samples, label_field: str, run_key: str, skip_existing: bool
     dataset = samples._dataset
     if label_field not in dataset.get_field_schema():
         return samples
-    # Matched on the dataset: a view may hide the field (select_fields, exclude_fields), and
-    # every sample would then look unlabelled.
+    # Matched on the dataset (every group slice): a view may hide the field (select_fields,
+    # exclude_fields), and every sample would then look unlabelled.
     if skip_existing:
-        done = dataset.exists(label_field)
+        done = every_sample(dataset).exists(label_field)
     elif resume:
-        done = dataset.match(F(f"{label_field}.{RUN_KEY_ATTRIBUTE}") == run_key)
+        done = every_sample(dataset).match(F(f"{label_field}.{RUN_KEY_ATTRIBUTE}") == run_key)
     else:
         return samples
     done_ids = done.values("id")

@@ -466,7 +466,7 @@ def _annotation_to_detection(
         det.mask_path = _write_mask_png(crop, os.path.join(mask_dir, f"{index:05d}.png"))
     attrs = {
         "sa1b_id": ann.get("id"),
-        "area": int(ann["area"]) if "area" in ann else rle_area(rle),
+        "area": _area(ann.get("area"), rle, where),
         "predicted_iou": _optional_float(ann.get("predicted_iou")),
         "stability_score": _optional_float(ann.get("stability_score")),
         "point_coords": ann.get("point_coords"),
@@ -504,6 +504,15 @@ def _write_mask_png(mask: np.ndarray, path: str) -> str:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     Image.fromarray(mask.astype(np.uint8) * 255).save(path, compress_level=1)
     return path
+
+
+def _area(value: Any, rle: dict, where: str) -> int:
+    """The annotation's ``area``, or the RLE's pixel count where it is absent or null."""
+    if value is None:
+        return rle_area(rle)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SA1BFileError(f"{where}: expected a number for 'area', but got {value!r}")
+    return int(value)
 
 
 def _optional_float(value: Any) -> float | None:

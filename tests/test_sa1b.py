@@ -735,3 +735,59 @@ def test_exif_rotated_images_use_the_upright_size(make_dataset, tmp_path):
     back = detection_full_mask(imported.first().sa1b.detections[0], 30, 40)
     imported.delete()
     assert np.array_equal(back, mask)
+
+
+def test_labelling_imported_masks_keeps_every_original_key_for_export(
+    imported, tmp_path, tiny_engine_models
+):
+    # SSA-engine (and SSA) on an imported SA-1B field wrote new detections without the
+    # imported ids, point_coords, crop_box and stored RLEs: the export gave new ids, empty
+    # point_coords, the whole image as crop_box, and re-encoded counts.
+    from fiftyone_ssa import apply_ssa, apply_ssa_engine
+
+    files, dataset = imported(num_images=2, num_masks=3, noisy=False)
+    apply_ssa_engine(dataset, mask_branch="field:sa1b", models=tiny_engine_models)
+    out = tmp_path / "engine"
+    export_sa1b(dataset, str(out), "ssa_engine", progress=False)
+
+    seg = np.zeros((48, 64), np.uint8)
+    seg[:, 32:] = 1
+    for sample in dataset:
+        sample["branch"] = fo.Segmentation(mask=seg)
+        sample.save()
+    dataset.mask_targets = {"branch": {0: "left", 1: "right"}}
+    dataset.save()
+    apply_ssa(dataset, semantic_branch="field:branch", mask_branch="field:sa1b")
+    semantic = tmp_path / "semantic"
+    export_sa1b(dataset, str(semantic), "ssa", masks_field="ssa_masks", progress=False)
+
+    for stem, record in files.records.items():
+        for exported in (
+            load_json(out / f"{stem}.json"),
+            load_json(semantic / f"{stem}_semantic.json"),
+        ):
+            assert len(exported["annotations"]) == len(record["annotations"])
+            for got, want in zip(exported["annotations"], record["annotations"]):
+                for key in ANNOTATION_KEYS:
+                    assert got[key] == want[key], (stem, key)
+                assert got["class_name"] and got["class_proposals"]
+
+
+def test_null_area_is_the_rle_area_and_a_bad_one_names_the_annotation(make_sa1b_dir, tmp_path):
+    # "area": null failed the whole file with "TypeError: int() argument must be ... not
+    # 'NoneType'" (this tool's own export writes null for the other missing numbers).
+    files = make_sa1b_dir(num_images=2, num_masks=2)
+    for stem, area in zip(files.stems, [None, "big"]):
+        record = files.records[stem]
+        record["annotations"][0]["area"] = area
+        (files.root / f"{stem}.json").write_text(json.dumps(record))
+    dataset = import_sa1b(str(files.root), mask_dir=str(tmp_path / "m"), progress=False)
+    try:
+        det = by_stem(dataset)[files.stems[0]].sa1b.detections[0]
+        assert det.area == int(files.masks[files.stems[0]][0].sum())
+        errors = dataset.info["sa1b_import"]["errors"]
+        assert list(errors) == [f"{files.stems[1]}.json"]
+        assert errors[f"{files.stems[1]}.json"].startswith("annotation 0 (id 2000)")
+        assert "'area'" in errors[f"{files.stems[1]}.json"]
+    finally:
+        dataset.delete()

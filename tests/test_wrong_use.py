@@ -392,8 +392,9 @@ def test_engine_wrong_use(cli_dataset, models_dir, tiny_engine_dirs, capsys, arg
 
 
 EVAL_CASES = [
-    ("missing-gt", ["--gt", "nope", "--pred", "coarse"], ["nope"]),
-    ("missing-pred", ["--gt", "gt", "--pred", "nope"], ["nope"]),
+    # Said "no sample has both labels" for a field that does not exist.
+    ("missing-gt", ["--gt", "nope", "--pred", "coarse"], ["field 'nope' does not exist"]),
+    ("missing-pred", ["--gt", "gt", "--pred", "nope"], ["field 'nope' does not exist"]),
     ("gt-of-wrong-type", ["--gt", "masks", "--pred", "coarse"], ["masks"]),
     (
         "plot-in-an-unknown-format",
@@ -492,3 +493,21 @@ def test_demo_without_weights_names_every_missing_model(tmp_path, capsys):
         "models download segformer-b0-ade20k sam-vit-b",
     )
     assert not fo.dataset_exists(name)
+
+
+@pytest.mark.parametrize("command", ["run", "engine"])
+def test_a_device_this_machine_lacks_is_one_line_before_any_work(cli_dataset, capsys, command):
+    # --device cuda on a machine without CUDA failed every sample one by one, each recorded in
+    # <label_field>_error, with the output fields declared and the run recorded.
+    absent = [f"cuda:{torch.cuda.device_count()}"]
+    if not torch.cuda.is_available():
+        absent.append("cuda")
+    argv = [*FIELDS] if command == "run" else ["--mask-branch", "field:masks"]
+    for device in absent:
+        before = _state(cli_dataset), dict(cli_dataset.info), dict(cli_dataset.mask_targets)
+        code, err = run_cli([command, cli_dataset.name, *argv, "--device", device], capsys)
+        assert_one_line_error(code, err, command, f"device {device!r}")
+        after = _state(cli_dataset), dict(cli_dataset.info), dict(cli_dataset.mask_targets)
+        assert after == before
+    code, err = run_cli([command, cli_dataset.name, *argv, "--device", "gpu0"], capsys)
+    assert_one_line_error(code, err, command, "torch device", "'gpu0'")
