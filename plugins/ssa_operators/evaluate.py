@@ -17,6 +17,7 @@ from .forms import (
     label_fields,
     notice,
     require_dataset,
+    target_samples,
 )
 from .library import import_library
 
@@ -177,7 +178,7 @@ class EvaluateMIoU(SSAOperator):
     def execute(self, ctx):
         evaluation = import_library("fiftyone_ssa.evaluation")
         params = ctx.params
-        samples = ctx.target_view()
+        samples = target_samples(ctx)
         gt_field = params["gt_field"]
         pred_fields = list(params["pred_fields"])
         save = params.get("save", True)

@@ -238,6 +238,15 @@ def if_exists_flags(ctx) -> dict[str, bool]:
     return {"overwrite": choice == "overwrite", "skip_existing": choice == "skip_existing"}
 
 
+def target_samples(ctx):
+    """The samples the operator works on: ``ctx.target_view()``, and on a grouped dataset its
+    slice the App shows (the group slice selector's), since labels go on image samples."""
+    samples = ctx.target_view()
+    if samples.media_type == "group":
+        samples = samples.select_group_slices(ctx.group_slice or samples.group_slice)
+    return samples
+
+
 def require_dataset(inputs: types.Object, ctx) -> bool:
     """Blocks the form when no dataset is open; returns whether one is."""
     if ctx.dataset is None:

@@ -21,6 +21,7 @@ from .forms import (
     require_dataset,
     run_summary_output,
     run_summary_result,
+    target_samples,
 )
 from .library import ProgressReporter, import_library
 from .run_ssa import chosen_branch, fields_read
@@ -249,7 +250,7 @@ class RunSSAEngine(SSAOperator):
             role: params[f"{role}_model"] for role in MODEL_ROLES if params.get(f"{role}_model")
         }
         summary = engine.apply_ssa_engine(
-            ctx.target_view(),
+            target_samples(ctx),
             label_field=params.get("label_field", "ssa_engine"),
             mask_branch=mask_branch,
             light=bool(params.get("light", False)),

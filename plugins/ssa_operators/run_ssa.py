@@ -26,6 +26,7 @@ from .forms import (
     require_dataset,
     run_summary_output,
     run_summary_result,
+    target_samples,
 )
 from .library import ProgressReporter, import_library
 
@@ -131,7 +132,7 @@ class RunSSA(SSAOperator):
             options["points_per_side"] = int(params["points_per_side"])
         device = params.get("device") or "auto"
         summary = pipeline.apply_ssa(
-            ctx.target_view(),
+            target_samples(ctx),
             label_field=params.get("label_field", "ssa"),
             semantic_branch=semantic_branch,
             mask_branch=mask_branch,

@@ -15,6 +15,7 @@ from .forms import (
     label_type_name,
     notice,
     require_dataset,
+    target_samples,
 )
 from .library import ProgressReporter, import_library
 
@@ -218,7 +219,7 @@ class ExportSA1B(SSAOperator):
     def execute(self, ctx):
         sa1b = import_library("fiftyone_ssa.sa1b")
         params = ctx.params
-        samples = ctx.target_view()
+        samples = target_samples(ctx)
         label_field = params["label_field"]
         options = {}
         if label_type_name(ctx.dataset, label_field) == "Segmentation" and params.get(
