@@ -2,7 +2,8 @@
 
 import re
 
-from benchmarks import bench_voting
+from benchmarks import bench_blip_attention, bench_voting
+from benchmarks.presets import TINY_OVERRIDES
 from benchmarks.run import run
 
 
@@ -31,6 +32,9 @@ def test_harness_runs_every_stage_but_sam_with_tiny_models(tmp_path):
     engine = results.row("SSA-engine: ours (batched)")
     assert engine.masks == 3 and engine.seconds > 0 and engine.host_peak_mb > 0
     assert re.search(r"\d+\.\dx the reference", engine.note)
+    agreement = next(n for n in results.notes if n.startswith("SSA-engine agreement"))
+    caption, proposals = map(float, re.findall(r"(?:caption|proposals) (\d\.\d\d)", agreement))
+    assert caption >= 0.5 and proposals >= 0.5  # the batched engine labels as the reference
     markdown = results.markdown()
     assert "RANDOM weights" in markdown
     assert markdown.count("\n| ") == len(results.rows) + 2  # header, rule, one line per row
@@ -63,3 +67,11 @@ def test_decoder_benchmark_runs_and_filters(capsys):
     assert 0 < filtered < 24
     assert masks["fp32, ~50% pass: ours (PromptBatchDecoder)"] == filtered
     assert re.search(r"\d+\.\dx segment-anything", results.rows[-1].note)
+
+
+def test_blip_attention_benchmark_runs():
+    results = bench_blip_attention.run(
+        device="cpu", crops=2, repeats=1, overrides=TINY_OVERRIDES["blip"]
+    )
+    assert [r.stage for r in results.rows] == ["eager attention, run 1", "sdpa attention, run 1"]
+    assert re.search(r"SDPA \d+\.\d\dx eager .* difference \d\.\d\de-\d\d", results.notes[0])
