@@ -224,29 +224,10 @@ def test_refuses_collections_it_cannot_label(scene_dataset, make_dataset, tmp_pa
     assert "ssa" not in grouped.get_field_schema() and "ssa" not in video.get_field_schema()
 
 
-def test_a_group_slice_other_than_the_default_resumes_skips_and_refuses(
-    scene_dataset, make_dataset
-):
+def test_a_group_slice_other_than_the_default_resumes_skips_and_refuses(grouped_scene_dataset):
     # A grouped dataset's own queries see only its default slice: labels in "right" looked
     # absent, so a rerun labelled them again and another configuration replaced them unasked.
-    src = scene_dataset(n=2)
-    grouped = make_dataset()
-    grouped.add_group_field("group", default="left")
-    samples = []
-    for s in src:
-        group = fo.Group()
-        for name in ("left", "right"):
-            samples.append(
-                fo.Sample(
-                    filepath=s.filepath,
-                    group=group.element(name),
-                    coarse=s.coarse,
-                    instances=s.instances,
-                )
-            )
-    grouped.add_samples(samples, progress=False)
-    grouped.mask_targets = dict(src.mask_targets)
-    grouped.save()
+    grouped = grouped_scene_dataset()
     branches = {"semantic_branch": "field:coarse", "mask_branch": "field:instances"}
     right = grouped.select_group_slices("right")
     assert apply_ssa(right, **branches).num_labelled == 2

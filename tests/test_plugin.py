@@ -381,27 +381,8 @@ def test_run_ssa_targets_view_and_selection(scene_dataset):
     assert [v is not None for v in ds.values("on_sel")] == [False, False, False, True]
 
 
-def test_operators_on_a_grouped_dataset_work_on_the_slice_the_app_shows(
-    scene_dataset, make_dataset
-):
-    src = scene_dataset(n=2)
-    grouped = make_dataset()
-    grouped.add_group_field("group", default="left")
-    samples = []
-    for s in src:
-        group = fo.Group()
-        for name in ("left", "right"):
-            samples.append(
-                fo.Sample(
-                    filepath=s.filepath,
-                    group=group.element(name),
-                    coarse=s.coarse,
-                    instances=s.instances,
-                )
-            )
-    grouped.add_samples(samples, progress=False)
-    grouped.mask_targets = dict(src.mask_targets)
-    grouped.save()
+def test_operators_on_a_grouped_dataset_work_on_the_slice_the_app_shows(grouped_scene_dataset):
+    grouped = grouped_scene_dataset()
     execute("run_ssa", grouped, params=FIELD_BRANCHES, group_slice="right")
     right, left = (grouped.select_group_slices(name) for name in ("right", "left"))
     assert None not in right.values("ssa") and set(left.values("ssa")) == {None}
