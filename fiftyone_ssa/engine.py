@@ -22,7 +22,7 @@ from fiftyone_ssa.batching import check_label_field, guard
 from fiftyone_ssa.core.mask_set import MaskSet
 from fiftyone_ssa.core.vocabulary import check_vocabulary
 from fiftyone_ssa.core.voting import paint_masks, painting_order
-from fiftyone_ssa.labels import build_detections, carried_attributes, class_map_to_numpy
+from fiftyone_ssa.labels import build_detections, class_map_to_numpy
 from fiftyone_ssa.models.engine_models import (
     CAPTION_CROP_SCALE,
     CLIP_CROP_SCALE,
@@ -37,7 +37,12 @@ from fiftyone_ssa.models.engine_models import (
 from fiftyone_ssa.models.masks import FieldMaskBranch
 from fiftyone_ssa.models.nouns import DEFAULT_SPACY_MODEL
 from fiftyone_ssa.models.registry import create_branch, field_name
-from fiftyone_ssa.pipeline import DEFAULT_MASK_BRANCH, MAX_INLINE_MASK_PIXELS, sample_masks
+from fiftyone_ssa.pipeline import (
+    DEFAULT_MASK_BRANCH,
+    MAX_INLINE_MASK_PIXELS,
+    sample_mask_sources,
+    sample_masks,
+)
 from fiftyone_ssa.run_loop import LabellingJob, check_run_options, execute_labelling_run
 from fiftyone_ssa.runs import SSARunSummary
 
@@ -180,8 +185,7 @@ def apply_ssa_engine(
     Returns:
         A summary of the run.
     """
-    check_run_options(batch_size, top_k, num_workers)
-    distributed.check_device(device)
+    check_run_options(batch_size, top_k, num_workers, device)
     if models is not None and not isinstance(models, (EngineModels, dict)):
         raise ValueError(
             f"Expected `models` to be EngineModels or a dict of model sources, but got "
@@ -323,14 +327,13 @@ def _sample_masks(sample, image: np.ndarray, masks, device: torch.device):
 
     Returns:
         The MaskSet, and for a field branch the carried attributes of each of its masks
-        (see ``labels.carried_attributes``; None for a model branch).
+        (see ``pipeline.sample_mask_sources``; None for a model branch).
     """
     mask_set = sample_masks(sample, image, tuple(image.shape[:2]), masks, device)
     keep = mask_set.masks.flatten(1).any(dim=1)
-    carried = None
-    if isinstance(masks, FieldMaskBranch):
-        kept = keep.cpu().tolist()
-        carried = [a for a, k in zip(carried_attributes(sample[masks.field]), kept) if k]
+    carried = sample_mask_sources(sample, masks)
+    if carried is not None:
+        carried = [a for a, k in zip(carried, keep.cpu().tolist()) if k]
     return mask_set.select(keep), carried
 
 
@@ -430,14 +433,12 @@ def _sample_values(
         }
         for i in range(len(mask_set))
     ]
-    for attrs, kept in zip(attributes, carried or []):
-        attrs.update(kept)
     mask_dir = None
     if sum(area_list) > MAX_INLINE_MASK_PIXELS:
         # A directory per run key: relabelling with other settings leaves the files of the
         # labels it replaces alone until the new labels are written.
         mask_dir = os.path.join(mask_root, label_field, str(sample_id), run_key)
-    detections = build_detections(mask_set.masks, labels.class_names, attributes, mask_dir)
+    detections = build_detections(mask_set.masks, labels.class_names, attributes, mask_dir, carried)
     detections[runs.RUN_KEY_ATTRIBUTE] = run_key
     values = {label_field: detections, runs.error_field(label_field): None}
     if targets is not None:

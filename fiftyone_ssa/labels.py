@@ -162,6 +162,7 @@ def build_detections(
     labels: Sequence[str],
     attributes: Sequence[dict],
     mask_dir: str | None = None,
+    carried: Sequence[dict] | None = None,
 ) -> fo.Detections:
     """Detections with masks cropped to their boxes, one per non-empty mask.
 
@@ -171,6 +172,8 @@ def build_detections(
         attributes: N dicts of extra attributes (confidence goes to the ``confidence`` field).
         mask_dir: when given, masks are written there as PNGs and referenced by ``mask_path``
             (keeps large sample documents small).
+        carried: N dicts of the masks' source attributes (:func:`carried_attributes`), kept
+            over ``attributes``; None when the masks have no source detections.
     """
     n, height, width = masks.shape
     boxes = mask_boxes_xyxy(masks).cpu().tolist()
@@ -179,7 +182,7 @@ def build_detections(
         if x1 < 0:
             continue
         crop = masks[i, y0 : y1 + 1, x0 : x1 + 1].cpu().numpy()
-        attrs = dict(attributes[i])
+        attrs = {**attributes[i], **(carried[i] if carried is not None else {})}
         # The mask goes in through the constructor: assigning it afterwards makes mongoengine
         # compare the array with the old value, element by element.
         if mask_dir is None:

@@ -210,8 +210,7 @@ def apply_ssa(
     Returns:
         A summary of the run.
     """
-    check_run_options(batch_size, top_k, num_workers)
-    distributed.check_device(device)
+    check_run_options(batch_size, top_k, num_workers, device)
     if isinstance(classes, str):
         raise ValueError(f"Expected `classes` to be a list of class names, but got {classes!r}")
     config = {
@@ -330,7 +329,6 @@ class SSAJob(LabellingJob):
         areas = vote.areas.cpu().tolist()
         ious = mask_set.predicted_iou.cpu().tolist()
         stabilities = mask_set.stability_score.cpu().tolist()
-        carried = outcome["carried"]
         attributes = [
             {
                 "confidence": confidence[i],
@@ -341,8 +339,6 @@ class SSAJob(LabellingJob):
             }
             for i in range(len(labels))
         ]
-        for attrs, kept in zip(attributes, carried or []):
-            attrs.update(kept)
         lf = self.label_field
         mask_dir = None
         if sum(areas) > MAX_INLINE_MASK_PIXELS:
@@ -353,7 +349,9 @@ class SSAJob(LabellingJob):
         painted = class_map_to_numpy(outcome["painted"])
         values = {
             lf: fo.Segmentation(mask=painted, **{runs.RUN_KEY_ATTRIBUTE: run_key}),
-            f"{lf}_masks": build_detections(mask_set.masks, names, attributes, mask_dir),
+            f"{lf}_masks": build_detections(
+                mask_set.masks, names, attributes, mask_dir, outcome["carried"]
+            ),
             runs.error_field(lf): None,
         }
         if self.write_branch:
@@ -452,6 +450,15 @@ def _label_batch(batch, images, semantic, masks, device, top_k, skip_failures):
     return results
 
 
+def sample_mask_sources(sample, masks: MaskBranch) -> list[dict] | None:
+    """The attributes of the detections a field branch's masks come from (SA-1B ids, prompts,
+    ...; see ``labels.carried_attributes``), in :func:`sample_masks`' order; None for a model
+    branch."""
+    if isinstance(masks, FieldMaskBranch):
+        return carried_attributes(sample[masks.field])
+    return None
+
+
 def sample_masks(
     sample, image: np.ndarray | None, size: tuple[int, int], masks: MaskBranch, device
 ) -> MaskSet:
@@ -497,8 +504,5 @@ def _label_sample(sample, image, class_map, semantic, masks, device, top_k):
     result = label_one_image(image, class_map, mask_set, semantic.classes, top_k)
     result["mask_set"] = mask_set
     result["class_map"] = class_map
-    # The masks' own provenance (e.g. SA-1B ids and prompts) stays with them.
-    result["carried"] = (
-        carried_attributes(sample[masks.field]) if isinstance(masks, FieldMaskBranch) else None
-    )
+    result["carried"] = sample_mask_sources(sample, masks)
     return result

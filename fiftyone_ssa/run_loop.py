@@ -97,14 +97,16 @@ class LabellingJob:
         """Dataset-level settings after labelling (rank 0 only), from every rank's state."""
 
 
-def check_run_options(batch_size: int, top_k: int, num_workers: int) -> None:
-    """Raises ValueError (one line) for a batch size or top-k below 1, or negative workers."""
+def check_run_options(batch_size: int, top_k: int, num_workers: int, device: Any = None) -> None:
+    """Raises ValueError (one line) for a batch size or top-k below 1, negative workers, or a
+    device this machine lacks (:func:`distributed.check_device`)."""
     if batch_size < 1:
         raise ValueError(f"Expected `batch_size` to be >= 1, but got {batch_size}")
     if top_k < 1:
         raise ValueError(f"Expected `top_k` to be >= 1, but got {top_k}")
     if num_workers < 0:
         raise ValueError(f"Expected `num_workers` to be >= 0, but got {num_workers}")
+    distributed.check_device(device)
 
 
 def execute_labelling_run(

@@ -133,15 +133,15 @@ class SamMaskBranch(MaskBranch):
             check_point_grid_settings,
         )
 
+        if self.fast:
+            return FastMaskGenerator(self.model, **self.options)  # checks its grid itself
         options = self.options
-        if options.get("points_per_side") is not None:
+        if options.get("points_per_side") is not None:  # else a ZeroDivisionError in there
             check_point_grid_settings(
                 options["points_per_side"],
                 options.get("crop_n_layers", 0),
                 options.get("crop_n_points_downscale_factor", 1),
             )
-        if self.fast:
-            return FastMaskGenerator(self.model, **self.options)
         from segment_anything import SamAutomaticMaskGenerator
 
         return SamAutomaticMaskGenerator(self.model, output_mode="binary_mask", **self.options)
