@@ -141,7 +141,6 @@ def reference_engine(
     import open_clip
 
     from fiftyone_ssa.core.vocabulary import refine_coco_name
-    from fiftyone_ssa.models.nouns import doc_noun_phrases
 
     timings = {} if timings is None else timings
     clock = _Clock(timings, models.device)
@@ -174,7 +173,7 @@ def reference_engine(
         with clock("captioner"):
             caption = reference_caption(models.captioner, patch_large, max_new_tokens)
         with clock("nouns"):
-            phrases = doc_noun_phrases(models.nouns.nlp(caption))
+            phrases = models.nouns.extract([caption])[0]
         candidates = list(names | set(phrases))
         k = min(top_k, len(candidates))
         with clock("clip"):

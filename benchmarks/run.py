@@ -22,10 +22,12 @@ import dataclasses
 import hashlib
 import json
 import os
+import random
 import shutil
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +40,7 @@ from benchmarks.reference_ssa import reference_engine, reference_vote_and_paint
 from benchmarks.voting_inputs import make_voting_inputs
 from fiftyone_ssa.core.rle import masks_to_rles
 from fiftyone_ssa.models import random_init
+from fiftyone_ssa.models.nouns import NounExtractor
 
 ENGINE_PARTS = {
     "ade": "OneFormer ADE20K",
@@ -108,6 +111,35 @@ def random_spacy_pipeline():
     return nlp
 
 
+class StandInCaptionNouns(NounExtractor):
+    """The random spaCy pipeline's nouns, or ``per_caption`` stand-ins where it finds none.
+
+    A random parser finds no noun chunks in a random BLIP's captions, so every mask's candidates
+    would be its two close-set names alone (2 CLIPSeg prompts), where trained models' captions
+    ("a man riding a horse on a beach") add a few nouns and give the top-k's 3 prompts. The
+    pipeline still runs (its cost is measured); then each caption without nouns gets
+    ``per_caption`` names drawn from ``names``, seeded by the caption's text so that ours and the
+    reference draw the same names for the same caption.
+
+    Args:
+        nlp: the spaCy pipeline.
+        names: the names to draw from (the ADE20K classes).
+        per_caption: stand-in nouns per caption (0: none).
+    """
+
+    def __init__(self, nlp, names: list[str], per_caption: int):
+        super().__init__(nlp)
+        self.names = sorted(names)
+        self.per_caption = min(per_caption, len(self.names))
+
+    def extract(self, texts):
+        phrases = super().extract(texts)
+        return [
+            found or random.Random(zlib.crc32(text.encode())).sample(self.names, self.per_caption)
+            for text, found in zip(texts, phrases)
+        ]
+
+
 class ModelCache:
     """Random-weight models of the presets, saved once in ``root`` and reused."""
 
@@ -140,13 +172,16 @@ class ModelCache:
         return random_init.build_random_model(name, self.overrides(name)).to(device)
 
 
-def load_engine_models(preset: BenchPreset, cache: ModelCache, device, nlp, half: bool):
+def load_engine_models(
+    preset: BenchPreset, cache: ModelCache, device, nlp, half: bool, caption_nouns: int
+):
     from fiftyone_ssa.models.engine_models import EngineModels
 
     paths = {role: str(cache.directory(name)) for role, name in preset.engine.items()}
     models = EngineModels.load(device=device, spacy_model=nlp, half=half, **paths)
     models.captioner.max_new_tokens = preset.max_new_tokens
-    return models
+    names = list(models.ade.classes.values())
+    return dataclasses.replace(models, nouns=StandInCaptionNouns(nlp, names, caption_nouns))
 
 
 def bench_decode(results: Results, images: list[np.ndarray], workdir: Path) -> list[np.ndarray]:
@@ -252,13 +287,13 @@ def bench_voting(results, preset, device, n_images: int, repeats: int = 2) -> No
     )
 
 
-def bench_engine(results, preset, cache, images, device, nlp) -> list:
+def bench_engine(results, preset, cache, images, device, nlp, caption_nouns: int) -> list:
     from fiftyone_ssa.models.engine_models import label_masks
 
     half = device.type == "cuda"
-    models = load_engine_models(preset, cache, device, nlp, half=half)
+    models = load_engine_models(preset, cache, device, nlp, half, caption_nouns)
     reference_models = (
-        load_engine_models(preset, cache, device, nlp, half=False) if half else models
+        load_engine_models(preset, cache, device, nlp, False, caption_nouns) if half else models
     )
     h, w = images[0].shape[:2]
     masks = [ellipse_masks(h, w, preset.engine_masks, seed=i) for i in range(len(images))]
@@ -310,7 +345,9 @@ def bench_engine(results, preset, cache, images, device, nlp) -> list:
     )
     results.notes.append(
         f"SSA-engine: {len(images)} images {h}x{w}, {preset.engine_masks} ellipse masks each, "
-        f"models {', '.join(preset.engine.values())}, spaCy tagger+parser (random), BLIP "
+        f"models {', '.join(preset.engine.values())}, spaCy tagger+parser (random; "
+        f"{caption_nouns} stand-in nouns from ADE20K's names for a caption where it finds "
+        f"none), BLIP "
         f"max_new_tokens={preset.max_new_tokens}; ours {'fp16/bf16' if half else 'fp32'}, "
         f"reference fp32; per-model ratios: "
         + ", ".join(f"{k} {v:.1f}x" for k, v in per_mask.items())
@@ -393,6 +430,7 @@ def run(
     stages: tuple[str, ...] = ("decode", "sam", "semantic", "voting", "engine", "database"),
     cache: str | os.PathLike = "build/bench_models",
     engine_masks: int | None = None,
+    caption_nouns: int = 2,
 ) -> Results:
     """Runs the benchmark and returns its table.
 
@@ -403,6 +441,8 @@ def run(
         stages: which stages to run.
         cache: where the random-weight models are saved.
         engine_masks: masks per image for SSA-engine (default: the preset's).
+        caption_nouns: stand-in nouns for a caption in which the random spaCy pipeline finds
+            none (see :class:`StandInCaptionNouns`; 0 leaves such captions without nouns).
     """
     settings = BENCH_PRESETS[preset]
     if engine_masks is not None:
@@ -431,7 +471,9 @@ def run(
         labelled = None
         if "engine" in stages:
             nlp = random_spacy_pipeline()
-            labelled = bench_engine(results, settings, model_cache, photos, device, nlp)
+            labelled = bench_engine(
+                results, settings, model_cache, photos, device, nlp, caption_nouns
+            )
         if "database" in stages and labelled is not None:
             bench_database(results, photos, labelled, workdir)
     return results
@@ -450,11 +492,20 @@ def main(argv=None) -> None:
     parser.add_argument(
         "--engine-masks", type=int, default=None, help="masks per image for SSA-engine"
     )
+    parser.add_argument(
+        "--caption-nouns",
+        type=int,
+        default=2,
+        help="stand-in nouns for a caption in which the random spaCy pipeline finds none, as "
+        "trained models' captions would give (0: none)",
+    )
     parser.add_argument("--cache", default="build/bench_models")
     parser.add_argument("--markdown", default=None, help="append the table to this file")
     args = parser.parse_args(argv)
     if args.engine_masks is not None and args.engine_masks < 1:
         parser.error(f"--engine-masks must be >= 1, got {args.engine_masks}")
+    if args.caption_nouns < 0:
+        parser.error(f"--caption-nouns must be >= 0, got {args.caption_nouns}")
     results = run(
         args.preset,
         args.device,
@@ -462,6 +513,7 @@ def main(argv=None) -> None:
         tuple(args.stages.split(",")),
         args.cache,
         args.engine_masks,
+        args.caption_nouns,
     )
     results.report(args.markdown)
 

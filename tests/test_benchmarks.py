@@ -4,7 +4,8 @@ import re
 
 from benchmarks import bench_blip_attention, bench_voting
 from benchmarks.presets import TINY_OVERRIDES
-from benchmarks.run import run
+from benchmarks.run import StandInCaptionNouns, random_spacy_pipeline, run
+from fiftyone_ssa.models.nouns import NounExtractor
 
 
 def test_harness_runs_every_stage_but_sam_with_tiny_models(tmp_path):
@@ -35,9 +36,23 @@ def test_harness_runs_every_stage_but_sam_with_tiny_models(tmp_path):
     agreement = next(n for n in results.notes if n.startswith("SSA-engine agreement"))
     caption, proposals = map(float, re.findall(r"(?:caption|proposals) (\d\.\d\d)", agreement))
     assert caption >= 0.5 and proposals >= 0.5  # the batched engine labels as the reference
+    # Stand-in caption nouns (2 by default) give CLIPSeg the top-k's 3 prompts, as real captions.
+    assert float(re.search(r"(\d\.\d\d) proposals", agreement)[1]) > 2.5
     markdown = results.markdown()
     assert "RANDOM weights" in markdown
     assert markdown.count("\n| ") == len(results.rows) + 2  # header, rule, one line per row
+
+
+def test_stand_in_caption_nouns_fill_only_captions_without_nouns():
+    nlp = random_spacy_pipeline()
+    nouns = StandInCaptionNouns(nlp, ["wall", "sky", "tree", "road"], per_caption=2)
+    found = NounExtractor(nlp).extract(["a red car on the road", "zzz qqq"])
+    extracted = nouns.extract(["a red car on the road", "zzz qqq"])
+    for phrases, stand_ins in zip(found, extracted):
+        assert stand_ins == (phrases or stand_ins)
+        assert len(stand_ins) == (len(phrases) or 2)
+    assert nouns.extract(["zzz qqq"]) == nouns.extract(["zzz qqq"])
+    assert StandInCaptionNouns(nlp, ["wall"], per_caption=0).extract(["zzz qqq"]) == found[1:]
 
 
 def test_voting_benchmark_runs(capsys):
