@@ -650,6 +650,30 @@ def test_evaluate_miou_form(scene_dataset):
     assert ds.has_evaluation("two_coarse") and ds.has_evaluation("two_noisy")  # none deleted
 
 
+def test_evaluate_miou_failed_overwrite_keeps_the_old_run(scene_dataset):
+    ds = scene_dataset(n=2)
+    params = {"gt_field": "ground_truth", "pred_fields": ["coarse"], "eval_key": "ev"}
+    old = execute("evaluate_miou", ds, params=params).result["results"][0]["miou"]
+    old_values = ds.values("ev_miou")
+    last = ds.last()
+    last["noisy"] = fo.Segmentation(mask=last["noisy"].mask.astype(np.float32))
+    last.save()
+    replace = {**params, "pred_fields": ["noisy"], "overwrite": True}
+    with pytest.raises(ExecutionError, match="integer ids"):  # read after every check passed
+        execute("evaluate_miou", ds, params=replace)
+    ds.reload()
+    assert ds.list_evaluations() == ["ev"] and ds.values("ev_miou") == old_values
+    assert ds.get_evaluation_info("ev").config.pred_field == "coarse"
+    assert ds.load_evaluation_results("ev").miou == pytest.approx(old)
+
+    last["noisy"] = fo.Segmentation(mask=last["noisy"].mask.astype(np.uint8))
+    last.save()
+    execute("evaluate_miou", ds, params=replace)
+    ds.reload()
+    assert ds.list_evaluations() == ["ev"]
+    assert ds.get_evaluation_info("ev").config.pred_field == "noisy"
+
+
 def test_evaluate_miou_warns_when_ground_truth_has_no_mask_targets(scene_dataset):
     ds = scene_dataset(n=2, gt_targets=False)
     params = {"gt_field": "ground_truth", "pred_fields": ["coarse"]}
