@@ -458,6 +458,8 @@ def test_nothing_to_evaluate_raises_before_saving(make_dataset, tmp_path):
     with pytest.raises(ValueError, match="no sample has both labels"):
         compare_miou(dataset, ["pred", "empty"], "gt", eval_key="ev", progress=False)
     assert not dataset.list_evaluations() and "ev_pred_miou" not in dataset.get_field_schema()
+    with pytest.raises(ValueError, match="'pred' exists on the dataset but this view excludes"):
+        compare_miou(dataset.exclude_fields("pred"), ["pred"], "gt", progress=False)
 
 
 def test_plot_refuses_a_format_matplotlib_cannot_write(make_dataset, tmp_path):
