@@ -391,6 +391,24 @@ def test_operators_on_a_grouped_dataset_work_on_the_slice_the_app_shows(grouped_
     assert None not in right.values("ev_miou") and set(left.values("ev_miou")) == {None}
 
 
+def test_mask_field_picker_reads_the_slice_the_app_shows(grouped_scene_dataset):
+    """The picker probes ``ctx.dataset``, which FiftyOne sets to the App's group slice."""
+    grouped = grouped_scene_dataset()
+    left = grouped.select_group_slices("left")
+    for sample in left:  # the default slice's boxes lose their masks
+        for det in sample.instances.detections:
+            det.mask = None
+        sample.save()
+    params = {**FIELD_BRANCHES, "mask_field": None}
+    assert not invalid(form("run_ssa", grouped, params, group_slice="right"))
+    refused = invalid(form("run_ssa", grouped, params, group_slice="left"))
+    assert "no Detections field with instance masks" in refused["mask_branch_error"]
+    execute("run_ssa", grouped, params=params, group_slice="right")
+    right = grouped.select_group_slices("right")
+    assert right.count("ssa_masks.detections") == right.count("instances.detections")
+    assert set(left.values("ssa")) == {None}
+
+
 def test_run_ssa_delegated_records_progress(scene_dataset):
     ds = scene_dataset()
     doc = execute_delegated("run_ssa", ds, params={**FIELD_BRANCHES, "label_field": "queued"})
