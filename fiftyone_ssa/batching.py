@@ -16,6 +16,11 @@ from fiftyone_ssa.core.images import read_rgb, read_size
 def check_label_field(samples, name: str, label_type: type, role: str) -> None:
     """Raises ValueError (one line) unless ``name`` is a field holding ``label_type`` labels."""
     schema = samples.get_field_schema(flat=True)
+    if name not in schema and name in samples._dataset.get_field_schema(flat=True):
+        raise ValueError(
+            f"{role} field {name!r} exists on the dataset but this view excludes it; "
+            "keep it in the view (select_fields / exclude_fields) or run on the dataset"
+        )
     if name not in schema:
         raise ValueError(f"{role} field {name!r} does not exist on the dataset")
     doc_type = getattr(schema[name], "document_type", None)

@@ -10,6 +10,7 @@ Evaluation panel all work with it.
 from __future__ import annotations
 
 import logging
+import uuid
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -46,7 +47,13 @@ def check_evaluable(samples, pred_fields: Sequence[str], gt_field: str) -> None:
     if not len(samples):
         raise ValueError(f"nothing to evaluate against {gt_field!r}: the collection is empty")
     schema = samples.get_field_schema(flat=True)
+    dataset_schema = samples._dataset.get_field_schema(flat=True)
     for field in [gt_field, *pred_fields]:
+        if field not in schema and field in dataset_schema:
+            raise ValueError(
+                f"field {field!r} exists on the dataset but this view excludes it; "
+                "keep it in the view (select_fields / exclude_fields) or evaluate the dataset"
+            )
         if field not in schema:
             raise ValueError(f"field {field!r} does not exist on these samples")
     for field in pred_fields:
@@ -64,6 +71,7 @@ def evaluate_miou(
     ignore_index: int = 255,
     reduce_zero_label: bool = False,
     progress: bool | Any | None = None,
+    overwrite: bool = False,
 ) -> MIoUResults:
     """Evaluates a Segmentation field against ground truth with mmsegmentation's mIoU.
 
@@ -89,7 +97,9 @@ def evaluate_miou(
 
     With ``eval_key``, the run is saved on the dataset and every sample gets ``<eval_key>_miou``
     and ``<eval_key>_aacc``: the same definition applied to that sample alone (None where it has
-    no valid pixel or was skipped), to sort the worst samples first.
+    no valid pixel or was skipped), to sort the worst samples first. An existing run under
+    ``eval_key`` is replaced only once the new one is complete: if the evaluation fails, the
+    old run and its sample fields are left as they were.
 
     Args:
         samples: a FiftyOne dataset or view (not grouped; sample-level fields).
@@ -100,13 +110,16 @@ def evaluate_miou(
         reduce_zero_label: treat the ground truth as ADE20K raw annotations (see above).
         progress: render a progress bar (True/False), use FiftyOne's default (None), or a
             progress callback.
+        overwrite: replace an existing run under ``eval_key`` whatever it evaluated; without
+            it, only a run of the same fields is replaced (FiftyOne's rule).
 
     Returns:
         The :class:`MIoUResults`.
 
     Raises:
         ValueError: fields that are not sample-level Segmentation fields, nothing to evaluate
-            (no sample has both labels), or an ``eval_key`` whose fields are someone else's.
+            (no sample has both labels), an ``eval_key`` whose fields are someone else's, or
+            (without ``overwrite``) an ``eval_key`` holding a run of other fields.
     """
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, (int, np.integer)):
         raise ValueError(f"Expected `ignore_index` to be an int, but got {ignore_index!r}")
@@ -128,27 +141,35 @@ def evaluate_miou(
     )
     method = config.build()
     method.ensure_requirements()
-    if eval_key is not None and eval_key not in samples._dataset.list_evaluations():
-        schema = samples._dataset.get_field_schema()
+    dataset = samples._dataset
+    replacing = eval_key is not None and eval_key in dataset.list_evaluations()
+    if replacing and not overwrite:
+        method.validate_run(samples, eval_key)  # FiftyOne's rule: same kind, same fields
+    # A run replacing another is computed under a scratch key and takes its key only once
+    # complete, so that a failure leaves the old run and its sample fields as they were.
+    run_key = f"{eval_key}_new_{uuid.uuid4().hex[:8]}" if replacing else eval_key
+    if eval_key is not None and not replacing:
+        schema = dataset.get_field_schema()
         taken = [f for f in method.get_fields(samples, eval_key, False) if f in schema]
         if taken:
             raise ValueError(
                 f"field {taken[0]!r} already exists and is not from evaluation {eval_key!r}; "
                 "choose another eval_key"
             )
-    method.register_run(samples, eval_key)
+    method.register_run(samples, run_key)
     try:
-        method.register_samples(samples, eval_key)
-        results = method.evaluate_samples(samples, eval_key=eval_key, progress=progress)
-        if eval_key is not None:
-            method.save_run_results(samples, eval_key, results)
-            method.add_fields_to_sidebar_group(
-                samples, eval_key, omit_fields=(pred_field, gt_field)
-            )
+        method.register_samples(samples, run_key)
+        results = method.evaluate_samples(samples, eval_key=run_key, progress=progress)
+        if run_key is not None:
+            method.save_run_results(samples, run_key, results)
+            method.add_fields_to_sidebar_group(samples, run_key, omit_fields=(pred_field, gt_field))
     except BaseException:
-        if eval_key is not None:  # no half-saved run: its registration and sample fields go
-            samples._dataset.delete_evaluation(eval_key)
+        if run_key is not None:  # no half-saved run: its registration and sample fields go
+            dataset.delete_evaluation(run_key)
         raise
+    if replacing:
+        dataset.delete_evaluation(eval_key)
+        dataset.rename_evaluation(run_key, eval_key)  # also renames the cached results' key
     return results
 
 

@@ -410,6 +410,42 @@ def test_failed_evaluation_leaves_no_saved_run(make_dataset, tmp_path):
     assert dataset.values("mine_miou") == ["keep"] * 3 and not dataset.list_evaluations()
 
 
+def test_failed_re_evaluation_keeps_the_old_run(make_dataset, tmp_path, capsys):
+    rng = np.random.default_rng(6)
+    pairs = random_masks(rng, [0, 1, 2], [0, 1, 2], count=3)
+    dataset = build_dataset(make_dataset, tmp_path, pairs, extra={"other": [p for _, p in pairs]})
+    old = evaluate_miou(dataset, "pred", "gt", eval_key="ev", progress=False)
+    old_values = dataset.values("ev_miou")
+    schema = sorted(dataset.get_field_schema())
+
+    # a mask that fails only when its sample is read, after every check has passed
+    last = dataset.last()
+    last["pred"] = fo.Segmentation(mask=last["pred"].mask.astype(np.float32))
+    last.save()
+    with pytest.raises(ValueError, match="integer ids"):
+        evaluate_miou(dataset, "pred", "gt", eval_key="ev", progress=False)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", dataset.name, "--gt", "gt", "--pred", "pred", "--eval-key", "ev"])
+    assert exit_info.value.code == 1 and "integer ids" in capsys.readouterr().err
+    # FiftyOne's rule: a run of other fields is replaced only with overwrite
+    with pytest.raises(ValueError, match="pred_field=pred"):
+        evaluate_miou(dataset, "other", "gt", eval_key="ev", progress=False)
+
+    assert dataset.list_evaluations() == ["ev"]
+    assert sorted(dataset.get_field_schema()) == schema
+    assert dataset.values("ev_miou") == old_values
+    assert dataset.load_evaluation_results("ev").miou == pytest.approx(old.miou)
+    assert dataset.get_evaluation_info("ev").config.pred_field == "pred"
+
+    # a successful re-evaluation replaces it under the same key
+    new = evaluate_miou(dataset, "other", "gt", eval_key="ev", progress=False, overwrite=True)
+    assert new.key == "ev" and dataset.list_evaluations() == ["ev"]
+    assert sorted(dataset.get_field_schema()) == schema
+    assert dataset.get_evaluation_info("ev").config.pred_field == "other"
+    assert dataset.load_evaluation_results("ev").miou == pytest.approx(new.miou)
+    assert dataset.values("ev_miou") == pytest.approx(old_values)  # "other" == old "pred"
+
+
 def test_nothing_to_evaluate_raises_before_saving(make_dataset, tmp_path):
     pairs = random_masks(np.random.default_rng(9), [0, 1], [0, 1], count=2)
     dataset = build_dataset(make_dataset, tmp_path, pairs, extra={"empty": [p for _, p in pairs]})
@@ -422,6 +458,8 @@ def test_nothing_to_evaluate_raises_before_saving(make_dataset, tmp_path):
     with pytest.raises(ValueError, match="no sample has both labels"):
         compare_miou(dataset, ["pred", "empty"], "gt", eval_key="ev", progress=False)
     assert not dataset.list_evaluations() and "ev_pred_miou" not in dataset.get_field_schema()
+    with pytest.raises(ValueError, match="'pred' exists on the dataset but this view excludes"):
+        compare_miou(dataset.exclude_fields("pred"), ["pred"], "gt", progress=False)
 
 
 def test_plot_refuses_a_format_matplotlib_cannot_write(make_dataset, tmp_path):

@@ -172,6 +172,17 @@ def test_views_hiding_the_label_field_still_skip_and_resume(scene_dataset):
     assert ds.values("ssa.run_key") == keys == [first.run_key] * 3
 
 
+def test_a_view_hiding_an_input_field_says_so(scene_dataset):
+    ds = scene_dataset(n=1)
+    branches = {"semantic_branch": "field:coarse", "mask_branch": "field:instances"}
+    for view in (ds.exclude_fields("coarse"), ds.select_fields("instances")):
+        with pytest.raises(ValueError, match="'coarse' exists on the dataset but this view excl"):
+            apply_ssa(view, **branches)
+    with pytest.raises(ValueError, match="'nope' does not exist on the dataset"):
+        apply_ssa(ds, semantic_branch="field:nope", mask_branch="field:instances")
+    assert not ds.has_field("ssa")
+
+
 def test_runs_with_other_class_ids_cannot_mix_in_one_field(scene_dataset):
     ds = scene_dataset(n=3)
     ds.clone_sample_field("coarse", "coarse2")

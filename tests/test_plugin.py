@@ -391,6 +391,24 @@ def test_operators_on_a_grouped_dataset_work_on_the_slice_the_app_shows(grouped_
     assert None not in right.values("ev_miou") and set(left.values("ev_miou")) == {None}
 
 
+def test_mask_field_picker_reads_the_slice_the_app_shows(grouped_scene_dataset):
+    """The picker probes ``ctx.dataset``, which FiftyOne sets to the App's group slice."""
+    grouped = grouped_scene_dataset()
+    left = grouped.select_group_slices("left")
+    for sample in left:  # the default slice's boxes lose their masks
+        for det in sample.instances.detections:
+            det.mask = None
+        sample.save()
+    params = {**FIELD_BRANCHES, "mask_field": None}
+    assert not invalid(form("run_ssa", grouped, params, group_slice="right"))
+    refused = invalid(form("run_ssa", grouped, params, group_slice="left"))
+    assert "no Detections field with instance masks" in refused["mask_branch_error"]
+    execute("run_ssa", grouped, params=params, group_slice="right")
+    right = grouped.select_group_slices("right")
+    assert right.count("ssa_masks.detections") == right.count("instances.detections")
+    assert set(left.values("ssa")) == {None}
+
+
 def test_run_ssa_delegated_records_progress(scene_dataset):
     ds = scene_dataset()
     doc = execute_delegated("run_ssa", ds, params={**FIELD_BRANCHES, "label_field": "queued"})
@@ -648,6 +666,30 @@ def test_evaluate_miou_form(scene_dataset):
         execute("evaluate_miou", ds, params={**two, "overwrite": True})
     ds.reload()
     assert ds.has_evaluation("two_coarse") and ds.has_evaluation("two_noisy")  # none deleted
+
+
+def test_evaluate_miou_failed_overwrite_keeps_the_old_run(scene_dataset):
+    ds = scene_dataset(n=2)
+    params = {"gt_field": "ground_truth", "pred_fields": ["coarse"], "eval_key": "ev"}
+    old = execute("evaluate_miou", ds, params=params).result["results"][0]["miou"]
+    old_values = ds.values("ev_miou")
+    last = ds.last()
+    last["noisy"] = fo.Segmentation(mask=last["noisy"].mask.astype(np.float32))
+    last.save()
+    replace = {**params, "pred_fields": ["noisy"], "overwrite": True}
+    with pytest.raises(ExecutionError, match="integer ids"):  # read after every check passed
+        execute("evaluate_miou", ds, params=replace)
+    ds.reload()
+    assert ds.list_evaluations() == ["ev"] and ds.values("ev_miou") == old_values
+    assert ds.get_evaluation_info("ev").config.pred_field == "coarse"
+    assert ds.load_evaluation_results("ev").miou == pytest.approx(old)
+
+    last["noisy"] = fo.Segmentation(mask=last["noisy"].mask.astype(np.uint8))
+    last.save()
+    execute("evaluate_miou", ds, params=replace)
+    ds.reload()
+    assert ds.list_evaluations() == ["ev"]
+    assert ds.get_evaluation_info("ev").config.pred_field == "noisy"
 
 
 def test_evaluate_miou_warns_when_ground_truth_has_no_mask_targets(scene_dataset):

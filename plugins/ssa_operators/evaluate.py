@@ -183,11 +183,7 @@ class EvaluateMIoU(SSAOperator):
         pred_fields = list(params["pred_fields"])
         save = params.get("save", True)
         keys = eval_keys(params.get("eval_key") or "miou", pred_fields) if save else {}
-        evaluation.check_evaluable(samples, pred_fields, gt_field)  # before anything is deleted
-        if save and params.get("overwrite", False):
-            for key in keys.values():
-                if ctx.dataset.has_evaluation(key):
-                    ctx.dataset.delete_evaluation(key)
+        evaluation.check_evaluable(samples, pred_fields, gt_field)  # before any run is saved
         rows = []
         for i, field in enumerate(pred_fields):
             if ctx.delegated:
@@ -200,6 +196,7 @@ class EvaluateMIoU(SSAOperator):
                 ignore_index=int(params.get("ignore_index", 255)),
                 reduce_zero_label=bool(params.get("reduce_zero_label", False)),
                 progress=False,
+                overwrite=bool(params.get("overwrite", False)),
             )
             rows.append(
                 {
