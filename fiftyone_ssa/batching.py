@@ -13,16 +13,34 @@ import fiftyone as fo
 from fiftyone_ssa.core.images import read_rgb, read_size
 
 
+def check_field_in_view(samples, name: str, what: str = "field") -> dict:
+    """Raises ValueError (one line) unless the collection shows the field ``name``.
+
+    A field the dataset has but the view hides (``exclude_fields`` / ``select_fields``) is
+    reported as such, not as missing.
+
+    Args:
+        samples: a FiftyOne dataset or view.
+        name: the field's name (embedded fields with dots).
+        what: how the message names the field (``"semantic_branch field"``).
+
+    Returns:
+        The collection's flat field schema.
+    """
+    schema = samples.get_field_schema(flat=True)
+    if name in schema:
+        return schema
+    if name in samples._dataset.get_field_schema(flat=True):
+        raise ValueError(
+            f"{what} {name!r} exists on the dataset but this view excludes it; keep it in "
+            "the view (select_fields / exclude_fields) or use the whole dataset"
+        )
+    raise ValueError(f"{what} {name!r} does not exist on the dataset")
+
+
 def check_label_field(samples, name: str, label_type: type, role: str) -> None:
     """Raises ValueError (one line) unless ``name`` is a field holding ``label_type`` labels."""
-    schema = samples.get_field_schema(flat=True)
-    if name not in schema and name in samples._dataset.get_field_schema(flat=True):
-        raise ValueError(
-            f"{role} field {name!r} exists on the dataset but this view excludes it; "
-            "keep it in the view (select_fields / exclude_fields) or run on the dataset"
-        )
-    if name not in schema:
-        raise ValueError(f"{role} field {name!r} does not exist on the dataset")
+    schema = check_field_in_view(samples, name, f"{role} field")
     doc_type = getattr(schema[name], "document_type", None)
     if doc_type is None or not issubclass(doc_type, label_type):
         got = doc_type.__name__ if doc_type else type(schema[name]).__name__

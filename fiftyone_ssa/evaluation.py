@@ -26,6 +26,7 @@ from fiftyone.utils.eval.segmentation import (
     SegmentationResults,
 )
 
+from fiftyone_ssa.batching import check_field_in_view
 from fiftyone_ssa.core.metrics import (
     ClassMatcher,
     StreamingConfusionMatrix,
@@ -46,16 +47,8 @@ def check_evaluable(samples, pred_fields: Sequence[str], gt_field: str) -> None:
     """
     if not len(samples):
         raise ValueError(f"nothing to evaluate against {gt_field!r}: the collection is empty")
-    schema = samples.get_field_schema(flat=True)
-    dataset_schema = samples._dataset.get_field_schema(flat=True)
     for field in [gt_field, *pred_fields]:
-        if field not in schema and field in dataset_schema:
-            raise ValueError(
-                f"field {field!r} exists on the dataset but this view excludes it; "
-                "keep it in the view (select_fields / exclude_fields) or evaluate the dataset"
-            )
-        if field not in schema:
-            raise ValueError(f"field {field!r} does not exist on these samples")
+        check_field_in_view(samples, field)
     for field in pred_fields:
         if not samples.exists(field).exists(gt_field).limit(1).count():
             raise ValueError(
