@@ -22,7 +22,7 @@ from fiftyone_ssa.batching import check_label_field, guard
 from fiftyone_ssa.core.mask_set import MaskSet
 from fiftyone_ssa.core.vocabulary import check_vocabulary
 from fiftyone_ssa.core.voting import paint_masks, painting_order
-from fiftyone_ssa.labels import build_detections, class_map_to_numpy
+from fiftyone_ssa.labels import build_detections, class_map_to_numpy, float_or_none
 from fiftyone_ssa.models.engine_models import (
     CAPTION_CROP_SCALE,
     CLIP_CROP_SCALE,
@@ -398,10 +398,6 @@ class _SegmentationTargets:
             self.changed = False
 
 
-def _none_if_nan(value: float) -> float | None:
-    return None if np.isnan(value) else float(value)
-
-
 def _sample_values(
     sample_id,
     label_field,
@@ -427,8 +423,8 @@ def _sample_values(
             "caption": labels.captions[i],
             "ade_name": labels.ade_names[i],
             "coco_name": labels.coco_names[i],
-            "predicted_iou": _none_if_nan(ious[i]),
-            "stability_score": _none_if_nan(stabilities[i]),
+            "predicted_iou": float_or_none(ious[i]),
+            "stability_score": float_or_none(stabilities[i]),
             "area": int(area_list[i]),
         }
         for i in range(len(mask_set))

@@ -22,6 +22,7 @@ from fiftyone_ssa.labels import (
     carried_attributes,
     class_map_to_numpy,
     detections_to_mask_set,
+    float_or_none,
     segmentation_to_tensor,
 )
 from fiftyone_ssa.models.masks import FieldMaskBranch, MaskBranch
@@ -333,8 +334,8 @@ class SSAJob(LabellingJob):
             {
                 "confidence": confidence[i],
                 "class_proposals": [classes.get(c, str(c)) for c in outcome["proposals"][i]],
-                "predicted_iou": None if np.isnan(ious[i]) else ious[i],
-                "stability_score": None if np.isnan(stabilities[i]) else stabilities[i],
+                "predicted_iou": float_or_none(ious[i]),
+                "stability_score": float_or_none(stabilities[i]),
                 "area": int(areas[i]),
             }
             for i in range(len(labels))
