@@ -87,15 +87,19 @@ def shutdown() -> None:
         torch.distributed.destroy_process_group()
 
 
-def default_device(ranks: Ranks) -> str | None:
-    """The device a rank's models use when none is given: its own GPU, else the library's default.
+def run_device(device: Any = None) -> Any:
+    """The device this rank's models use: ``device`` when given, else its own GPU under torchrun.
 
     Args:
-        ranks: this process's ranks.
+        device: the user's choice (None: none).
 
     Returns:
-        ``"cuda:<local_rank>"`` for a distributed rank on a GPU machine, else None.
+        ``device`` when given; else ``"cuda:<local_rank>"`` for a distributed rank on a GPU
+        machine; else None (the models' own default).
     """
+    if device:
+        return device
+    ranks = current_ranks()
     if ranks.is_distributed and torch.cuda.is_available():
         return f"cuda:{ranks.local_rank % torch.cuda.device_count()}"
     return None

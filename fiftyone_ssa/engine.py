@@ -8,7 +8,6 @@ FiftyOne view (masks from an existing field or SAM) and writes the label fields.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -22,7 +21,7 @@ from fiftyone_ssa.batching import check_label_field, guard
 from fiftyone_ssa.core.mask_set import MaskSet
 from fiftyone_ssa.core.vocabulary import check_vocabulary
 from fiftyone_ssa.core.voting import paint_masks, painting_order
-from fiftyone_ssa.labels import build_detections, class_map_to_numpy
+from fiftyone_ssa.labels import build_detections, class_map_to_numpy, float_or_none
 from fiftyone_ssa.models.engine_models import (
     CAPTION_CROP_SCALE,
     CLIP_CROP_SCALE,
@@ -39,7 +38,6 @@ from fiftyone_ssa.models.nouns import DEFAULT_SPACY_MODEL
 from fiftyone_ssa.models.registry import create_branch, field_name
 from fiftyone_ssa.pipeline import (
     DEFAULT_MASK_BRANCH,
-    MAX_INLINE_MASK_PIXELS,
     sample_mask_sources,
     sample_masks,
 )
@@ -216,7 +214,7 @@ def apply_ssa_engine(
         overwrite,
         skip_existing,
     )
-    device = device or distributed.default_device(distributed.current_ranks())
+    device = distributed.run_device(device)
     options = {**engine_mask_generator_defaults(light), **mask_generator_options}
     masks = create_branch(mask_branch, kind="mask", device=device, **options)
     if not isinstance(models, EngineModels):
@@ -398,10 +396,6 @@ class _SegmentationTargets:
             self.changed = False
 
 
-def _none_if_nan(value: float) -> float | None:
-    return None if np.isnan(value) else float(value)
-
-
 def _sample_values(
     sample_id,
     label_field,
@@ -427,17 +421,15 @@ def _sample_values(
             "caption": labels.captions[i],
             "ade_name": labels.ade_names[i],
             "coco_name": labels.coco_names[i],
-            "predicted_iou": _none_if_nan(ious[i]),
-            "stability_score": _none_if_nan(stabilities[i]),
+            "predicted_iou": float_or_none(ious[i]),
+            "stability_score": float_or_none(stabilities[i]),
             "area": int(area_list[i]),
         }
         for i in range(len(mask_set))
     ]
-    mask_dir = None
-    if sum(area_list) > MAX_INLINE_MASK_PIXELS:
-        # A directory per run key: relabelling with other settings leaves the files of the
-        # labels it replaces alone until the new labels are written.
-        mask_dir = os.path.join(mask_root, label_field, str(sample_id), run_key)
+    mask_dir = runs.sample_mask_directory(
+        mask_root, label_field, sample_id, run_key, sum(area_list)
+    )
     detections = build_detections(mask_set.masks, labels.class_names, attributes, mask_dir, carried)
     detections[runs.RUN_KEY_ATTRIBUTE] = run_key
     values = {label_field: detections, runs.error_field(label_field): None}

@@ -34,6 +34,7 @@ from fiftyone_ssa.core.metrics import (
     segmentation_metrics,
 )
 from fiftyone_ssa.core.metrics import reduce_zero_label as to_training_ids
+from fiftyone_ssa.labels import float_or_none
 
 logger = logging.getLogger(__name__)
 
@@ -257,8 +258,8 @@ class MIoUEvaluation(SegmentationEvaluation):
             image = stream.update(pred_classes, gt_classes)
             if save:
                 image_metrics = segmentation_metrics(image)
-                sample[miou_field] = _float_or_none(image_metrics.miou)
-                sample[aacc_field] = _float_or_none(image_metrics.aacc)
+                sample[miou_field] = float_or_none(image_metrics.miou)
+                sample[aacc_field] = float_or_none(image_metrics.aacc)
             # FiftyOne's (gt, pred, pixels, gt id, pred id) per cell: the App's panel reads them.
             counts = image.numpy()
             rows, cols = np.nonzero(counts)
@@ -545,7 +546,3 @@ def _read_id_map(seg: fol.Segmentation | None, field: str) -> torch.Tensor | Non
     if ids.numel() and int(ids.min()) < 0:
         raise ValueError(f"Expected the {field!r} mask ids to be >= 0, but got {int(ids.min())}")
     return ids
-
-
-def _float_or_none(value: float) -> float | None:
-    return None if np.isnan(value) else float(value)

@@ -148,6 +148,11 @@ def _float_attr(det: fo.Detection, name: str) -> float:
     return float(value) if value is not None else float("nan")
 
 
+def float_or_none(value: float) -> float | None:
+    """A score as FiftyOne stores it: a Python float, or None for NaN (a missing value)."""
+    return None if np.isnan(value) else float(value)
+
+
 def class_map_to_numpy(class_map: torch.Tensor) -> np.ndarray:
     """A class-id map as the smallest unsigned dtype FiftyOne stores: uint8 or uint16."""
     top = int(class_map.max()) if class_map.numel() else 0

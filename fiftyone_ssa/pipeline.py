@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +21,7 @@ from fiftyone_ssa.labels import (
     carried_attributes,
     class_map_to_numpy,
     detections_to_mask_set,
+    float_or_none,
     segmentation_to_tensor,
 )
 from fiftyone_ssa.models.masks import FieldMaskBranch, MaskBranch
@@ -34,8 +34,6 @@ __all__ = ["SSARunSummary", "SampleSummary", "apply_ssa", "label_one_image"]
 
 DEFAULT_SEMANTIC_BRANCH = "segformer-b5-ade20k"
 DEFAULT_MASK_BRANCH = "sam-vit-h"
-# Above this many mask pixels per sample, instance masks go to disk (``mask_path``).
-MAX_INLINE_MASK_PIXELS = 8_000_000
 
 # The attributes of every mask detection SSA writes, besides ``label`` and ``confidence``.
 MASK_ATTRIBUTES = {
@@ -234,7 +232,7 @@ def apply_ssa(
         overwrite,
         skip_existing,
     )
-    device = device or distributed.default_device(distributed.current_ranks())
+    device = distributed.run_device(device)
     branch_kwargs = {"device": device}
     if classes is not None:
         branch_kwargs["classes"] = list(classes)
@@ -333,18 +331,16 @@ class SSAJob(LabellingJob):
             {
                 "confidence": confidence[i],
                 "class_proposals": [classes.get(c, str(c)) for c in outcome["proposals"][i]],
-                "predicted_iou": None if np.isnan(ious[i]) else ious[i],
-                "stability_score": None if np.isnan(stabilities[i]) else stabilities[i],
+                "predicted_iou": float_or_none(ious[i]),
+                "stability_score": float_or_none(stabilities[i]),
                 "area": int(areas[i]),
             }
             for i in range(len(labels))
         ]
         lf = self.label_field
-        mask_dir = None
-        if sum(areas) > MAX_INLINE_MASK_PIXELS:
-            # A directory per run key: relabelling with other settings leaves the files of the
-            # labels it replaces alone until the new labels are written.
-            mask_dir = os.path.join(self.mask_root, f"{lf}_masks", str(sample_id), run_key)
+        mask_dir = runs.sample_mask_directory(
+            self.mask_root, f"{lf}_masks", sample_id, run_key, sum(areas)
+        )
         names = [classes.get(c, str(c)) for c in labels]
         painted = class_map_to_numpy(outcome["painted"])
         values = {

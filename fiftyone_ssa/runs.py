@@ -22,6 +22,8 @@ from fiftyone import ViewField as F
 # ``dataset.info`` key under which each label field's last run configuration is kept.
 RUNS_INFO_KEY = "fiftyone_ssa_runs"
 RUN_KEY_ATTRIBUTE = "run_key"
+# Above this many mask pixels per sample, instance masks go to disk (``mask_path``).
+MAX_INLINE_MASK_PIXELS = 8_000_000
 
 
 @dataclass
@@ -133,6 +135,20 @@ def mask_directory(samples, output_dir: str | None = None) -> str:
     return output_dir or os.path.join(
         fo.config.default_dataset_dir, "fiftyone-ssa", samples._dataset.slug
     )
+
+
+def sample_mask_directory(
+    mask_root: str, field: str, sample_id: str, run_key: str, num_pixels: int
+) -> str | None:
+    """Where a sample's instance masks in ``field`` are written: None (kept in the database)
+    up to :data:`MAX_INLINE_MASK_PIXELS` mask pixels, else a directory under ``mask_root``.
+
+    A directory per run key: relabelling with other settings leaves the files of the labels it
+    replaces alone until the new labels are written.
+    """
+    if num_pixels <= MAX_INLINE_MASK_PIXELS:
+        return None
+    return os.path.join(mask_root, field, str(sample_id), run_key)
 
 
 def spec_name(spec: Any) -> Any:

@@ -579,13 +579,11 @@ def test_run_ssa_engine_immediately_and_delegated(
     assert doc.status.label == "2/2 samples"
 
 
-def test_engine_presets_match_the_library(plugins_dir):
+def test_engine_spacy_default_matches_the_library(plugins_dir):
     from fiftyone_ssa import engine
 
     operator = foo.get_operator(uri("run_ssa_engine"))
     module = sys.modules[type(operator).__module__]
-    assert module.ENGINE_MODELS == engine.DEFAULT_ENGINE_MODELS
-    assert module.LIGHT_ENGINE_MODELS == engine.LIGHT_ENGINE_MODELS
     assert module.DEFAULT_SPACY_MODEL == engine.DEFAULT_SPACY_MODEL
 
 

@@ -451,11 +451,9 @@ def _mask_paths(dataset, field):
 @pytest.fixture
 def masks_to_disk(monkeypatch):
     """Every instance mask goes to a PNG (as for images with more than 8M mask pixels)."""
-    import fiftyone_ssa.engine
-    import fiftyone_ssa.pipeline
+    import fiftyone_ssa.runs
 
-    monkeypatch.setattr(fiftyone_ssa.pipeline, "MAX_INLINE_MASK_PIXELS", 0)
-    monkeypatch.setattr(fiftyone_ssa.engine, "MAX_INLINE_MASK_PIXELS", 0, raising=False)
+    monkeypatch.setattr(fiftyone_ssa.runs, "MAX_INLINE_MASK_PIXELS", 0)
 
 
 @pytest.mark.usefixtures("masks_to_disk")

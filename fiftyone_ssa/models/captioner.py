@@ -14,8 +14,7 @@ from pathlib import Path
 import torch
 
 from fiftyone_ssa.core.crops import CropTransform
-from fiftyone_ssa.models.pretrained import load_pretrained
-from fiftyone_ssa.models.semantic import default_device
+from fiftyone_ssa.models.pretrained import load_pretrained_on_device
 
 # PIL resampling codes image processors store, as torch interpolation modes.
 _RESAMPLE_MODES = {0: "nearest", 2: "bilinear", 3: "bicubic"}
@@ -124,12 +123,9 @@ class BlipCaptioner:
             raise ValueError(f"Expected `batch_size` to be >= 1, but got {batch_size}")
         self.path = Path(path)
         self.name = str(path)
-        self.device = torch.device(device) if device else default_device()
-        self.processor, self.model = load_pretrained(
-            self.path, BlipProcessor, BlipForConditionalGeneration, "BLIP captioning"
+        self.processor, self.model, self.device, self.dtype = load_pretrained_on_device(
+            self.path, BlipProcessor, BlipForConditionalGeneration, "BLIP captioning", device, half
         )
-        self.dtype = torch.float16 if (half and self.device.type == "cuda") else torch.float32
-        self.model.to(self.device, self.dtype).eval()
         use_sdpa_attention(self.model.vision_model)
         self.transform = crop_transform_from_processor(self.processor.image_processor)
         self.batch_size = batch_size

@@ -26,8 +26,7 @@ import torch.nn.functional as F
 from fiftyone_ssa.core.crops import chunk_boxes, crop_mask_coverage, crop_resize_masks
 from fiftyone_ssa.models.captioner import crop_transform_from_processor
 from fiftyone_ssa.models.clip_filter import MAX_CACHED_TEXTS
-from fiftyone_ssa.models.pretrained import load_pretrained
-from fiftyone_ssa.models.semantic import default_device
+from fiftyone_ssa.models.pretrained import load_pretrained_on_device
 
 # The original SSA-engine's ``clipseg_segmentation`` resizes CLIPSeg's inputs to this size.
 ORIGINAL_INPUT_SIZE = (512, 512)
@@ -83,12 +82,9 @@ class ClipSegDecider:
             _check_square(input_size, "`input_size`")  # before loading anything
         self.path = Path(path)
         self.name = str(path)
-        self.device = torch.device(device) if device else default_device()
-        self.processor, self.model = load_pretrained(
-            self.path, CLIPSegProcessor, CLIPSegForImageSegmentation, "CLIPSeg"
+        self.processor, self.model, self.device, self.dtype = load_pretrained_on_device(
+            self.path, CLIPSegProcessor, CLIPSegForImageSegmentation, "CLIPSeg", device, half
         )
-        self.dtype = torch.float16 if (half and self.device.type == "cuda") else torch.float32
-        self.model.to(self.device, self.dtype).eval()
         self.transform = crop_transform_from_processor(self.processor.image_processor)
         self.input_size = _check_square(
             input_size or self.transform.size, "`input_size` or processor size"

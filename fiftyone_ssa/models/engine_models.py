@@ -29,27 +29,12 @@ from fiftyone_ssa.models.clipseg_decider import ClipSegDecider
 from fiftyone_ssa.models.nouns import DEFAULT_SPACY_MODEL, NounExtractor
 from fiftyone_ssa.models.registry import create_branch
 from fiftyone_ssa.models.semantic import FieldSemanticBranch, SemanticBranch, default_device
+from fiftyone_ssa.models.weights import DEFAULT_ENGINE_MODELS, LIGHT_ENGINE_MODELS
 
 # Crop scales about the mask's box centre (the original SSA-engine's).
 CLIP_CROP_SCALE = 1.2
 CAPTION_CROP_SCALE = 1.6
 CLIPSEG_CROP_SCALE = 1.6
-
-# The models of SSA-engine, and of its light mode.
-DEFAULT_ENGINE_MODELS = {
-    "ade": "oneformer-ade20k-swin-large",
-    "coco": "oneformer-coco-swin-large",
-    "captioner": "blip-large",
-    "clip": "clip-vit-l-14",
-    "clipseg": "clipseg-rd64-refined",
-}
-LIGHT_ENGINE_MODELS = {
-    "ade": "oneformer-ade20k-swin-tiny",
-    "coco": "oneformer-coco-swin-large",
-    "captioner": "blip-base",
-    "clip": "clip-vit-b-32",
-    "clipseg": "clipseg-rd16",
-}
 
 
 def engine_mask_generator_defaults(light: bool = False) -> dict:

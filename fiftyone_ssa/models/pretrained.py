@@ -5,6 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
+
+def default_device() -> torch.device:
+    """CUDA when available, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
 
 def load_error(kind: str, path: Path, err: Exception) -> ValueError:
     """One line saying which model could not be loaded from where, and why."""
@@ -33,3 +40,23 @@ def load_pretrained(path: Path, processor_cls: Any, model_cls: Any, kind: str) -
     except Exception as err:  # hub, config, safetensors and shape errors alike
         raise load_error(kind, path, err) from None
     return processor, model
+
+
+def load_pretrained_on_device(
+    path: Path, processor_cls: Any, model_cls: Any, kind: str, device: Any = None, half: bool = True
+) -> tuple[Any, Any, torch.device, torch.dtype]:
+    """:func:`load_pretrained`, the model then moved to its device and dtype, in eval mode.
+
+    Args:
+        path, processor_cls, model_cls, kind: see :func:`load_pretrained`.
+        device: torch device; CUDA when available by default.
+        half: float16 weights on CUDA (float32 elsewhere).
+
+    Returns:
+        ``(processor, model, device, dtype)``.
+    """
+    device = torch.device(device) if device else default_device()
+    processor, model = load_pretrained(path, processor_cls, model_cls, kind)
+    dtype = torch.float16 if (half and device.type == "cuda") else torch.float32
+    model.to(device, dtype).eval()
+    return processor, model, device, dtype

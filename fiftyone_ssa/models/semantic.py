@@ -15,16 +15,11 @@ import numpy as np
 import torch
 
 from fiftyone_ssa.core.upsample import upsample_argmax
-from fiftyone_ssa.models.pretrained import load_pretrained
+from fiftyone_ssa.models.pretrained import default_device, load_pretrained
 
 # Our images are always (H, W, 3): without this, image processors guess the channel axis
 # from the shape and take a 1-pixel-high (1, W, 3) or (3, 3, 3) image for channels-first.
 CHANNELS_LAST = {"input_data_format": "channels_last"}
-
-
-def default_device() -> torch.device:
-    """CUDA when available, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 class SemanticBranch:

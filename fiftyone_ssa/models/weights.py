@@ -147,6 +147,23 @@ PRESETS: dict[str, Preset] = {
     ]
 }
 
+# The models of SSA-engine by role, and of its light mode (kept here, with no model library
+# imported, so that the plugin's forms can show them).
+DEFAULT_ENGINE_MODELS = {
+    "ade": "oneformer-ade20k-swin-large",
+    "coco": "oneformer-coco-swin-large",
+    "captioner": "blip-large",
+    "clip": "clip-vit-l-14",
+    "clipseg": "clipseg-rd64-refined",
+}
+LIGHT_ENGINE_MODELS = {
+    "ade": "oneformer-ade20k-swin-tiny",
+    "coco": "oneformer-coco-swin-large",
+    "captioner": "blip-base",
+    "clip": "clip-vit-b-32",
+    "clipseg": "clipseg-rd16",
+}
+
 
 def set_models_dir(path: str | os.PathLike | None) -> None:
     """Overrides the models directory for this process (``None`` restores the default)."""

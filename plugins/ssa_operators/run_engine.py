@@ -26,22 +26,6 @@ from .forms import (
 from .library import ProgressReporter, import_library
 from .run_ssa import chosen_branch, fields_read
 
-# SSA-engine's models by role (full / light mode), as in fiftyone_ssa.engine (a test keeps the
-# two equal); repeated here so that building the form imports no model library.
-ENGINE_MODELS = {
-    "ade": "oneformer-ade20k-swin-large",
-    "coco": "oneformer-coco-swin-large",
-    "captioner": "blip-large",
-    "clip": "clip-vit-l-14",
-    "clipseg": "clipseg-rd64-refined",
-}
-LIGHT_ENGINE_MODELS = {
-    "ade": "oneformer-ade20k-swin-tiny",
-    "coco": "oneformer-coco-swin-large",
-    "captioner": "blip-base",
-    "clip": "clip-vit-b-32",
-    "clipseg": "clipseg-rd16",
-}
 MODEL_ROLES = {
     "ade": "ADE20K segmenter",
     "coco": "COCO panoptic segmenter",
@@ -49,6 +33,8 @@ MODEL_ROLES = {
     "clip": "CLIP",
     "clipseg": "CLIPSeg",
 }
+# As in fiftyone_ssa.models.nouns (a test keeps the two equal): a signature default below, read
+# at plugin import, when no part of the library may be imported yet.
 DEFAULT_SPACY_MODEL = "en_core_web_sm"
 
 
@@ -203,7 +189,9 @@ class RunSSAEngine(SSAOperator):
 
     def _model_inputs(self, inputs, ctx) -> None:
         """Model overrides (blank: the presets); missing weights block the form."""
-        defaults = LIGHT_ENGINE_MODELS if ctx.params.get("light", False) else ENGINE_MODELS
+        weights = import_library("fiftyone_ssa.models.weights")
+        light = ctx.params.get("light", False)
+        defaults = weights.LIGHT_ENGINE_MODELS if light else weights.DEFAULT_ENGINE_MODELS
         missing = []
         for role, description in MODEL_ROLES.items():
             name = f"{role}_model"
