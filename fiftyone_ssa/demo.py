@@ -72,14 +72,19 @@ def run_demo(
     gpu = torch.cuda.is_available() if device is None else str(device).startswith("cuda")
     options = dict(mask_options or {})
     if not gpu:
-        print(
-            "No GPU: using the light CPU preset (SAM ViT-B, 16 points per side, "
-            "Segformer-B0) so the demo finishes in minutes."
-        )
-        semantic_branch = semantic_branch or CPU_PRESET["semantic_branch"]
+        light = []  # what the light CPU preset fills in (the branches not given)
         if mask_branch is None:
             mask_branch = CPU_PRESET["mask_branch"]
             options = {**CPU_PRESET["mask_options"], **options}
+            light.append("SAM ViT-B, 16 points per side")
+        if not semantic_branch:
+            semantic_branch = CPU_PRESET["semantic_branch"]
+            light.append("Segformer-B0")
+        if light:
+            print(
+                f"No GPU: using the light CPU preset ({', '.join(light)}) so the demo "
+                "finishes in minutes."
+            )
     semantic_branch = semantic_branch or DEFAULT_SEMANTIC_BRANCH
     mask_branch = mask_branch or DEFAULT_MASK_BRANCH
     if download:

@@ -11,8 +11,8 @@ import importlib
 import sys
 
 _MODELS_DIR_HELP = (
-    "directory holding model weights (default: $FIFTYONE_SSA_MODELS_DIR, else FiftyOne's "
-    "model zoo directory)"
+    "directory holding model weights (default: $FIFTYONE_SSA_MODELS_DIR, else "
+    "<FiftyOne model zoo dir>/fiftyone-ssa)"
 )
 
 # Subcommand modules, in the order ``--help`` lists them.
@@ -34,11 +34,20 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # subcommand not shipped yet
             raise
         module.add_parser(subparsers)
-    # ``--models-dir`` is also accepted after the subcommand (``fiftyone-ssa run ... --models-dir``).
+    # ``--models-dir`` is also accepted after the subcommand (``fiftyone-ssa run ... --models-dir``,
+    # ``fiftyone-ssa models list --models-dir ...``).
+    _accept_models_dir(subparsers)
+    return parser
+
+
+def _accept_models_dir(subparsers: argparse._SubParsersAction) -> None:
+    """Adds ``--models-dir`` to every (nested) subcommand parser that lacks it."""
     for subparser in set(subparsers.choices.values()):
         if "--models-dir" not in subparser._option_string_actions:
             subparser.add_argument("--models-dir", default=argparse.SUPPRESS, help=_MODELS_DIR_HELP)
-    return parser
+        for action in subparser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _accept_models_dir(action)
 
 
 def one_line(err: BaseException) -> str:

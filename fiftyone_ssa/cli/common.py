@@ -49,20 +49,39 @@ def _one_local_rank_at_a_time():
 def add_target_arguments(parser: argparse.ArgumentParser) -> None:
     """DATASET plus the options selecting which of its samples to process."""
     parser.add_argument("dataset", help="name of a FiftyOne dataset")
-    parser.add_argument("--view-tag", action="append", help="only samples with this tag")
+    parser.add_argument(
+        "--view-tag", action="append", help="only samples with this tag (repeat: any of them)"
+    )
     parser.add_argument("--limit", type=int, default=None, help="at most this many samples")
 
 
-def add_run_arguments(parser: argparse.ArgumentParser, default_field: str) -> None:
+def add_run_arguments(
+    parser: argparse.ArgumentParser, default_field: str, batch_help: str = "images per batch"
+) -> None:
     """Options every labelling run shares."""
-    parser.add_argument("--label-field", default=default_field, help="output field")
+    parser.add_argument(
+        "--label-field", default=default_field, help="output field (default: %(default)s)"
+    )
     parser.add_argument("--device", default=None, help="torch device (default: cuda if any)")
-    parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--num-workers", type=int, default=2, help="image decoding threads")
+    parser.add_argument(
+        "--batch-size", type=int, default=1, help=f"{batch_help} (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--num-workers",
+        type=int,
+        default=2,
+        help="image decoding threads (0: decode in turn; default: %(default)s)",
+    )
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--overwrite", action="store_true", help="replace existing output fields")
     group.add_argument(
-        "--skip-existing", action="store_true", help="label only samples without the output field"
+        "--overwrite",
+        action="store_true",
+        help="replace labels a run with other settings wrote in the output fields",
+    )
+    group.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="label only samples whose output field is empty",
     )
     parser.add_argument(
         "--no-resume",

@@ -28,7 +28,7 @@ def add_parser(subparsers) -> None:
         "--mask-branch",
         default="sam-vit-h",
         help="sam-vit-b|l|h, a SAM checkpoint/directory or field:<name> (e.g. "
-        "SA-1B masks imported with import-sa1b)",
+        "SA-1B masks imported with import-sa1b) (default: %(default)s)",
     )
     parser.add_argument(
         "--light",
@@ -36,7 +36,9 @@ def add_parser(subparsers) -> None:
         help="light models (OneFormer Swin-T ADE20K, BLIP base, CLIP ViT-B/32, "
         "CLIPSeg rd16) and 16 SAM points per side",
     )
-    parser.add_argument("--top-k", type=int, default=3, help="class proposals per mask")
+    parser.add_argument(
+        "--top-k", type=int, default=3, help="class proposals per mask (default: %(default)s)"
+    )
     parser.add_argument(
         "--vocabulary",
         nargs="+",
@@ -52,7 +54,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--spacy-model",
         default="en_core_web_sm",
-        help="spaCy pipeline name or path for caption nouns",
+        help="spaCy pipeline name or path for caption nouns (default: %(default)s)",
     )
     parser.add_argument(
         "--ade-model",
@@ -85,9 +87,11 @@ def add_parser(subparsers) -> None:
         "--mask-option",
         action="append",
         metavar="KEY=VALUE",
-        help="SAM mask generator setting, e.g. points_per_side=16 (repeatable)",
+        help="SAM mask generator setting, a number, e.g. points_per_side=16 (repeatable; "
+        "defaults: points_per_side=32 (16 with --light), crop_n_layers=0, "
+        "pred_iou_thresh=0.86, stability_score_thresh=0.92, min_mask_region_area=100)",
     )
-    add_run_arguments(parser, "ssa_engine")
+    add_run_arguments(parser, "ssa_engine", "images whose masks go through the models together")
     parser.set_defaults(func=run)
 
 

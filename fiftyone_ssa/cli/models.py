@@ -12,7 +12,10 @@ def add_parser(subparsers) -> None:
     listing.set_defaults(func=run_list)
     download = sub.add_parser("download", help="fetch weights into the models directory")
     download.add_argument(
-        "names", nargs="*", help="presets or Hugging Face ids (default: the default SSA models)"
+        "names",
+        nargs="*",
+        help="presets or Hugging Face ids (default: SSA's defaults, sam-vit-h and "
+        "segformer-b5-ade20k)",
     )
     download.set_defaults(func=run_download)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)

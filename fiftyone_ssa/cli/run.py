@@ -25,25 +25,31 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--semantic-branch",
         default="segformer-b5-ade20k",
-        help="preset, Hugging Face id, local directory or field:<name>",
+        help="preset, Hugging Face id, local directory or field:<name> (an existing "
+        "Segmentation field) (default: %(default)s)",
     )
     parser.add_argument(
         "--mask-branch",
         default="sam-vit-h",
-        help="sam-vit-b|l|h, a SAM checkpoint/directory or field:<name>",
+        help="sam-vit-b|l|h, a SAM checkpoint/directory or field:<name> (a Detections field "
+        "with instance masks) (default: %(default)s)",
     )
     parser.add_argument("--classes", nargs="+", help="class names for a CLIPSeg branch")
     parser.add_argument(
         "--no-branch-field", action="store_true", help="do not write <label-field>_branch"
     )
-    parser.add_argument("--top-k", type=int, default=3, help="class proposals per mask")
+    parser.add_argument(
+        "--top-k", type=int, default=3, help="class proposals per mask (default: %(default)s)"
+    )
     parser.add_argument(
         "--mask-option",
         action="append",
         metavar="KEY=VALUE",
-        help="SAM mask generator setting, e.g. points_per_side=32 (repeatable)",
+        help="SAM mask generator setting, a number, e.g. points_per_side=32 (repeatable; "
+        "defaults: points_per_side=64, pred_iou_thresh=0.86, stability_score_thresh=0.92, "
+        "crop_n_layers=1, crop_n_points_downscale_factor=2, min_mask_region_area=100)",
     )
-    add_run_arguments(parser, "ssa")
+    add_run_arguments(parser, "ssa", "images per semantic-branch call")
     parser.set_defaults(func=run)
 
 

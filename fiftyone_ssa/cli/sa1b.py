@@ -21,7 +21,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--label-field", default="sa1b", help="new Detections field to write (default: sa1b)"
     )
     imp.add_argument("--mask-dir", default=None, help="directory for the mask PNGs")
-    imp.add_argument("--num-workers", type=int, default=None, help="decoding threads")
+    imp.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        help="decoding threads (default: FiftyOne's recommended number)",
+    )
     imp.add_argument(
         "--overwrite",
         action="store_true",

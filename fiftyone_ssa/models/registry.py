@@ -59,15 +59,20 @@ def register_branch(
 
     Example::
 
+        from fiftyone_ssa.models.semantic import CallableSemanticBranch
+
         @register_branch("my-model", description="our street-scene model")
         def my_model(device=None, **kwargs):
             return CallableSemanticBranch(predict_fn, device=device)
 
+    The registry lives in the process: ``create_branch`` / ``apply_ssa`` find the name once the
+    decorated function is defined (the ``fiftyone-ssa`` command does not import user code).
+
     Args:
-        name: the name users pass to ``create_branch`` / ``--semantic-branch``.
+        name: the name users pass to ``create_branch`` / ``apply_ssa``.
         kind: ``"semantic"`` or ``"mask"``.
-        description: one line for ``list_branches``-based listings.
-        weights: the preset whose weights the factory needs (for ``models list``).
+        description: one line, kept on the entry (``get_entry(name).description``).
+        weights: the preset whose weights the factory needs, kept on the entry.
     """
     if kind not in KINDS:
         raise ValueError(f"Expected `kind` to be one of {KINDS}, but got {kind!r}")

@@ -131,7 +131,8 @@ class ExportSA1B(SSAOperator):
         return self._config(
             "export_sa1b",
             "Export SA-1B JSON",
-            "Write SA-1B JSON files (with class_name and class_proposals) from a label field",
+            "Write SA-1B JSON (with class_name, class_proposals) from a Detections field, or "
+            "SSA's *_semantic.json from a Segmentation field",
         )
 
     def __call__(
