@@ -288,6 +288,7 @@ class SSAJob(LabellingJob):
         )
         self.seen_classes: dict[int, str] = {}
         self.others_remain = False
+        self.classes_known = False
 
     def _segmentation_fields(self) -> list[str]:
         types = output_types(self.label_field, self.write_branch)
@@ -307,7 +308,9 @@ class SSAJob(LabellingJob):
 
     def prepare(self, dataset: fo.Dataset, others_remain: bool) -> None:
         self.others_remain = others_remain
-        if self.semantic.classes:
+        # A callable branch learns its classes while it runs: finish() sets them then.
+        self.classes_known = bool(self.semantic.classes)
+        if self.classes_known:
             self._set_mask_targets(dataset, dict(self.semantic.classes), check=True)
 
     def label_batch(self, batch, images, skip_failures):
@@ -362,7 +365,7 @@ class SSAJob(LabellingJob):
         return self.seen_classes
 
     def finish(self, dataset: fo.Dataset, states: list[dict[int, str]]) -> None:
-        if self.semantic.classes:
+        if self.classes_known:
             return
         seen: dict[int, str] = {}
         for state in states:

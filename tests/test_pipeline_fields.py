@@ -33,6 +33,20 @@ def test_oracle_perfect_branch_loses_at_most_a_sliver(scene_dataset):
     assert _dataset_miou(ds, "ssa") >= 0.99
 
 
+def test_a_callable_branch_names_its_classes_in_the_mask_targets(scene_dataset):
+    ds = scene_dataset(n=2)
+
+    def bright_trees(image):  # learns its classes while it runs, as a user's model does
+        return np.where(image.mean(axis=-1) > 100, 3, 1), {1: "road", 3: "tree"}
+
+    apply_ssa(ds, semantic_branch=bright_trees, mask_branch="field:instances", device="cpu")
+    assert ds.count("ssa") == 2
+    for field in ("ssa", "ssa_branch"):
+        painted = {int(c) for s in ds for c in np.unique(s[field].mask)}
+        assert painted and painted <= {1, 3}
+        assert ds.mask_targets[field] == {c: {1: "road", 3: "tree"}[c] for c in painted}
+
+
 def test_output_schema(scene_dataset):
     ds = scene_dataset(n=2)
     apply_ssa(ds, semantic_branch="field:coarse", mask_branch="field:instances", top_k=2)
