@@ -350,6 +350,17 @@ def test_clipseg_shared_encoder_equals_full_forward(tiny_engine_models, scenes):
     assert torch.allclose(mine, full, atol=1e-5)
 
 
+def test_clipseg_cuts_names_longer_than_its_text_positions(tiny_engine_models):
+    decider = tiny_engine_models.clipseg
+    limit = decider.model.config.text_config.max_position_embeddings
+    long_name = " ".join(["dog"] * limit)
+    embeds = decider.text_embeddings([long_name, long_name + " sky", "dog"])
+    assert embeds.shape[0] == 3 and bool(torch.isfinite(embeds).all())
+    # Cut at the limit, as CLIP's tokenizers do: names differing only beyond it embed alike.
+    assert torch.allclose(embeds[0], embeds[1])
+    assert not torch.allclose(embeds[0], embeds[2])
+
+
 def test_clipseg_encoder_stops_at_the_deepest_layer_the_decoder_reads(tmp_path, scenes):
     from fiftyone_ssa.models import random_init
     from fiftyone_ssa.models.clipseg_decider import ClipSegDecider

@@ -133,6 +133,9 @@ def test_random_models_load_through_the_real_loaders(tmp_path):
     masks = [torch.zeros((2, 48, 64), dtype=torch.bool)]
     masks[0][:, 10:30, 10:30] = True
     decisions = decider.decide([tensor], boxes, masks, [["dog", "cat"], ["sky", "tree"]])
-    assert [d.name in pair for d, pair in zip(decisions, [["dog", "cat"], ["sky", "tree"]])]
+    assert all(d.name in pair for d, pair in zip(decisions, [["dog", "cat"], ["sky", "tree"]]))
+    long_name = " ".join(["tree"] * decider.model.config.text_config.max_position_embeddings)
+    open_vocabulary = create_branch(str(decider.path), classes=["sky", long_name], device="cpu")
+    assert open_vocabulary.predict([image])[0].shape == (48, 64)
     sam = load_sam_branch(save("sam-vit-b"), device="cpu", points_per_side=4, crop_n_layers=0)
     assert sam.generate(image).masks.shape[1:] == (48, 64)

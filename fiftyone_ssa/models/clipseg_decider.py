@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from fiftyone_ssa.core.crops import chunk_boxes, crop_mask_coverage, crop_resize_masks
 from fiftyone_ssa.models.captioner import crop_transform_from_processor
 from fiftyone_ssa.models.clip_filter import MAX_CACHED_TEXTS
+from fiftyone_ssa.models.clipseg_text import clipseg_text_embeddings
 from fiftyone_ssa.models.pretrained import load_pretrained_on_device
 
 # The original SSA-engine's ``clipseg_segmentation`` resizes CLIPSeg's inputs to this size.
@@ -105,12 +106,7 @@ class ClipSegDecider:
             missing = list(dict.fromkeys(texts))
         for start in range(0, len(missing), 256):
             chunk = missing[start : start + 256]
-            tokens = self.processor.tokenizer(chunk, padding=True, return_tensors="pt")
-            embeds = self.model.get_conditional_embeddings(
-                batch_size=len(chunk),
-                input_ids=tokens["input_ids"].to(self.device),
-                attention_mask=tokens["attention_mask"].to(self.device),
-            )
+            embeds = clipseg_text_embeddings(self.model, self.processor.tokenizer, chunk)
             self._text_cache.update(zip(chunk, embeds))
         return torch.stack([self._text_cache[t] for t in texts])
 

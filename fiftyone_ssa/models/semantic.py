@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from fiftyone_ssa.core.upsample import upsample_argmax
+from fiftyone_ssa.models.clipseg_text import clipseg_text_embeddings
 from fiftyone_ssa.models.pretrained import default_device, load_pretrained
 
 # Our images are always (H, W, 3): without this, image processors guess the channel axis
@@ -244,13 +245,7 @@ class CLIPSegSemanticBranch(_PretrainedBranch):
             )
         self._load(path, device, half, CLIPSegProcessor, CLIPSegForImageSegmentation)
         self.classes = dict(enumerate(names))
-        text = self.processor.tokenizer(names, padding=True, return_tensors="pt")
-        with torch.no_grad():
-            self.text_embeds = self.model.get_conditional_embeddings(
-                batch_size=len(names),
-                input_ids=text["input_ids"].to(self.device),
-                attention_mask=text["attention_mask"].to(self.device),
-            )
+        self.text_embeds = clipseg_text_embeddings(self.model, self.processor.tokenizer, names)
 
     @torch.no_grad()
     def predict(self, images):
