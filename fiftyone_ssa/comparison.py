@@ -239,7 +239,8 @@ def check_plot_path(path: str | os.PathLike) -> str:
         from matplotlib.backend_bases import FigureCanvasBase
     except ImportError as err:
         raise ImportError(
-            "plotting needs matplotlib: install the `plot` extra (pip install 'fiftyone-ssa[plot]')"
+            "plotting needs matplotlib: pip install matplotlib (or the `plot` extra, "
+            "pip install '.[plot]' in a clone of fiftyone-ssa)"
         ) from err
     path = os.fspath(path)
     extension = os.path.splitext(path)[1].lstrip(".").lower()

@@ -511,3 +511,14 @@ def test_a_device_this_machine_lacks_is_one_line_before_any_work(cli_dataset, ca
         assert after == before
     code, err = run_cli([command, cli_dataset.name, *argv, "--device", "gpu0"], capsys)
     assert_one_line_error(code, err, command, "torch device", "'gpu0'")
+
+
+def test_a_reader_that_goes_away_is_no_error():
+    """``fiftyone-ssa models list | head -1``: no "Broken pipe" error, no traceback."""
+    script = Path(sys.executable).with_name("fiftyone-ssa")
+    proc = subprocess.Popen(
+        [str(script), "models", "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    proc.stdout.close()  # before the command writes anything
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141 and err == b"", err.decode()

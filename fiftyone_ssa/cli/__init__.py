@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 _MODELS_DIR_HELP = (
@@ -67,6 +68,11 @@ def main(argv: list[str] | None = None) -> None:
         set_models_dir(args.models_dir)
     try:
         code = args.func(args)
+        sys.stdout.flush()  # a reader that went away shows here, not at exit
+    except BrokenPipeError:
+        # The reader went away (`fiftyone-ssa models list | head`): nothing is wrong to report.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)
     except (ValueError, OSError, RuntimeError, ImportError) as err:
         # Wrong use, missing weights and unreadable files end with one clear line, not a
         # traceback (also what --fail-fast stops with).

@@ -46,7 +46,7 @@ def _load_bundled_package() -> None:
     if not init.is_file():
         raise ImportError(
             "the fiftyone_ssa package is not installed and the plugin has no copy of it; "
-            "run `pip install fiftyone-ssa` or `pip install <plugin directory>`"
+            "run `pip install .` in a clone of fiftyone-ssa"
         )
     spec = importlib.util.spec_from_file_location(
         "fiftyone_ssa", init, submodule_search_locations=[str(init.parent)]
