@@ -511,6 +511,17 @@ def test_run_ssa_callable_from_python(scene_dataset):
     assert ds.count("called") == 3
 
 
+def test_run_ssa_from_python_refuses_overwrite_with_skip_existing(scene_dataset):
+    ds = scene_dataset(n=2)
+    run_ssa = foo.get_operator(uri("run_ssa"))
+    branches = {"semantic_branch": "field:coarse", "mask_branch": "field:instances"}
+    run_ssa(ds.limit(1), **branches)
+    # overwrite won silently here, skip_existing in apply_ssa
+    with pytest.raises(ValueError, match="not both"):
+        run_ssa(ds, top_k=2, overwrite=True, skip_existing=True, **branches)
+    assert ds.count("ssa") == 1
+
+
 # --------------------------------------------------------------------------------------------
 # run_ssa_engine
 

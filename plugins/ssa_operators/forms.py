@@ -232,6 +232,13 @@ def output_field_inputs(
     return label_field
 
 
+def if_exists_choice(overwrite: bool, skip_existing: bool) -> str | None:
+    """The form's ``if_exists`` value for a Python caller's flags (one at most)."""
+    if overwrite and skip_existing:
+        raise ValueError("pass overwrite=True or skip_existing=True, not both")
+    return "overwrite" if overwrite else "skip_existing" if skip_existing else None
+
+
 def if_exists_flags(ctx) -> dict[str, bool]:
     """``overwrite`` / ``skip_existing`` from the form's ``if_exists`` choice."""
     choice = ctx.params.get("if_exists")

@@ -14,6 +14,7 @@ from .forms import (
     batch_size_input,
     block,
     device_input,
+    if_exists_choice,
     if_exists_flags,
     missing_weights,
     output_field_inputs,
@@ -127,7 +128,7 @@ class RunSSAEngine(SSAOperator):
             "device": device or "auto",
             "batch_size": batch_size,
             "points_per_side": points_per_side,
-            "if_exists": "overwrite" if overwrite else "skip_existing" if skip_existing else None,
+            "if_exists": if_exists_choice(overwrite, skip_existing),
         }
         return self._call(sample_collection, params, delegate)
 

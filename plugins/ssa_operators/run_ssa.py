@@ -20,6 +20,7 @@ from .forms import (
     batch_size_input,
     detections_fields_with_masks,
     device_input,
+    if_exists_choice,
     if_exists_flags,
     label_fields,
     output_field_inputs,
@@ -92,7 +93,7 @@ class RunSSA(SSAOperator):
             "top_k": top_k,
             "write_branch": write_branch,
             "points_per_side": points_per_side,
-            "if_exists": "overwrite" if overwrite else "skip_existing" if skip_existing else None,
+            "if_exists": if_exists_choice(overwrite, skip_existing),
         }
         return self._call(sample_collection, params, delegate)
 
