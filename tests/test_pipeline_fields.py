@@ -198,6 +198,20 @@ def test_size_mismatch_is_a_recorded_skip(scene_dataset):
         )
 
 
+def test_class_ids_beyond_uint16_are_a_recorded_skip(scene_dataset):
+    # e.g. a panoptic id map (category * 1000 + instance) given as the semantic branch: the
+    # run stopped with a traceback at the write, after its fields and settings were changed
+    ds = scene_dataset(n=2)
+    bad = ds.first()
+    panoptic = bad.coarse.mask.astype(np.int32) * 1000 + 70000
+    bad.coarse = fo.Segmentation(mask=panoptic)
+    bad.save()
+    summary = apply_ssa(ds, semantic_branch="field:coarse", mask_branch="field:instances")
+    assert summary.num_labelled == 1 and len(summary.failures) == 1
+    assert "class id 7" in summary.failures[0].error and "65535" in summary.failures[0].error
+    assert ds.first().ssa is None and ds.count("ssa") == 1
+
+
 def test_views_hiding_the_label_field_still_skip_and_resume(scene_dataset):
     ds = scene_dataset(n=3)
     branches = {"semantic_branch": "field:coarse", "mask_branch": "field:instances"}
