@@ -511,6 +511,26 @@ def test_run_ssa_callable_from_python(scene_dataset):
     assert ds.count("called") == 3
 
 
+@pytest.mark.parametrize("name", ["run_ssa", "run_ssa_engine", "evaluate_miou", "export_sa1b"])
+def test_an_empty_view_is_refused_by_the_form(scene_dataset, name):
+    # The form let it through: the run failed with a traceback (or, queued, in the worker)
+    ds = scene_dataset(n=2)
+    empty = ds.match(fo.ViewField("filepath") == "nowhere")
+    params = {**FIELD_BRANCHES, "view_target": "CURRENT_VIEW"}
+    ctx = ExecutionContext(
+        request_params={"dataset_name": ds.name, "view": empty._serialize(), "params": params},
+        operator_uri=uri(name),
+    )
+    props = foo.get_operator(uri(name)).resolve_input(ctx).type.properties
+    assert props["target_error"].invalid and "empty" in props["target_error"].view.label
+    with pytest.raises(ExecutionError, match="Validation error"):
+        execute("run_ssa", ds, view=empty, params=params)
+    with pytest.raises(ExecutionError, match="Validation error"):
+        execute("run_ssa", ds, params={**FIELD_BRANCHES, "view_target": "SELECTED_SAMPLES"})
+    assert not invalid(form(name, ds, dict(FIELD_BRANCHES))).get("target_error")
+    assert "ssa" not in ds.get_field_schema()
+
+
 def test_run_ssa_from_python_refuses_overwrite_with_skip_existing(scene_dataset):
     ds = scene_dataset(n=2)
     run_ssa = foo.get_operator(uri("run_ssa"))

@@ -254,6 +254,16 @@ def target_samples(ctx):
     return samples
 
 
+def target_input(inputs: types.Object, ctx) -> None:
+    """The choice of samples (dataset, current view, selection); blocks an empty choice, which
+    the run would only refuse once executed (or queued)."""
+    inputs.view_target(ctx)
+    if not target_samples(ctx).limit(1).count():
+        block(
+            inputs, "target_error", "No samples to work on: the chosen view or selection is empty"
+        )
+
+
 def require_dataset(inputs: types.Object, ctx) -> bool:
     """Blocks the form when no dataset is open; returns whether one is."""
     if ctx.dataset is None:

@@ -22,6 +22,7 @@ from .forms import (
     require_dataset,
     run_summary_output,
     run_summary_result,
+    target_input,
     target_samples,
 )
 from .library import ProgressReporter, import_library
@@ -135,7 +136,7 @@ class RunSSAEngine(SSAOperator):
     def resolve_input(self, ctx):
         inputs = types.Object()
         if require_dataset(inputs, ctx):
-            inputs.view_target(ctx)
+            target_input(inputs, ctx)
             mask_branch = mask_branch_inputs(inputs, ctx, points_default="32, 16 in light mode")
             inputs.bool(
                 "light",

@@ -27,6 +27,7 @@ from .forms import (
     require_dataset,
     run_summary_output,
     run_summary_result,
+    target_input,
     target_samples,
 )
 from .library import ProgressReporter, import_library
@@ -100,7 +101,7 @@ class RunSSA(SSAOperator):
     def resolve_input(self, ctx):
         inputs = types.Object()
         if require_dataset(inputs, ctx):
-            inputs.view_target(ctx)
+            target_input(inputs, ctx)
             mask_branch = mask_branch_inputs(inputs, ctx, points_default="64, the original SSA's")
             semantic_branch = semantic_branch_inputs(inputs, ctx)
             write_branch = bool(ctx.params.get("write_branch", True))

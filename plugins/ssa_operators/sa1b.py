@@ -15,6 +15,7 @@ from .forms import (
     label_type_name,
     notice,
     require_dataset,
+    target_input,
     target_samples,
 )
 from .library import ProgressReporter, import_library
@@ -157,7 +158,7 @@ class ExportSA1B(SSAOperator):
         inputs = types.Object()
         if not require_dataset(inputs, ctx):
             return types.Property(inputs)
-        inputs.view_target(ctx)
+        target_input(inputs, ctx)
         dataset = ctx.dataset
         detections = label_fields(dataset, fo.Detections)
         segmentations = label_fields(dataset, fo.Segmentation)
