@@ -473,6 +473,8 @@ def test_run_ssa_form_offers_suitable_fields_and_warns_on_existing_output(scene_
         ({"label_field": "coarse"}, "also reads"),
         ({"label_field": "boxes"}, "'boxes' exists and holds Detections, not Segmentation"),
         ({"label_field": "bad.name"}, "not a usable field name"),
+        ({"label_field": "säa"}, "not a usable field name"),
+        ({"label_field": "_x"}, "not a usable field name"),
         ({"device": "gpu7"}, "Unknown device 'gpu7'"),
     ],
 )
@@ -770,6 +772,10 @@ def test_import_and_export_sa1b(plugins_dir, make_sa1b_dir, tmp_path):
                 form("import_sa1b", None, {"dataset_dir": str(tmp_path / "nope"), "name": name})
             )["dataset_dir_error"]
         )
+        for bad in ("_sa1b", "säa"):  # the library refuses them: the form let them through
+            params = {"dataset_dir": str(sa1b.root), "name": name, "label_field": bad}
+            shown = invalid(form("import_sa1b", None, params))
+            assert "not a usable field name" in shown["label_field_error"]
         result = execute("import_sa1b", params={"dataset_dir": str(sa1b.root), "name": name})
         assert triggered(result) == ["open_dataset"]
         ds = fo.load_dataset(name)

@@ -16,6 +16,8 @@ import fiftyone.operators.types as types
 from .library import import_library
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+# The output field names the library accepts (``fiftyone_ssa.runs.check_field_name``).
+FIELD_NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 # Instance masks are looked for in this many labelled samples of a Detections field.
 MASK_PROBE_SAMPLES = 20
 
@@ -181,12 +183,12 @@ def output_field_inputs(
     if not isinstance(label_field, str) or not label_field:
         block(inputs, "label_field_error", "Choose a label field name")
         return None
-    if "." in label_field or label_field.startswith("_") or not label_field.isidentifier():
+    if not FIELD_NAME_PATTERN.fullmatch(label_field):
         block(
             inputs,
             "label_field_error",
-            f"{label_field!r} is not a usable field name: letters, digits and underscores, "
-            "not starting with an underscore",
+            f"{label_field!r} is not a usable field name: ASCII letters, digits and "
+            "underscores, starting with a letter",
         )
         return None
     clash = sorted(set(outputs) & input_fields)
