@@ -131,10 +131,15 @@ def mask_directory(samples, output_dir: str | None = None) -> str:
         samples: the collection being labelled.
         output_dir: the user's choice; default ``<FiftyOne dataset dir>/fiftyone-ssa/<slug>``
             (the dataset's slug: a name like ``../x`` cannot lead outside).
+
+    Returns:
+        An absolute path (``~`` expanded): the ``mask_path`` of the labels must still lead to
+        their files from the App's server, whatever its working directory.
     """
-    return output_dir or os.path.join(
+    root = output_dir or os.path.join(
         fo.config.default_dataset_dir, "fiftyone-ssa", samples._dataset.slug
     )
+    return os.path.abspath(os.path.expanduser(os.fspath(root)))
 
 
 def sample_mask_directory(
