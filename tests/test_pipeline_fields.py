@@ -163,6 +163,9 @@ def test_run_labelling_nothing_leaves_the_recorded_config(scene_dataset):
         ({"semantic_branch": "no-such-branch"}, "unknown semantic branch"),
         ({"label_field": "coarse"}, "also an input"),
         ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": 2.0}, "`batch_size` to be an integer"),
+        ({"top_k": 2.0}, "`top_k` to be an integer"),
+        ({"num_workers": 1.5}, "`num_workers` to be an integer"),
     ],
 )
 def test_wrong_use_is_one_clear_error_before_any_work(scene_dataset, kwargs, match):
