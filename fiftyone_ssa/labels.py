@@ -153,11 +153,15 @@ def float_or_none(value: float) -> float | None:
     return None if np.isnan(value) else float(value)
 
 
+# The largest class id a Segmentation mask holds (FiftyOne stores uint8 or uint16 masks).
+MAX_CLASS_ID = 65535
+
+
 def class_map_to_numpy(class_map: torch.Tensor) -> np.ndarray:
     """A class-id map as the smallest unsigned dtype FiftyOne stores: uint8 or uint16."""
     top = int(class_map.max()) if class_map.numel() else 0
-    if top > 65535:
-        raise ValueError(f"Expected class ids <= 65535, but got {top}")
+    if top > MAX_CLASS_ID:
+        raise ValueError(f"Expected class ids <= {MAX_CLASS_ID}, but got {top}")
     dtype = np.uint8 if top <= 255 else np.uint16
     return class_map.cpu().numpy().astype(dtype)
 

@@ -17,6 +17,7 @@ from fiftyone_ssa.core.mask_set import MaskSet
 from fiftyone_ssa.core.rle_voting import vote_and_paint_masks
 from fiftyone_ssa.core.voting import paint_masks, painting_order, vote_mask_classes
 from fiftyone_ssa.labels import (
+    MAX_CLASS_ID,
     build_detections,
     carried_attributes,
     class_map_to_numpy,
@@ -497,6 +498,11 @@ def _label_sample(sample, image, class_map, semantic, masks, device, top_k):
     if image_size != size:
         raise ValueError(
             f"semantic map is {size[1]}x{size[0]} but the image is {image_size[1]}x{image_size[0]}"
+        )
+    top = int(class_map.max()) if class_map.numel() else 0
+    if top > MAX_CLASS_ID:  # before voting: the votes would take N x (top + 1) counts
+        raise ValueError(
+            f"the semantic map holds class id {top}; a Segmentation stores ids up to {MAX_CLASS_ID}"
         )
     image = None if isinstance(image, tuple) else image
     mask_set = sample_masks(sample, image, size, masks, device)

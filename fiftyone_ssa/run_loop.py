@@ -18,6 +18,7 @@ Without torchrun there is one rank and steps 2-4 involve no communication.
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -99,7 +100,11 @@ class LabellingJob:
 
 def check_run_options(batch_size: int, top_k: int, num_workers: int, device: Any = None) -> None:
     """Raises ValueError (one line) for a batch size or top-k below 1, negative workers, or a
-    device this machine lacks (:func:`distributed.check_device`)."""
+    device this machine lacks (:func:`distributed.check_device`); and anything but whole
+    numbers for the three (``batch_size=2.0`` failed with a TypeError mid-run)."""
+    for name, value in (("batch_size", batch_size), ("top_k", top_k), ("num_workers", num_workers)):
+        if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+            raise ValueError(f"Expected `{name}` to be an integer, but got {value!r}")
     if batch_size < 1:
         raise ValueError(f"Expected `batch_size` to be >= 1, but got {batch_size}")
     if top_k < 1:

@@ -131,10 +131,15 @@ def mask_directory(samples, output_dir: str | None = None) -> str:
         samples: the collection being labelled.
         output_dir: the user's choice; default ``<FiftyOne dataset dir>/fiftyone-ssa/<slug>``
             (the dataset's slug: a name like ``../x`` cannot lead outside).
+
+    Returns:
+        An absolute path (``~`` expanded): the ``mask_path`` of the labels must still lead to
+        their files from the App's server, whatever its working directory.
     """
-    return output_dir or os.path.join(
+    root = output_dir or os.path.join(
         fo.config.default_dataset_dir, "fiftyone-ssa", samples._dataset.slug
     )
+    return os.path.abspath(os.path.expanduser(os.fspath(root)))
 
 
 def sample_mask_directory(
@@ -187,9 +192,11 @@ def check_outputs_free(
 ) -> None:
     """Refuses output fields that hold someone else's data; one-line ValueErrors.
 
-    Existing output fields are accepted with ``overwrite`` or ``skip_existing``, or when every
-    label in ``label_field`` comes from this very run (resuming it). A field of another type is
-    always refused.
+    Existing output fields are accepted with ``overwrite``; with ``skip_existing``, or when every
+    label in ``label_field`` comes from this very run (resuming it), as long as the other output
+    fields hold no labels on the samples the run would label (those without a ``label_field``
+    label). A field of another type, and ``overwrite`` with ``skip_existing``, are always
+    refused.
 
     Args:
         samples: the collection to label.
@@ -217,15 +224,37 @@ def check_outputs_free(
                 f"field {name!r} already exists and holds {got}, not {want}; choose another "
                 "label_field or delete that field"
             )
+    if overwrite and skip_existing:
+        raise ValueError(
+            "pass overwrite=True (--overwrite) or skip_existing=True (--skip-existing), not both"
+        )
     existing = [name for name in outputs if name in schema]
-    if not existing or overwrite or skip_existing:
+    if not existing or overwrite:
         return
     resumable = label_field in schema and not foreign_labels(dataset, label_field, run_key)
-    if not resumable:
+    if not (resumable or skip_existing):
+        skip_hint = (
+            f" or skip_existing=True (--skip-existing) to label only the samples without "
+            f"{label_field!r}"
+            if label_field in schema
+            else ""
+        )
         raise ValueError(
             f"field {existing[0]!r} already exists; pass overwrite=True (--overwrite) to replace "
-            "it or skip_existing=True (--skip-existing) to label only the samples without it"
+            f"it{skip_hint}, or choose another label_field"
         )
+    # The samples still to label are those without a ``label_field`` label: labels in the
+    # other output fields there are not a run's (a run writes them all at once) and would be
+    # replaced, e.g. a user's own ``<label_field>_masks``.
+    for name in existing:
+        if name in (label_field, error_field(label_field)):
+            continue
+        if every_sample(dataset).exists(name).exists(label_field, False).limit(1).count():
+            raise ValueError(
+                f"field {name!r} holds labels on samples without a {label_field!r} label, which "
+                "this run would replace; pass overwrite=True (--overwrite) to replace them, or "
+                "choose another label_field"
+            )
 
 
 def every_sample(dataset: fo.Dataset):

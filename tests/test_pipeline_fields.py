@@ -117,6 +117,32 @@ def test_a_branch_field_of_the_users_own_is_left_alone(scene_dataset):
     assert ds.count("ssa") == 2 and ds.count("ssa_branch") == 2
 
 
+def test_skip_existing_leaves_a_users_own_masks_field_alone(scene_dataset):
+    # "gt_masks" is the user's, not a run's: no sample has a "gt" label beside it. Following
+    # the refusal's advice (skip_existing) replaced it on every sample.
+    ds = scene_dataset(n=2)
+    ds.clone_sample_field("instances", "gt_masks")
+    before = ds.values("gt_masks.detections.label")
+    branches = {"semantic_branch": "field:coarse", "mask_branch": "field:instances"}
+    with pytest.raises(ValueError, match="'gt_masks' already exists; pass overwrite=True"):
+        apply_ssa(ds, label_field="gt", **branches)
+    with pytest.raises(ValueError, match="'gt_masks' holds labels on samples without a 'gt'"):
+        apply_ssa(ds, label_field="gt", skip_existing=True, **branches)
+    assert ds.values("gt_masks.detections.label") == before and not ds.has_field("gt")
+    # a run's own masks sit beside its labels: skipping those samples is fine
+    apply_ssa(ds[:1], **branches)
+    assert apply_ssa(ds, skip_existing=True, top_k=2, **branches).num_labelled == 1
+
+
+def test_overwrite_with_skip_existing_is_refused(scene_dataset):
+    ds = scene_dataset(n=2)
+    branches = {"semantic_branch": "field:coarse", "mask_branch": "field:instances"}
+    apply_ssa(ds[:1], **branches)
+    with pytest.raises(ValueError, match="not both"):
+        apply_ssa(ds, overwrite=True, skip_existing=True, top_k=2, **branches)
+    assert ds.count("ssa") == 1
+
+
 def test_run_labelling_nothing_leaves_the_recorded_config(scene_dataset):
     ds = scene_dataset(n=2)
     branches = {"semantic_branch": "field:coarse", "mask_branch": "field:instances"}
@@ -137,6 +163,9 @@ def test_run_labelling_nothing_leaves_the_recorded_config(scene_dataset):
         ({"semantic_branch": "no-such-branch"}, "unknown semantic branch"),
         ({"label_field": "coarse"}, "also an input"),
         ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": 2.0}, "`batch_size` to be an integer"),
+        ({"top_k": 2.0}, "`top_k` to be an integer"),
+        ({"num_workers": 1.5}, "`num_workers` to be an integer"),
     ],
 )
 def test_wrong_use_is_one_clear_error_before_any_work(scene_dataset, kwargs, match):
@@ -170,6 +199,20 @@ def test_size_mismatch_is_a_recorded_skip(scene_dataset):
             mask_branch="field:instances",
             skip_failures=False,
         )
+
+
+def test_class_ids_beyond_uint16_are_a_recorded_skip(scene_dataset):
+    # e.g. a panoptic id map (category * 1000 + instance) given as the semantic branch: the
+    # run stopped with a traceback at the write, after its fields and settings were changed
+    ds = scene_dataset(n=2)
+    bad = ds.first()
+    panoptic = bad.coarse.mask.astype(np.int32) * 1000 + 70000
+    bad.coarse = fo.Segmentation(mask=panoptic)
+    bad.save()
+    summary = apply_ssa(ds, semantic_branch="field:coarse", mask_branch="field:instances")
+    assert summary.num_labelled == 1 and len(summary.failures) == 1
+    assert "class id 7" in summary.failures[0].error and "65535" in summary.failures[0].error
+    assert ds.first().ssa is None and ds.count("ssa") == 1
 
 
 def test_views_hiding_the_label_field_still_skip_and_resume(scene_dataset):

@@ -473,6 +473,8 @@ def test_run_ssa_form_offers_suitable_fields_and_warns_on_existing_output(scene_
         ({"label_field": "coarse"}, "also reads"),
         ({"label_field": "boxes"}, "'boxes' exists and holds Detections, not Segmentation"),
         ({"label_field": "bad.name"}, "not a usable field name"),
+        ({"label_field": "säa"}, "not a usable field name"),
+        ({"label_field": "_x"}, "not a usable field name"),
         ({"device": "gpu7"}, "Unknown device 'gpu7'"),
     ],
 )
@@ -509,6 +511,37 @@ def test_run_ssa_callable_from_python(scene_dataset):
     service.execute_operation(service.get(queued.result["id"]))
     ds.reload()
     assert ds.count("called") == 3
+
+
+@pytest.mark.parametrize("name", ["run_ssa", "run_ssa_engine", "evaluate_miou", "export_sa1b"])
+def test_an_empty_view_is_refused_by_the_form(scene_dataset, name):
+    # The form let it through: the run failed with a traceback (or, queued, in the worker)
+    ds = scene_dataset(n=2)
+    empty = ds.match(fo.ViewField("filepath") == "nowhere")
+    params = {**FIELD_BRANCHES, "view_target": "CURRENT_VIEW"}
+    ctx = ExecutionContext(
+        request_params={"dataset_name": ds.name, "view": empty._serialize(), "params": params},
+        operator_uri=uri(name),
+    )
+    props = foo.get_operator(uri(name)).resolve_input(ctx).type.properties
+    assert props["target_error"].invalid and "empty" in props["target_error"].view.label
+    with pytest.raises(ExecutionError, match="Validation error"):
+        execute("run_ssa", ds, view=empty, params=params)
+    with pytest.raises(ExecutionError, match="Validation error"):
+        execute("run_ssa", ds, params={**FIELD_BRANCHES, "view_target": "SELECTED_SAMPLES"})
+    assert not invalid(form(name, ds, dict(FIELD_BRANCHES))).get("target_error")
+    assert "ssa" not in ds.get_field_schema()
+
+
+def test_run_ssa_from_python_refuses_overwrite_with_skip_existing(scene_dataset):
+    ds = scene_dataset(n=2)
+    run_ssa = foo.get_operator(uri("run_ssa"))
+    branches = {"semantic_branch": "field:coarse", "mask_branch": "field:instances"}
+    run_ssa(ds.limit(1), **branches)
+    # overwrite won silently here, skip_existing in apply_ssa
+    with pytest.raises(ValueError, match="not both"):
+        run_ssa(ds, top_k=2, overwrite=True, skip_existing=True, **branches)
+    assert ds.count("ssa") == 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -739,6 +772,10 @@ def test_import_and_export_sa1b(plugins_dir, make_sa1b_dir, tmp_path):
                 form("import_sa1b", None, {"dataset_dir": str(tmp_path / "nope"), "name": name})
             )["dataset_dir_error"]
         )
+        for bad in ("_sa1b", "säa"):  # the library refuses them: the form let them through
+            params = {"dataset_dir": str(sa1b.root), "name": name, "label_field": bad}
+            shown = invalid(form("import_sa1b", None, params))
+            assert "not a usable field name" in shown["label_field_error"]
         result = execute("import_sa1b", params={"dataset_dir": str(sa1b.root), "name": name})
         assert triggered(result) == ["open_dataset"]
         ds = fo.load_dataset(name)

@@ -476,6 +476,29 @@ def test_large_masks_are_written_under_output_dir(make_dataset, tmp_path):
 
 
 @pytest.mark.usefixtures("masks_to_disk")
+def test_a_relative_or_home_output_dir_gives_absolute_mask_paths(
+    make_dataset, tmp_path, monkeypatch
+):
+    # mask_path was stored as given: relative to the notebook's directory (the App's server,
+    # started elsewhere, found no mask) or with a literal '~' folder made in it
+    from fiftyone_ssa import apply_ssa
+
+    dataset = _large_mask_dataset(make_dataset, tmp_path)
+    work, home = tmp_path / "work", tmp_path / "home"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("HOME", str(home))
+    branches = {"semantic_branch": "field:coarse", "mask_branch": "field:masks"}
+    apply_ssa(dataset, output_dir="rel", **branches)
+    paths = _mask_paths(dataset, "ssa_masks")
+    assert all(p.is_absolute() and (work / "rel") in p.parents for p in paths)
+    apply_ssa(dataset, label_field="homed", output_dir="~/masks", **branches)
+    paths = _mask_paths(dataset, "homed_masks")
+    assert all(p.is_absolute() and (home / "masks") in p.parents for p in paths)
+    assert all(p.is_file() for p in paths) and not (work / "~").exists()
+
+
+@pytest.mark.usefixtures("masks_to_disk")
 def test_engine_large_masks_are_written_under_output_dir(
     make_dataset, tmp_path, tiny_engine_models
 ):

@@ -17,6 +17,7 @@ from .forms import (
     label_fields,
     notice,
     require_dataset,
+    target_input,
     target_samples,
 )
 from .library import import_library
@@ -86,7 +87,7 @@ class EvaluateMIoU(SSAOperator):
     def resolve_input(self, ctx):
         inputs = types.Object()
         if require_dataset(inputs, ctx):
-            inputs.view_target(ctx)
+            target_input(inputs, ctx)
             self._fields_inputs(inputs, ctx)
             self._key_inputs(inputs, ctx)
             inputs.int(

@@ -16,6 +16,8 @@ import fiftyone.operators.types as types
 from .library import import_library
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+# The output field names the library accepts (``fiftyone_ssa.runs.check_field_name``).
+FIELD_NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 # Instance masks are looked for in this many labelled samples of a Detections field.
 MASK_PROBE_SAMPLES = 20
 
@@ -181,12 +183,12 @@ def output_field_inputs(
     if not isinstance(label_field, str) or not label_field:
         block(inputs, "label_field_error", "Choose a label field name")
         return None
-    if "." in label_field or label_field.startswith("_") or not label_field.isidentifier():
+    if not FIELD_NAME_PATTERN.fullmatch(label_field):
         block(
             inputs,
             "label_field_error",
-            f"{label_field!r} is not a usable field name: letters, digits and underscores, "
-            "not starting with an underscore",
+            f"{label_field!r} is not a usable field name: ASCII letters, digits and "
+            "underscores, starting with a letter",
         )
         return None
     clash = sorted(set(outputs) & input_fields)
@@ -232,6 +234,13 @@ def output_field_inputs(
     return label_field
 
 
+def if_exists_choice(overwrite: bool, skip_existing: bool) -> str | None:
+    """The form's ``if_exists`` value for a Python caller's flags (one at most)."""
+    if overwrite and skip_existing:
+        raise ValueError("pass overwrite=True or skip_existing=True, not both")
+    return "overwrite" if overwrite else "skip_existing" if skip_existing else None
+
+
 def if_exists_flags(ctx) -> dict[str, bool]:
     """``overwrite`` / ``skip_existing`` from the form's ``if_exists`` choice."""
     choice = ctx.params.get("if_exists")
@@ -245,6 +254,16 @@ def target_samples(ctx):
     if samples.media_type == "group":
         samples = samples.select_group_slices(ctx.group_slice or samples.group_slice)
     return samples
+
+
+def target_input(inputs: types.Object, ctx) -> None:
+    """The choice of samples (dataset, current view, selection); blocks an empty choice, which
+    the run would only refuse once executed (or queued)."""
+    inputs.view_target(ctx)
+    if not target_samples(ctx).limit(1).count():
+        block(
+            inputs, "target_error", "No samples to work on: the chosen view or selection is empty"
+        )
 
 
 def require_dataset(inputs: types.Object, ctx) -> bool:

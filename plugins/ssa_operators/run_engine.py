@@ -14,6 +14,7 @@ from .forms import (
     batch_size_input,
     block,
     device_input,
+    if_exists_choice,
     if_exists_flags,
     missing_weights,
     output_field_inputs,
@@ -21,6 +22,7 @@ from .forms import (
     require_dataset,
     run_summary_output,
     run_summary_result,
+    target_input,
     target_samples,
 )
 from .library import ProgressReporter, import_library
@@ -127,14 +129,14 @@ class RunSSAEngine(SSAOperator):
             "device": device or "auto",
             "batch_size": batch_size,
             "points_per_side": points_per_side,
-            "if_exists": "overwrite" if overwrite else "skip_existing" if skip_existing else None,
+            "if_exists": if_exists_choice(overwrite, skip_existing),
         }
         return self._call(sample_collection, params, delegate)
 
     def resolve_input(self, ctx):
         inputs = types.Object()
         if require_dataset(inputs, ctx):
-            inputs.view_target(ctx)
+            target_input(inputs, ctx)
             mask_branch = mask_branch_inputs(inputs, ctx, points_default="32, 16 in light mode")
             inputs.bool(
                 "light",

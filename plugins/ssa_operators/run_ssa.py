@@ -20,12 +20,14 @@ from .forms import (
     batch_size_input,
     detections_fields_with_masks,
     device_input,
+    if_exists_choice,
     if_exists_flags,
     label_fields,
     output_field_inputs,
     require_dataset,
     run_summary_output,
     run_summary_result,
+    target_input,
     target_samples,
 )
 from .library import ProgressReporter, import_library
@@ -92,14 +94,14 @@ class RunSSA(SSAOperator):
             "top_k": top_k,
             "write_branch": write_branch,
             "points_per_side": points_per_side,
-            "if_exists": "overwrite" if overwrite else "skip_existing" if skip_existing else None,
+            "if_exists": if_exists_choice(overwrite, skip_existing),
         }
         return self._call(sample_collection, params, delegate)
 
     def resolve_input(self, ctx):
         inputs = types.Object()
         if require_dataset(inputs, ctx):
-            inputs.view_target(ctx)
+            target_input(inputs, ctx)
             mask_branch = mask_branch_inputs(inputs, ctx, points_default="64, the original SSA's")
             semantic_branch = semantic_branch_inputs(inputs, ctx)
             write_branch = bool(ctx.params.get("write_branch", True))

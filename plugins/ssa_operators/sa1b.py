@@ -8,6 +8,7 @@ import fiftyone as fo
 import fiftyone.operators.types as types
 
 from .forms import (
+    FIELD_NAME_PATTERN,
     SSAOperator,
     block,
     dropdown,
@@ -15,6 +16,7 @@ from .forms import (
     label_type_name,
     notice,
     require_dataset,
+    target_input,
     target_samples,
 )
 from .library import ProgressReporter, import_library
@@ -89,7 +91,7 @@ class ImportSA1B(SSAOperator):
             )
         inputs.str("label_field", default="sa1b", required=False, label="Label field")
         label_field = ctx.params.get("label_field", "sa1b")
-        if not isinstance(label_field, str) or not label_field.isidentifier():
+        if not isinstance(label_field, str) or not FIELD_NAME_PATTERN.fullmatch(label_field):
             block(inputs, "label_field_error", f"{label_field!r} is not a usable field name")
         return types.Property(inputs, view=types.View(label="Import SA-1B"))
 
@@ -157,7 +159,7 @@ class ExportSA1B(SSAOperator):
         inputs = types.Object()
         if not require_dataset(inputs, ctx):
             return types.Property(inputs)
-        inputs.view_target(ctx)
+        target_input(inputs, ctx)
         dataset = ctx.dataset
         detections = label_fields(dataset, fo.Detections)
         segmentations = label_fields(dataset, fo.Segmentation)
