@@ -113,7 +113,9 @@ def import_sa1b(
 ) -> fo.Dataset:
     """Imports an SA-1B-format directory (``sa_<id>.jpg`` + ``sa_<id>.json``) as a new dataset.
 
-    Images without a JSON are imported without masks (counted in the summary). Files that
+    Images without a JSON are imported without masks (counted in the summary), and so are
+    images sharing their stem with another (``cat.jpg``, ``cat.png``: the first by name gets
+    ``cat.json``; export refuses such stems, whose files would collide). Files that
     cannot be imported (malformed JSON, a JSON whose image is missing, an RLE or ``image``
     record whose size disagrees with the image) are skipped and reported per file; the summary
     is logged and stored in ``dataset.info["sa1b_import"]``.
@@ -312,8 +314,13 @@ def declare_detection_attributes(dataset: fo.Dataset, label_field: str) -> None:
 
 
 def _pair_files(dataset_dir: str) -> list[tuple[str, str | None, str | None]]:
-    """``(stem, image path, json path)`` per stem, sorted; either path may be None."""
-    images: dict[str, str] = {}
+    """``(stem, image path, json path)`` per stem, sorted; either path may be None.
+
+    When several images share a stem (``cat.jpg``, ``cat.png``), the first by name is paired
+    with ``<stem>.json`` and each other one is an item of its own, without JSON (imported
+    without masks rather than dropped).
+    """
+    images: dict[str, list[str]] = collections.defaultdict(list)
     jsons: dict[str, str] = {}
     for entry in sorted(os.scandir(dataset_dir), key=lambda e: e.name):
         if not entry.is_file():
@@ -321,10 +328,14 @@ def _pair_files(dataset_dir: str) -> list[tuple[str, str | None, str | None]]:
         stem, ext = os.path.splitext(entry.name)
         if ext.lower() == ".json":
             jsons[stem] = entry.path
-        elif ext.lower() in IMAGE_EXTENSIONS and stem not in images:
-            images[stem] = entry.path
-    stems = sorted(set(images) | set(jsons))
-    return [(s, images.get(s), jsons.get(s)) for s in stems]
+        elif ext.lower() in IMAGE_EXTENSIONS:
+            images[stem].append(entry.path)
+    items: list[tuple[str, str | None, str | None]] = []
+    for stem in sorted(set(images) | set(jsons)):
+        paths = images.get(stem) or [None]
+        items.append((stem, paths[0], jsons.get(stem)))
+        items.extend((stem, path, None) for path in paths[1:])
+    return items
 
 
 def _ordered_map(fn: Callable, items: Iterable, num_workers: int) -> Iterator:

@@ -791,3 +791,22 @@ def test_null_area_is_the_rle_area_and_a_bad_one_names_the_annotation(make_sa1b_
         assert "'area'" in errors[f"{files.stems[1]}.json"]
     finally:
         dataset.delete()
+
+
+def test_images_sharing_a_stem_are_all_imported(make_sa1b_dir, tmp_path):
+    # cat.jpg and cat.png are two images: the second was dropped without a word.
+    files = make_sa1b_dir(num_images=1, num_masks=2)
+    stem = files.stems[0]
+    Image.new("RGB", (5, 4), (0, 255, 0)).save(files.root / f"{stem}.png")
+    dataset = import_sa1b(str(files.root), mask_dir=str(tmp_path / "m"), progress=False)
+    try:
+        names = sorted(os.path.basename(p) for p in dataset.values("filepath"))
+        assert names == [f"{stem}.jpg", f"{stem}.png"]
+        jpg = dataset.match(F("filepath").ends_with(".jpg")).first()
+        png = dataset.match(F("filepath").ends_with(".png")).first()
+        assert len(jpg.sa1b.detections) == 2 and png.sa1b is None
+        assert png.metadata.width == 5
+        summary = dataset.info["sa1b_import"]
+        assert summary["num_samples"] == 2 and summary["num_without_json"] == 1
+    finally:
+        dataset.delete()
