@@ -395,7 +395,7 @@ def _mask_subdir(mask_dir: str, stem: str) -> str:
 
 def _load_json(path: str) -> dict:
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is allowed
             record = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SA1BFileError(f"malformed JSON: {err}") from err

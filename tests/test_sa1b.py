@@ -810,3 +810,16 @@ def test_images_sharing_a_stem_are_all_imported(make_sa1b_dir, tmp_path):
         assert summary["num_samples"] == 2 and summary["num_without_json"] == 1
     finally:
         dataset.delete()
+
+
+def test_json_with_a_byte_order_mark_imports(make_sa1b_dir, tmp_path):
+    # Windows tools write UTF-8 with a BOM: the file failed as "malformed JSON".
+    files = make_sa1b_dir(num_images=1, num_masks=2)
+    path = files.root / f"{files.stems[0]}.json"
+    path.write_bytes(path.read_text().encode("utf-8-sig"))
+    dataset = import_sa1b(str(files.root), mask_dir=str(tmp_path / "m"), progress=False)
+    try:
+        assert dataset.info["sa1b_import"]["errors"] == {}
+        assert len(dataset.first().sa1b.detections) == 2
+    finally:
+        dataset.delete()
