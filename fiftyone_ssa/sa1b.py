@@ -366,10 +366,10 @@ def _read_image(
         record = _load_json(json_path)
         image_path = image_path or _image_from_record(record, dataset_dir, stem)
         width, height = _image_size(image_path)
-        image_id = _check_image_record(record, width, height)
+        image_id = _check_image_record(record, width, height, image_path)
         image_mask_dir = _mask_subdir(mask_dir, stem)
         detections = [
-            _annotation_to_detection(ann, k, width, height, image_mask_dir)
+            _annotation_to_detection(ann, k, width, height, image_mask_dir, image_path)
             for k, ann in enumerate(record["annotations"])
         ]
         sample = fo.Sample(filepath=image_path, metadata=_metadata(image_path, width, height))
@@ -428,7 +428,7 @@ def _metadata(path: str, width: int, height: int) -> fo.ImageMetadata:
     return fo.ImageMetadata(width=width, height=height, size_bytes=os.path.getsize(path))
 
 
-def _check_image_record(record: dict, width: int, height: int) -> Any:
+def _check_image_record(record: dict, width: int, height: int, image_path: str) -> Any:
     """Validates the ``image`` record against the image file; returns its ``image_id``."""
     image = record.get("image")
     if image is None:
@@ -439,13 +439,29 @@ def _check_image_record(record: dict, width: int, height: int) -> Any:
     if declared != (width, height):
         raise SA1BFileError(
             f"image record says {declared[0]}x{declared[1]} (width x height), but the image "
-            f"file is {width}x{height}"
+            f"file is {width}x{height}{_rotation_hint(declared, width, height, image_path)}"
         )
     return image.get("image_id")
 
 
+def _rotation_hint(declared: tuple, width: int, height: int, image_path: str) -> str:
+    """A hint when a declared (width, height) is the size of an EXIF-rotated image's pixels."""
+    if width == height or tuple(declared) != (height, width):
+        return ""
+    try:
+        with Image.open(image_path) as image:
+            if image.getexif().get(0x0112, 1) not in (5, 6, 7, 8):
+                return ""
+    except (OSError, SyntaxError):
+        return ""
+    return (
+        " (turned by 90 degrees: the masks were made from the stored pixels, before the "
+        "image's EXIF orientation was applied; the image is read upright, as the App shows it)"
+    )
+
+
 def _annotation_to_detection(
-    ann: dict, index: int, width: int, height: int, mask_dir: str
+    ann: dict, index: int, width: int, height: int, mask_dir: str, image_path: str
 ) -> fo.Detection:
     """One SA-1B annotation as a Detection whose mask (cropped to its box) is a PNG on disk."""
     ann_id = ann.get("id", index) if isinstance(ann, dict) else index
@@ -457,7 +473,7 @@ def _annotation_to_detection(
     if size != [height, width]:
         raise SA1BFileError(
             f"{where}: RLE size {size} (height, width) disagrees with the image size "
-            f"[{height}, {width}]"
+            f"[{height}, {width}]{_rotation_hint(tuple(size[::-1]), width, height, image_path)}"
         )
     counts = seg.get("counts")
     try:

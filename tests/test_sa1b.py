@@ -823,3 +823,26 @@ def test_json_with_a_byte_order_mark_imports(make_sa1b_dir, tmp_path):
         assert len(dataset.first().sa1b.detections) == 2
     finally:
         dataset.delete()
+
+
+def test_masks_of_the_unrotated_pixels_are_reported_with_a_hint(tmp_path):
+    # An EXIF-rotated photo whose JSON was made from its stored pixels (PIL without
+    # exif_transpose): the error only said that 40x30 is not 30x40.
+    root = tmp_path / "d"
+    root.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (40, 30)).save(root / "sa_1.jpg", exif=exif.tobytes())
+    rle = mask_utils.encode(np.asfortranarray(np.ones((30, 40), np.uint8)))
+    ann = {"id": 1, "segmentation": {"size": [30, 40], "counts": rle["counts"].decode()}}
+    for image in ({"image_id": 1, "width": 40, "height": 30}, None):
+        record = {"annotations": [ann], **({"image": image} if image else {})}
+        (root / "sa_1.json").write_text(json.dumps(record))
+        with pytest.raises(RuntimeError, match="EXIF orientation") as err:
+            import_sa1b(str(root), mask_dir=str(tmp_path / "m"), progress=False)
+        assert "30x40" in str(err.value) or "[40, 30]" in str(err.value)
+    # Without EXIF rotation the sizes simply disagree: no hint.
+    Image.new("RGB", (30, 40)).save(root / "sa_1.jpg")
+    with pytest.raises(RuntimeError, match="disagrees") as err:
+        import_sa1b(str(root), mask_dir=str(tmp_path / "m"), progress=False)
+    assert "EXIF" not in str(err.value)
