@@ -209,6 +209,13 @@ def test_candidates_deduplicated_in_order():
         "red car",
         "car",
     ]
+    # The user's spelling wins: a mask whose ADE20K name is "person" and one found only through
+    # the vocabulary were labelled "person" and "Person", two classes.
+    assert build_candidates(["person", "sky"], ["red car"], ["Person", "Red Car"]) == [
+        "Person",
+        "sky",
+        "Red Car",
+    ]
     assert build_candidates(["wall", "sky"], ["car"], ["zebra", "sky"], "restrict") == [
         "zebra",
         "sky",
