@@ -2,7 +2,8 @@
 
 Each mask's candidates are the union of its two close-set names (ADE20K, refined COCO), the
 noun phrases of its caption and, optionally, a user vocabulary, de-duplicated in that order
-(case-insensitively, the first spelling kept). With ``mode="restrict"`` the user vocabulary alone
+(case-insensitively, the first spelling kept, except that a name the vocabulary holds is
+spelled as the vocabulary spells it). With ``mode="restrict"`` the user vocabulary alone
 is the candidate list, so every answer is one of its names.
 """
 
