@@ -84,6 +84,9 @@ def evaluate_miou(
     not name becomes a class named after the value (``"7"``) and is listed in
     ``unnamed_gt_values`` / ``unnamed_pred_values``. When only one field has mask targets, both
     are read with them; when neither has, ids are matched directly.
+    A prediction of ``ignore_index`` (pixels the prediction leaves unlabelled) is a miss of the
+    ground-truth class, not a class of its own (its IoU is NaN and does not count in mIoU, as in
+    mmsegmentation; listed in ``unscored_classes``), unless the ground truth has that class.
 
     Masks may be stored in the database or as ``mask_path``. A prediction whose size differs from
     its ground truth is resized to it (nearest neighbour, with a warning). RGB masks are not
@@ -257,7 +260,7 @@ class MIoUEvaluation(SegmentationEvaluation):
             stream.grow(len(names))
             image = stream.update(pred_classes, gt_classes)
             if save:
-                image_metrics = segmentation_metrics(image)
+                image_metrics = segmentation_metrics(image, _unscored(names, cfg.ignore_index))
                 sample[miou_field] = float_or_none(image_metrics.miou)
                 sample[aacc_field] = float_or_none(image_metrics.aacc)
             # FiftyOne's (gt, pred, pixels, gt id, pred id) per cell: the App's panel reads them.
@@ -280,6 +283,7 @@ class MIoUEvaluation(SegmentationEvaluation):
             )
         order = names.final_order()
         matrix = stream.matrix[order][:, order].numpy()
+        unscored = [names[k] for k in _unscored(names, cfg.ignore_index)]
         results = MIoUResults(
             samples,
             cfg,
@@ -293,6 +297,7 @@ class MIoUEvaluation(SegmentationEvaluation):
             unnamed_pred_values=names.unnamed_pred_values,
             num_resized=num_resized,
             num_skipped=num_skipped,
+            unscored_classes=unscored,
             backend=self,
         )
         for side, unmatched in (
@@ -319,6 +324,9 @@ class MIoUResults(SegmentationResults):
             not name (each became a class named after its value).
         num_resized: samples whose prediction was resized to the ground truth's size.
         num_skipped: samples skipped for a missing mask.
+        unscored_classes: classes that only stand for predictions of ``ignore_index`` (pixels
+            the prediction leaves unlabelled): misses of their ground-truth class, but no class
+            of their own (IoU NaN, not in mIoU), as in mmsegmentation.
     """
 
     def __init__(
@@ -338,6 +346,7 @@ class MIoUResults(SegmentationResults):
         unnamed_pred_values: list[int] | None = None,
         num_resized: int = 0,
         num_skipped: int = 0,
+        unscored_classes: list[str] | None = None,
     ) -> None:
         classes = [str(c) for c in classes]
         matrix = np.asarray(pixel_confusion_matrix, dtype=np.int64).reshape(
@@ -360,7 +369,11 @@ class MIoUResults(SegmentationResults):
         self.unnamed_pred_values = [int(v) for v in unnamed_pred_values or []]
         self.num_resized = int(num_resized)
         self.num_skipped = int(num_skipped)
-        self._segmentation_metrics = segmentation_metrics(torch.from_numpy(matrix))
+        self.unscored_classes = [str(c) for c in unscored_classes or []]
+        self._segmentation_metrics = segmentation_metrics(
+            torch.from_numpy(matrix),
+            [classes.index(c) for c in self.unscored_classes if c in classes],
+        )
 
     @property
     def class_names(self) -> list[str]:
@@ -458,6 +471,7 @@ class MIoUResults(SegmentationResults):
                 "unmatched_pred_classes",
                 "unnamed_gt_values",
                 "unnamed_pred_values",
+                "unscored_classes",
             )
         }
         extra.update(num_resized=d.get("num_resized", 0), num_skipped=d.get("num_skipped", 0))
@@ -524,6 +538,12 @@ def _evaluation_mask_targets(
     elif pred_targets is None and gt_targets is not None:
         pred_targets = dict(gt_targets)
     return gt_targets, pred_targets
+
+
+def _unscored(names: ClassMatcher, ignore_index: int) -> list[int]:
+    """The class a prediction of ``ignore_index`` maps to, unless the ground truth has it too."""
+    k = names.pred_class_of(ignore_index)
+    return [] if k is None or names.declares_gt(names[k]) else [k]
 
 
 def _read_id_map(seg: fol.Segmentation | None, field: str) -> torch.Tensor | None:

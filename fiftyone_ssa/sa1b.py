@@ -113,7 +113,9 @@ def import_sa1b(
 ) -> fo.Dataset:
     """Imports an SA-1B-format directory (``sa_<id>.jpg`` + ``sa_<id>.json``) as a new dataset.
 
-    Images without a JSON are imported without masks (counted in the summary). Files that
+    Images without a JSON are imported without masks (counted in the summary), and so are
+    images sharing their stem with another (``cat.jpg``, ``cat.png``: the first by name gets
+    ``cat.json``; export refuses such stems, whose files would collide). Files that
     cannot be imported (malformed JSON, a JSON whose image is missing, an RLE or ``image``
     record whose size disagrees with the image) are skipped and reported per file; the summary
     is logged and stored in ``dataset.info["sa1b_import"]``.
@@ -312,8 +314,13 @@ def declare_detection_attributes(dataset: fo.Dataset, label_field: str) -> None:
 
 
 def _pair_files(dataset_dir: str) -> list[tuple[str, str | None, str | None]]:
-    """``(stem, image path, json path)`` per stem, sorted; either path may be None."""
-    images: dict[str, str] = {}
+    """``(stem, image path, json path)`` per stem, sorted; either path may be None.
+
+    When several images share a stem (``cat.jpg``, ``cat.png``), the first by name is paired
+    with ``<stem>.json`` and each other one is an item of its own, without JSON (imported
+    without masks rather than dropped).
+    """
+    images: dict[str, list[str]] = collections.defaultdict(list)
     jsons: dict[str, str] = {}
     for entry in sorted(os.scandir(dataset_dir), key=lambda e: e.name):
         if not entry.is_file():
@@ -321,10 +328,14 @@ def _pair_files(dataset_dir: str) -> list[tuple[str, str | None, str | None]]:
         stem, ext = os.path.splitext(entry.name)
         if ext.lower() == ".json":
             jsons[stem] = entry.path
-        elif ext.lower() in IMAGE_EXTENSIONS and stem not in images:
-            images[stem] = entry.path
-    stems = sorted(set(images) | set(jsons))
-    return [(s, images.get(s), jsons.get(s)) for s in stems]
+        elif ext.lower() in IMAGE_EXTENSIONS:
+            images[stem].append(entry.path)
+    items: list[tuple[str, str | None, str | None]] = []
+    for stem in sorted(set(images) | set(jsons)):
+        paths = images.get(stem) or [None]
+        items.append((stem, paths[0], jsons.get(stem)))
+        items.extend((stem, path, None) for path in paths[1:])
+    return items
 
 
 def _ordered_map(fn: Callable, items: Iterable, num_workers: int) -> Iterator:
@@ -355,10 +366,10 @@ def _read_image(
         record = _load_json(json_path)
         image_path = image_path or _image_from_record(record, dataset_dir, stem)
         width, height = _image_size(image_path)
-        image_id = _check_image_record(record, width, height)
+        image_id = _check_image_record(record, width, height, image_path)
         image_mask_dir = _mask_subdir(mask_dir, stem)
         detections = [
-            _annotation_to_detection(ann, k, width, height, image_mask_dir)
+            _annotation_to_detection(ann, k, width, height, image_mask_dir, image_path)
             for k, ann in enumerate(record["annotations"])
         ]
         sample = fo.Sample(filepath=image_path, metadata=_metadata(image_path, width, height))
@@ -384,7 +395,7 @@ def _mask_subdir(mask_dir: str, stem: str) -> str:
 
 def _load_json(path: str) -> dict:
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a byte-order mark is allowed
             record = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise SA1BFileError(f"malformed JSON: {err}") from err
@@ -417,7 +428,7 @@ def _metadata(path: str, width: int, height: int) -> fo.ImageMetadata:
     return fo.ImageMetadata(width=width, height=height, size_bytes=os.path.getsize(path))
 
 
-def _check_image_record(record: dict, width: int, height: int) -> Any:
+def _check_image_record(record: dict, width: int, height: int, image_path: str) -> Any:
     """Validates the ``image`` record against the image file; returns its ``image_id``."""
     image = record.get("image")
     if image is None:
@@ -428,13 +439,29 @@ def _check_image_record(record: dict, width: int, height: int) -> Any:
     if declared != (width, height):
         raise SA1BFileError(
             f"image record says {declared[0]}x{declared[1]} (width x height), but the image "
-            f"file is {width}x{height}"
+            f"file is {width}x{height}{_rotation_hint(declared, width, height, image_path)}"
         )
     return image.get("image_id")
 
 
+def _rotation_hint(declared: tuple, width: int, height: int, image_path: str) -> str:
+    """A hint when a declared (width, height) is the size of an EXIF-rotated image's pixels."""
+    if width == height or tuple(declared) != (height, width):
+        return ""
+    try:
+        with Image.open(image_path) as image:
+            if image.getexif().get(0x0112, 1) not in (5, 6, 7, 8):
+                return ""
+    except (OSError, SyntaxError):
+        return ""
+    return (
+        " (turned by 90 degrees: the masks were made from the stored pixels, before the "
+        "image's EXIF orientation was applied; the image is read upright, as the App shows it)"
+    )
+
+
 def _annotation_to_detection(
-    ann: dict, index: int, width: int, height: int, mask_dir: str
+    ann: dict, index: int, width: int, height: int, mask_dir: str, image_path: str
 ) -> fo.Detection:
     """One SA-1B annotation as a Detection whose mask (cropped to its box) is a PNG on disk."""
     ann_id = ann.get("id", index) if isinstance(ann, dict) else index
@@ -446,7 +473,7 @@ def _annotation_to_detection(
     if size != [height, width]:
         raise SA1BFileError(
             f"{where}: RLE size {size} (height, width) disagrees with the image size "
-            f"[{height}, {width}]"
+            f"[{height}, {width}]{_rotation_hint(tuple(size[::-1]), width, height, image_path)}"
         )
     counts = seg.get("counts")
     try:

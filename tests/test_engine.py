@@ -209,6 +209,13 @@ def test_candidates_deduplicated_in_order():
         "red car",
         "car",
     ]
+    # The user's spelling wins: a mask whose ADE20K name is "person" and one found only through
+    # the vocabulary were labelled "person" and "Person", two classes.
+    assert build_candidates(["person", "sky"], ["red car"], ["Person", "Red Car"]) == [
+        "Person",
+        "sky",
+        "Red Car",
+    ]
     assert build_candidates(["wall", "sky"], ["car"], ["zebra", "sky"], "restrict") == [
         "zebra",
         "sky",
@@ -875,3 +882,8 @@ def test_read_vocabulary_tells_names_from_files(tmp_path, monkeypatch):
         read_vocabulary(["missing.txt"])
     with pytest.raises(ValueError, match="a directory, expected a file of names"):
         read_vocabulary([str(tmp_path / "tree")])
+    # A file saved by Windows Notepad starts with a byte-order mark and ends lines with CRLF:
+    # its first name must not carry an invisible "\ufeff" into the labels.
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes("zebra\r\ncafé\r\n".encode("utf-8-sig"))
+    assert read_vocabulary([str(bom)]) == ["zebra", "café"]

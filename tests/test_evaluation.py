@@ -471,3 +471,28 @@ def test_plot_refuses_a_format_matplotlib_cannot_write(make_dataset, tmp_path):
         plot_per_class_iou(results, tmp_path / "chart.txt")
     assert not (tmp_path / "chart.txt").exists()
     assert plot_per_class_iou(results, tmp_path / "chart.svg").endswith("chart.svg")
+
+
+def test_predicted_ignore_index_is_a_miss_not_a_class(make_dataset, tmp_path):
+    # A prediction that leaves pixels unlabelled (255) misses them, as in mmsegmentation: the
+    # ground-truth class loses them, but 255 is no class of its own dragging mIoU down.
+    gt = np.array([[0, 0, 1, 1], [0, 0, 1, 1]], dtype=np.uint8)
+    pred = np.array([[0, IGNORE, 1, 1], [0, 0, 1, 1]], dtype=np.uint8)
+    for targets in (None, {0: "a", 1: "b"}):
+        dataset = build_dataset(make_dataset, tmp_path, [(gt, pred)])
+        if targets:
+            dataset.mask_targets = {"gt": targets, "pred": targets}
+            dataset.save()
+        results = evaluate_miou(dataset, "pred", "gt", eval_key="ev", progress=False)
+        iou = list(results.per_class_iou.values())
+        assert iou[:2] == [0.75, 1.0] and np.isnan(iou[2])
+        assert results.miou == pytest.approx(0.875) and results.aacc == pytest.approx(7 / 8)
+        assert dataset.first()["ev_miou"] == pytest.approx(0.875)
+        loaded = dataset.load_evaluation_results("ev", cache=False)
+        assert loaded.miou == pytest.approx(0.875) and loaded.unscored_classes == ["255"]
+    # A ground truth that has the class the prediction's 255 names keeps it scored.
+    dataset = build_dataset(make_dataset, tmp_path, [(gt, pred)])
+    dataset.mask_targets = {"gt": {0: "a", 1: "b", 2: "c"}, "pred": {0: "a", 1: "b", 255: "c"}}
+    dataset.save()
+    results = evaluate_miou(dataset, "pred", "gt", progress=False)
+    assert results.per_class_iou["c"] == 0 and results.miou == pytest.approx(1.75 / 3)

@@ -791,3 +791,58 @@ def test_null_area_is_the_rle_area_and_a_bad_one_names_the_annotation(make_sa1b_
         assert "'area'" in errors[f"{files.stems[1]}.json"]
     finally:
         dataset.delete()
+
+
+def test_images_sharing_a_stem_are_all_imported(make_sa1b_dir, tmp_path):
+    # cat.jpg and cat.png are two images: the second was dropped without a word.
+    files = make_sa1b_dir(num_images=1, num_masks=2)
+    stem = files.stems[0]
+    Image.new("RGB", (5, 4), (0, 255, 0)).save(files.root / f"{stem}.png")
+    dataset = import_sa1b(str(files.root), mask_dir=str(tmp_path / "m"), progress=False)
+    try:
+        names = sorted(os.path.basename(p) for p in dataset.values("filepath"))
+        assert names == [f"{stem}.jpg", f"{stem}.png"]
+        jpg = dataset.match(F("filepath").ends_with(".jpg")).first()
+        png = dataset.match(F("filepath").ends_with(".png")).first()
+        assert len(jpg.sa1b.detections) == 2 and png.sa1b is None
+        assert png.metadata.width == 5
+        summary = dataset.info["sa1b_import"]
+        assert summary["num_samples"] == 2 and summary["num_without_json"] == 1
+    finally:
+        dataset.delete()
+
+
+def test_json_with_a_byte_order_mark_imports(make_sa1b_dir, tmp_path):
+    # Windows tools write UTF-8 with a BOM: the file failed as "malformed JSON".
+    files = make_sa1b_dir(num_images=1, num_masks=2)
+    path = files.root / f"{files.stems[0]}.json"
+    path.write_bytes(path.read_text().encode("utf-8-sig"))
+    dataset = import_sa1b(str(files.root), mask_dir=str(tmp_path / "m"), progress=False)
+    try:
+        assert dataset.info["sa1b_import"]["errors"] == {}
+        assert len(dataset.first().sa1b.detections) == 2
+    finally:
+        dataset.delete()
+
+
+def test_masks_of_the_unrotated_pixels_are_reported_with_a_hint(tmp_path):
+    # An EXIF-rotated photo whose JSON was made from its stored pixels (PIL without
+    # exif_transpose): the error only said that 40x30 is not 30x40.
+    root = tmp_path / "d"
+    root.mkdir()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (40, 30)).save(root / "sa_1.jpg", exif=exif.tobytes())
+    rle = mask_utils.encode(np.asfortranarray(np.ones((30, 40), np.uint8)))
+    ann = {"id": 1, "segmentation": {"size": [30, 40], "counts": rle["counts"].decode()}}
+    for image in ({"image_id": 1, "width": 40, "height": 30}, None):
+        record = {"annotations": [ann], **({"image": image} if image else {})}
+        (root / "sa_1.json").write_text(json.dumps(record))
+        with pytest.raises(RuntimeError, match="EXIF orientation") as err:
+            import_sa1b(str(root), mask_dir=str(tmp_path / "m"), progress=False)
+        assert "30x40" in str(err.value) or "[40, 30]" in str(err.value)
+    # Without EXIF rotation the sizes simply disagree: no hint.
+    Image.new("RGB", (30, 40)).save(root / "sa_1.jpg")
+    with pytest.raises(RuntimeError, match="disagrees") as err:
+        import_sa1b(str(root), mask_dir=str(tmp_path / "m"), progress=False)
+    assert "EXIF" not in str(err.value)

@@ -96,7 +96,8 @@ def add_parser(subparsers) -> None:
 
 
 def read_vocabulary(values: list[str] | None) -> list[str]:
-    """Class names from the command line: names, or files of one name per line.
+    """Class names from the command line: names, or UTF-8 files of one name per line (a
+    byte-order mark, as Windows editors write, is dropped).
 
     A value is taken for a path, and must name a file, when it ends in ``.txt`` or has a
     directory part that exists (``cup/mug`` stays a name unless ``./cup`` exists).
@@ -114,7 +115,7 @@ def read_vocabulary(values: list[str] | None) -> list[str]:
             what = "a directory" if path.is_dir() else "no such file"
             raise ValueError(f"--vocabulary {value!r}: {what}, expected a file of names")
         if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
+            for line in path.read_text(encoding="utf-8-sig").splitlines():
                 line = line.split("#", 1)[0].strip()
                 if line:
                     names.append(line)

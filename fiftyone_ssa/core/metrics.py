@@ -22,6 +22,7 @@ ever built, so memory is bounded by ``C * C`` plus one image.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -157,11 +158,16 @@ def _nanmean(values: torch.Tensor) -> float:
     return float(torch.nanmean(values))
 
 
-def segmentation_metrics(confusion: torch.Tensor) -> SegmentationMetrics:
+def segmentation_metrics(
+    confusion: torch.Tensor, unscored: Sequence[int] = ()
+) -> SegmentationMetrics:
     """Computes per-class IoU and accuracy, mIoU, mAcc and aAcc from a pixel confusion matrix.
 
     Args:
         confusion: (C, C) integer counts, rows ground truth, columns prediction.
+        unscored: indices of columns that mean "no class" (a prediction of ``ignore_index``, as
+            mmsegmentation drops predicted ids outside its classes): their pixels stay misses of
+            their ground-truth class, but their IoU and accuracy are NaN and count in no mean.
 
     Returns:
         The :class:`SegmentationMetrics` (tensors on ``confusion``'s device).
@@ -177,6 +183,10 @@ def segmentation_metrics(confusion: torch.Tensor) -> SegmentationMetrics:
     union = gt_area + pred_area - intersection
     iou = _ratio(intersection, union)
     accuracy = _ratio(intersection, gt_area)
+    unscored = [int(k) for k in unscored]
+    if unscored:
+        iou[unscored] = float("nan")
+        accuracy[unscored] = float("nan")
     total = gt_area.sum()
     aacc = float(intersection.sum().double() / total.double()) if int(total) > 0 else float("nan")
     return SegmentationMetrics(
@@ -353,6 +363,16 @@ class ClassMatcher:
     def pred_classes(self, ids: torch.Tensor) -> torch.Tensor:
         """Class indices of predicted ids: (...) int ids >= 0 -> (...) int64 indices."""
         return self._lookup("pred", ids)
+
+    def pred_class_of(self, value: int) -> int | None:
+        """The class index a predicted id was mapped to, or None if it was never looked up."""
+        table = self._tables["pred"]
+        index = int(table[value]) if 0 <= value < len(table) else -1
+        return index if index >= 0 else None
+
+    def declares_gt(self, name: str) -> bool:
+        """Whether the ground truth's targets name the class ``name``."""
+        return name in {str(n) for n in self._targets["gt"].values()}
 
     def final_order(self) -> list[int]:
         """Class indices in reporting order: declared names, then value-named classes by value."""

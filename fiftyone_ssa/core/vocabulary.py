@@ -2,7 +2,8 @@
 
 Each mask's candidates are the union of its two close-set names (ADE20K, refined COCO), the
 noun phrases of its caption and, optionally, a user vocabulary, de-duplicated in that order
-(case-insensitively, the first spelling kept). With ``mode="restrict"`` the user vocabulary alone
+(case-insensitively, the first spelling kept, except that a name the vocabulary holds is
+spelled as the vocabulary spells it). With ``mode="restrict"`` the user vocabulary alone
 is the candidate list, so every answer is one of its names.
 """
 
@@ -64,11 +65,16 @@ def dedupe_names(names: Iterable[str]) -> list[str]:
     out: list[str] = []
     for name in names:
         clean = normalize_name(name)
-        key = unicodedata.normalize("NFC", clean).casefold()
+        key = _key(clean)
         if clean and key not in seen:
             seen.add(key)
             out.append(clean)
     return out
+
+
+def _key(clean: str) -> str:
+    """What makes two normalised names the same name: case and Unicode composition aside."""
+    return unicodedata.normalize("NFC", clean).casefold()
 
 
 def check_vocabulary(vocabulary: Sequence[str] | None, mode: str) -> list[str]:
@@ -107,10 +113,14 @@ def build_candidates(
             alone).
 
     Returns:
-        The de-duplicated candidates, in the order close-set, nouns, vocabulary.
+        The de-duplicated candidates, in the order close-set, nouns, vocabulary. A name the
+        vocabulary also holds is spelled as the vocabulary spells it (``Person`` given, ADE20K's
+        ``person`` found): one class keeps one spelling across masks.
     """
     if mode == "restrict":
         return dedupe_names(vocabulary)
     if mode != "add":
         raise ValueError(f"Expected `mode` to be one of {VOCABULARY_MODES}, but got {mode!r}")
-    return dedupe_names([*close_set_names, *nouns, *vocabulary])
+    spelling = {_key(name): name for name in dedupe_names(vocabulary)}
+    names = dedupe_names([*close_set_names, *nouns, *vocabulary])
+    return [spelling.get(_key(name), name) for name in names]
