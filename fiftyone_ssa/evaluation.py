@@ -10,6 +10,7 @@ Evaluation panel all work with it.
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 import warnings
 from collections.abc import Sequence
@@ -90,7 +91,8 @@ def evaluate_miou(
 
     Masks may be stored in the database or as ``mask_path``. A prediction whose size differs from
     its ground truth is resized to it (nearest neighbour, with a warning). RGB masks are not
-    supported. Samples missing either mask are skipped (with a warning).
+    supported. Samples missing either mask (or its ``mask_path`` file) are skipped (with a
+    warning).
 
     With ``eval_key``, the run is saved on the dataset and every sample gets ``<eval_key>_miou``
     and ``<eval_key>_aacc``: the same definition applied to that sample alone (None where it has
@@ -272,7 +274,7 @@ class MIoUEvaluation(SegmentationEvaluation):
         if num_skipped:
             warnings.warn(
                 f"Skipped {num_skipped} sample(s) missing a {cfg.gt_field!r} or "
-                f"{cfg.pred_field!r} mask",
+                f"{cfg.pred_field!r} mask (no label, no mask, or a mask_path whose file is gone)",
                 stacklevel=2,
             )
         if num_resized:
@@ -550,6 +552,8 @@ def _read_id_map(seg: fol.Segmentation | None, field: str) -> torch.Tensor | Non
     """(H, W) int64 ids of a Segmentation (in-database ``mask`` or ``mask_path``), or None."""
     if seg is None or not seg.has_mask:
         return None
+    if seg.mask is None and not os.path.exists(seg.mask_path):
+        return None  # a deleted or moved mask file: skipped (and counted) like a missing mask
     mask = np.asarray(seg.get_mask())
     if mask.ndim == 3 and mask.shape[2] == 1:
         mask = mask[..., 0]

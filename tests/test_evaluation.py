@@ -274,6 +274,28 @@ def test_mask_path_resize_and_skipped_samples(make_dataset, tmp_path):
     assert dataset.values("ev_miou")[-1] is None
 
 
+def test_a_missing_mask_file_skips_its_sample(make_dataset, tmp_path):
+    pairs = random_masks(np.random.default_rng(8), [0, 1, 2], [0, 1, 2], count=3)
+    dataset = make_dataset()
+    for i, (gt, pred) in enumerate(pairs):
+        Image.fromarray(gt).save(tmp_path / f"gt_{i}.png")
+        dataset.add_sample(
+            fo.Sample(
+                filepath=write_image(tmp_path, i, gt.shape),
+                gt=fo.Segmentation(mask_path=str(tmp_path / f"gt_{i}.png")),
+                pred=fo.Segmentation(mask=pred),
+            )
+        )
+    (tmp_path / "gt_1.png").unlink()
+    with pytest.warns(UserWarning, match="Skipped 1 sample"):
+        results = evaluate_miou(dataset, "pred", "gt", eval_key="ev", progress=False)
+    assert results.num_skipped == 1
+    matrix, _, miou, _ = reference([pairs[0], pairs[2]], {}, {}, ["0", "1", "2"])
+    np.testing.assert_array_equal(results.pixel_confusion_matrix, matrix)
+    assert results.miou == pytest.approx(miou, abs=1e-9)
+    assert dataset.values("ev_miou")[1] is None
+
+
 def test_rgb_masks_and_bad_arguments_raise(make_dataset, tmp_path):
     dataset = make_dataset()
     rgb = np.zeros((*SHAPE, 3), dtype=np.uint8)
