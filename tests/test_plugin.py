@@ -476,6 +476,8 @@ def test_run_ssa_form_offers_suitable_fields_and_warns_on_existing_output(scene_
         ({"label_field": "säa"}, "not a usable field name"),
         ({"label_field": "_x"}, "not a usable field name"),
         ({"device": "gpu7"}, "Unknown device 'gpu7'"),
+        ({"top_k": 2.5}, "top_k must be a whole number"),
+        ({"batch_size": 1.5}, "batch_size must be a whole number"),
     ],
 )
 def test_run_ssa_form_refuses_bad_input(scene_dataset, tmp_path, monkeypatch, params, message):

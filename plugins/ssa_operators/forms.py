@@ -152,6 +152,15 @@ def batch_size_input(inputs: types.Object, default: int = 1) -> None:
     )
 
 
+def whole_number_check(inputs: types.Object, ctx, names=("top_k", "batch_size", "points_per_side")):
+    """Blocks a fractional value a Python caller passed for an integer parameter (the App's own
+    inputs send whole numbers); the run would cut ``top_k=2.5`` to 2 without a word."""
+    for name in names:
+        value = ctx.params.get(name)
+        if isinstance(value, float) and not value.is_integer():
+            block(inputs, f"{name}_error", f"{name} must be a whole number, but got {value!r}")
+
+
 def output_field_inputs(
     inputs: types.Object,
     ctx,

@@ -24,6 +24,7 @@ from .forms import (
     run_summary_result,
     target_input,
     target_samples,
+    whole_number_check,
 )
 from .library import ProgressReporter, import_library
 from .run_ssa import chosen_branch, fields_read
@@ -187,6 +188,7 @@ class RunSSAEngine(SSAOperator):
             output_field_inputs(inputs, ctx, outputs, fields_read(mask_branch), "ssa_engine")
             device_input(inputs, ctx)
             batch_size_input(inputs)
+            whole_number_check(inputs, ctx)
         return types.Property(inputs, view=types.View(label="Run SSA-engine"))
 
     def _model_inputs(self, inputs, ctx) -> None:

@@ -29,6 +29,7 @@ from .forms import (
     run_summary_result,
     target_input,
     target_samples,
+    whole_number_check,
 )
 from .library import ProgressReporter, import_library
 
@@ -122,6 +123,7 @@ class RunSSA(SSAOperator):
             inputs.int("top_k", default=3, min=1, label="Class proposals per mask")
             device_input(inputs, ctx)
             batch_size_input(inputs)
+            whole_number_check(inputs, ctx)
         return types.Property(inputs, view=types.View(label="Run Semantic Segment Anything"))
 
     def execute(self, ctx):
