@@ -38,6 +38,7 @@ from fiftyone_ssa.models.nouns import DEFAULT_SPACY_MODEL
 from fiftyone_ssa.models.registry import create_branch, field_name
 from fiftyone_ssa.pipeline import (
     DEFAULT_MASK_BRANCH,
+    sam_options,
     sample_mask_sources,
     sample_masks,
 )
@@ -201,7 +202,7 @@ def apply_ssa_engine(
         "spacy_model": spacy_model,
         "write_segmentation": write_segmentation,
         "models": models,
-        "mask_options": mask_generator_options,
+        "mask_options": sam_options(mask_branch, mask_generator_options),
     }
     run_key = runs.make_run_key(config)
     validate_engine_request(
@@ -215,7 +216,7 @@ def apply_ssa_engine(
         skip_existing,
     )
     device = distributed.run_device(device)
-    options = {**engine_mask_generator_defaults(light), **mask_generator_options}
+    options = {**engine_mask_generator_defaults(light), **config["mask_options"]}
     masks = create_branch(mask_branch, kind="mask", device=device, **options)
     if not isinstance(models, EngineModels):
         options = {"light": light, "device": device, "spacy_model": spacy_model, **(models or {})}

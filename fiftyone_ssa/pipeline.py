@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -33,6 +34,8 @@ from fiftyone_ssa.runs import SampleSummary, SSARunSummary
 
 __all__ = ["SSARunSummary", "SampleSummary", "apply_ssa", "label_one_image"]
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_SEMANTIC_BRANCH = "segformer-b5-ade20k"
 DEFAULT_MASK_BRANCH = "sam-vit-h"
 
@@ -52,6 +55,22 @@ def output_types(label_field: str, write_branch: bool = True) -> dict[str, type]
         types[f"{label_field}_branch"] = fo.Segmentation
     types[runs.error_field(label_field)] = str
     return types
+
+
+def sam_options(mask_branch, options: dict) -> dict:
+    """The mask generator settings that apply: none when the masks come from a field.
+
+    Settings given with a ``field:`` branch would change nothing but the run key (a rerun with
+    other, equally unused settings would relabel every sample); they are dropped with a warning.
+    """
+    if options and field_name(mask_branch):
+        logger.warning(
+            "ignoring mask generator settings %s: the masks come from field %r",
+            sorted(options),
+            field_name(mask_branch),
+        )
+        return {}
+    return options
 
 
 def _field_classes(samples, name: str) -> dict[int, str]:
@@ -212,6 +231,7 @@ def apply_ssa(
     check_run_options(batch_size, top_k, num_workers, device)
     if isinstance(classes, str):
         raise ValueError(f"Expected `classes` to be a list of class names, but got {classes!r}")
+    mask_generator_options = sam_options(mask_branch, mask_generator_options)
     config = {
         "kind": "ssa",
         "label_field": label_field,

@@ -47,6 +47,17 @@ def test_a_callable_branch_names_its_classes_in_the_mask_targets(scene_dataset):
         assert ds.mask_targets[field] == {c: {1: "road", 3: "tree"}[c] for c in painted}
 
 
+def test_sam_settings_with_a_field_mask_branch_are_ignored_not_a_new_run(scene_dataset, caplog):
+    ds = scene_dataset(n=2)
+    branches = {"semantic_branch": "field:coarse", "mask_branch": "field:instances"}
+    apply_ssa(ds, **branches)
+    keys = ds.values("ssa.run_key")
+    with caplog.at_level("WARNING", logger="fiftyone_ssa.pipeline"):
+        summary = apply_ssa(ds, **branches, points_per_side=8)  # was refused: "already exists"
+    assert "ignoring mask generator settings ['points_per_side']" in caplog.text
+    assert summary.num_labelled == 0 and ds.values("ssa.run_key") == keys
+
+
 def test_output_schema(scene_dataset):
     ds = scene_dataset(n=2)
     apply_ssa(ds, semantic_branch="field:coarse", mask_branch="field:instances", top_k=2)
