@@ -276,6 +276,28 @@ def test_invalid_arguments(blob_sam):
         generator.generate(np.zeros((8, 8), np.uint8))
 
 
+def test_segment_anything_path_default_batch_and_bad_images(blob_sam):
+    """SamMaskBranch(fast=False): points_per_batch=None (accepted as "the default") failed in
+    segment-anything with a TypeError, and an RGBA image with an AssertionError."""
+    image = blob_scene(64, 80, seed=4)
+    settings = {
+        "points_per_side": 3,
+        "crop_n_layers": 0,
+        "min_mask_region_area": 0,
+        **NO_THRESHOLDS,
+    }
+    branch = SamMaskBranch(blob_sam, fast=False, points_per_batch=None, **settings)
+    ref = reference_records(blob_sam, image, **settings)
+    out = branch.generate(image)
+    np.testing.assert_array_equal(out.masks.numpy(), ref["masks"])
+    for fast in (True, False):
+        branch = SamMaskBranch(blob_sam, fast=fast, **settings)
+        with pytest.raises(
+            ValueError, match=r"\(H, W, 3\) uint8 array, but got ndarray \(8, 8, 4\)"
+        ):
+            branch.generate(np.zeros((8, 8, 4), np.uint8))
+
+
 @pytest.mark.parametrize(
     ("input_size", "size"),
     [((768, 1024), (96, 128)), ((1024, 683), (1500, 1000)), ((1024, 1024), (50, 50))],

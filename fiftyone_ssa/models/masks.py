@@ -144,7 +144,9 @@ class SamMaskBranch(MaskBranch):
             )
         from segment_anything import SamAutomaticMaskGenerator
 
-        return SamAutomaticMaskGenerator(self.model, output_mode="binary_mask", **self.options)
+        if options.get("points_per_batch", 0) is None:  # "the default": segment-anything's is 64
+            options = {k: v for k, v in options.items() if k != "points_per_batch"}
+        return SamAutomaticMaskGenerator(self.model, output_mode="binary_mask", **options)
 
     @torch.no_grad()
     def generate(self, image: np.ndarray) -> MaskSet:
@@ -155,6 +157,17 @@ class SamMaskBranch(MaskBranch):
                 masks=out.masks.to(self.device),
                 predicted_iou=out.predicted_iou.float().to(self.device),
                 stability_score=out.stability_score.float().to(self.device),
+            )
+        if not (
+            isinstance(image, np.ndarray)
+            and image.ndim == 3
+            and image.shape[2] == 3
+            and image.dtype == np.uint8
+        ):  # as the fast generator; segment-anything's fails with an AssertionError
+            raise ValueError(
+                "Expected `image` to be an (H, W, 3) uint8 array, but got "
+                f"{type(image).__name__} {getattr(image, 'shape', '')} "
+                f"{getattr(image, 'dtype', '')}"
             )
         records = generator.generate(image)
         h, w = image.shape[:2]
