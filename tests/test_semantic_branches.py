@@ -162,3 +162,20 @@ def test_pathlib_paths_are_taken_like_strings(tiny_segformer_dir, tiny_sam_dir):
     checkpoint = Path(tiny_sam_dir) / "model.pt"
     with pytest.raises(ValueError, match="cannot tell the SAM architecture of .*model.pt"):
         create_branch(checkpoint, kind="mask", device="cpu")
+
+
+def test_checkpoint_without_the_segmentation_head_is_refused(tiny_segformer_dir, tmp_path):
+    """An encoder-only or classification checkpoint (like nvidia/mit-b0) loaded as a Segformer
+    for semantic segmentation: transformers initialised the decode head at random and the
+    branch silently gave random classes."""
+    from transformers import SegformerConfig, SegformerForImageClassification
+
+    classifier = tmp_path / "classifier"
+    shutil.copytree(tiny_segformer_dir, classifier)
+    (classifier / "model.safetensors").unlink()
+    torch.manual_seed(0)
+    SegformerForImageClassification(SegformerConfig.from_pretrained(classifier)).save_pretrained(
+        classifier
+    )
+    with pytest.raises(ValueError, match=r"weights are not in the checkpoint \(e\.g\. decode_head"):
+        create_branch(str(classifier), device="cpu")
