@@ -202,6 +202,13 @@ def _guess_sam_architecture(checkpoint: Path) -> str:
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # training checkpoints wrap the state dict
     weight = state.get("image_encoder.patch_embed.proj.weight") if isinstance(state, dict) else None
+    if isinstance(state, dict) and not any(
+        isinstance(key, str) and key.startswith("image_encoder.") for key in state
+    ):  # model_type would not help: say what the file is not
+        raise ValueError(
+            f"{checkpoint} is not a segment-anything SAM checkpoint: it has no image_encoder.* "
+            "weights (SAM 2 and transformers' SamModel files are not supported)"
+        )
     widths = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
     if weight is None or weight.shape[0] not in widths:
         raise ValueError(
