@@ -186,6 +186,42 @@ def test_one_pixel_high_or_wide_image_with_crop_layers(blob_sam, monkeypatch, si
     np.testing.assert_allclose(out.predicted_iou.numpy(), ref["predicted_iou"], atol=1e-5)
 
 
+@pytest.mark.parametrize("size", [(1, 3000), (2500, 1)])
+def test_image_too_elongated_for_sam_input_frame(blob_sam, monkeypatch, size):
+    """An image whose short side SAM's resize to 1024 rounds to 0 pixels: segment-anything
+    fails ("height and width must be > 0"), and so did this generator. SAM sees nothing of it:
+    no masks from that crop; the smaller crops of a crop layer still give theirs, as
+    segment-anything's generator does when given only those crops."""
+    import segment_anything.automatic_mask_generator as amg
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    image = blob_scene(*size, seed=1)
+    out = FastMaskGenerator(blob_sam, points_per_side=4, **NO_THRESHOLDS).generate(image)
+    assert len(out) == 0 and out.masks.shape == (0, *size)
+    assert out.boxes.shape == (0, 4) and out.point_coords.shape == (0, 2)
+
+    settings = {"points_per_side": 4, "crop_n_layers": 1, **NO_THRESHOLDS}
+    out = FastMaskGenerator(blob_sam, **settings).generate(image)
+    assert len(out) > 0
+    original = amg.generate_crop_boxes
+
+    def visible_crops(*args):
+        boxes, layers = original(*args)
+        keep = [
+            i
+            for i, (x0, y0, x1, y1) in enumerate(boxes)
+            if min(ResizeLongestSide.get_preprocess_shape(y1 - y0, x1 - x0, 1024)) > 0
+        ]
+        assert 0 < len(keep) < len(boxes)
+        return [boxes[i] for i in keep], [layers[i] for i in keep]
+
+    monkeypatch.setattr(amg, "generate_crop_boxes", visible_crops)
+    ref = reference_records(blob_sam, image, **settings)
+    np.testing.assert_array_equal(out.masks.numpy(), ref["masks"])
+    np.testing.assert_array_equal(out.crop_boxes.numpy(), ref["crop_boxes"])
+    np.testing.assert_allclose(out.predicted_iou.numpy(), ref["predicted_iou"], atol=1e-5)
+
+
 def test_point_grids_and_bfloat16_autocast(blob_sam):
     from segment_anything.utils.amg import build_point_grid
 
@@ -238,6 +274,28 @@ def test_invalid_arguments(blob_sam):
         generator.generate(np.zeros((8, 8, 3), np.float32))
     with pytest.raises(ValueError, match=r"\(H, W, 3\)"):
         generator.generate(np.zeros((8, 8), np.uint8))
+
+
+def test_segment_anything_path_default_batch_and_bad_images(blob_sam):
+    """SamMaskBranch(fast=False): points_per_batch=None (accepted as "the default") failed in
+    segment-anything with a TypeError, and an RGBA image with an AssertionError."""
+    image = blob_scene(64, 80, seed=4)
+    settings = {
+        "points_per_side": 3,
+        "crop_n_layers": 0,
+        "min_mask_region_area": 0,
+        **NO_THRESHOLDS,
+    }
+    branch = SamMaskBranch(blob_sam, fast=False, points_per_batch=None, **settings)
+    ref = reference_records(blob_sam, image, **settings)
+    out = branch.generate(image)
+    np.testing.assert_array_equal(out.masks.numpy(), ref["masks"])
+    for fast in (True, False):
+        branch = SamMaskBranch(blob_sam, fast=fast, **settings)
+        with pytest.raises(
+            ValueError, match=r"\(H, W, 3\) uint8 array, but got ndarray \(8, 8, 4\)"
+        ):
+            branch.generate(np.zeros((8, 8, 4), np.uint8))
 
 
 @pytest.mark.parametrize(

@@ -188,3 +188,17 @@ def test_config_errors(tiny_sam_config):
     full = resolve_sam_config(tiny_sam_config)
     assert full["image_size"] == 1024 and full["prompt_embed_dim"] == 128
     assert resolve_sam_config("vit_h")["prompt_embed_dim"] == 256
+
+
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_checkpoint_of_another_model_says_it_is_not_sam(tmp_path, wrapped):
+    """A state dict without SAM's image encoder (a SAM 2 file, a semantic model's .pth) as a
+    mask branch: the message asked for model_type=vit_b|vit_l|vit_h, which cannot help."""
+    from fiftyone_ssa import create_branch
+
+    state = {"backbone.conv.weight": torch.zeros(4, 3, 3, 3), "head.bias": torch.zeros(4)}
+    path = tmp_path / "sam2_hiera_large.pt"
+    torch.save({"model": state} if wrapped else state, path)
+    with pytest.raises(ValueError, match="is not a segment-anything SAM checkpoint") as err:
+        create_branch(str(path), kind="mask", device="cpu")
+    assert "model_type" not in str(err.value)

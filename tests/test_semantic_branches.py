@@ -145,3 +145,37 @@ def test_callable_class_ids_of_any_integral_dtype_are_taken():
         branch = create_branch(lambda image, ids=ids: (ids, {0: "a"}), device="cpu")
         (class_map,) = branch.predict([np.zeros((3, 3, 3), dtype=np.uint8)])
         assert class_map.dtype == torch.int64 and class_map.tolist() == ids.astype(int).tolist()
+
+
+def test_pathlib_paths_are_taken_like_strings(tiny_segformer_dir, tiny_sam_dir):
+    """A pathlib.Path to a model directory or checkpoint was refused ("Expected a semantic
+    branch name, but got PosixPath(...)")."""
+    from pathlib import Path
+
+    from fiftyone_ssa.models.masks import SamMaskBranch
+
+    branch = create_branch(Path(tiny_segformer_dir), device="cpu")
+    assert isinstance(branch, TransformersSemanticBranch)
+    assert branch.classes == dict(enumerate(TINY_CLASSES))
+    sam = create_branch(Path(tiny_sam_dir), kind="mask", device="cpu", points_per_side=4)
+    assert isinstance(sam, SamMaskBranch)
+    checkpoint = Path(tiny_sam_dir) / "model.pt"
+    with pytest.raises(ValueError, match="cannot tell the SAM architecture of .*model.pt"):
+        create_branch(checkpoint, kind="mask", device="cpu")
+
+
+def test_checkpoint_without_the_segmentation_head_is_refused(tiny_segformer_dir, tmp_path):
+    """An encoder-only or classification checkpoint (like nvidia/mit-b0) loaded as a Segformer
+    for semantic segmentation: transformers initialised the decode head at random and the
+    branch silently gave random classes."""
+    from transformers import SegformerConfig, SegformerForImageClassification
+
+    classifier = tmp_path / "classifier"
+    shutil.copytree(tiny_segformer_dir, classifier)
+    (classifier / "model.safetensors").unlink()
+    torch.manual_seed(0)
+    SegformerForImageClassification(SegformerConfig.from_pretrained(classifier)).save_pretrained(
+        classifier
+    )
+    with pytest.raises(ValueError, match=r"weights are not in the checkpoint \(e\.g\. decode_head"):
+        create_branch(str(classifier), device="cpu")

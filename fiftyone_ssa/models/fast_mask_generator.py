@@ -337,10 +337,26 @@ class FastMaskGenerator:
             (height, width), self.crop_n_layers, self.crop_overlap_ratio
         )
         # On an image one pixel high or wide, segment-anything's crop grid holds crops of no
-        # pixels (its own generator fails on them); they can hold no mask.
-        kept = [i for i, (x0, y0, x1, y1) in enumerate(crop_boxes) if x1 > x0 and y1 > y0]
+        # pixels, and on a very elongated one (1 x 3000) crops whose short side SAM's resize
+        # rounds to 0 pixels (its own generator fails on both: "height and width must be > 0").
+        # SAM sees nothing of them; they can hold no mask.
+        kept = [
+            i
+            for i, (x0, y0, x1, y1) in enumerate(crop_boxes)
+            if x1 > x0 and y1 > y0 and min(self._input_size((y1 - y0, x1 - x0))) > 0
+        ]
         crop_boxes = [crop_boxes[i] for i in kept]
         layer_idxs = [layer_idxs[i] for i in kept]
+        if not crop_boxes:
+            empty = torch.zeros((0, 4), dtype=torch.float32, device=self.device)
+            return SamMaskSet(
+                masks=torch.zeros((0, height, width), dtype=torch.bool, device=self.device),
+                predicted_iou=torch.zeros(0, device=self.device),
+                stability_score=torch.zeros(0, device=self.device),
+                boxes=empty,
+                point_coords=empty[:, :2],
+                crop_boxes=empty,
+            )
         crops = [
             self._process_crop(image, box, layer, (height, width), index)
             for index, (box, layer) in enumerate(zip(crop_boxes, layer_idxs))
@@ -400,6 +416,12 @@ class FastMaskGenerator:
         if self.dtype is None:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def _input_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """(h, w) of a crop of ``size`` resized into SAM's input frame."""
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        return ResizeLongestSide.get_preprocess_shape(*size, self.model.image_encoder.img_size)
 
     def _embed(self, crop: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         """SamPredictor.set_image: (1, C, h, w) features and the resized input size."""

@@ -144,7 +144,9 @@ class SamMaskBranch(MaskBranch):
             )
         from segment_anything import SamAutomaticMaskGenerator
 
-        return SamAutomaticMaskGenerator(self.model, output_mode="binary_mask", **self.options)
+        if options.get("points_per_batch", 0) is None:  # "the default": segment-anything's is 64
+            options = {k: v for k, v in options.items() if k != "points_per_batch"}
+        return SamAutomaticMaskGenerator(self.model, output_mode="binary_mask", **options)
 
     @torch.no_grad()
     def generate(self, image: np.ndarray) -> MaskSet:
@@ -155,6 +157,17 @@ class SamMaskBranch(MaskBranch):
                 masks=out.masks.to(self.device),
                 predicted_iou=out.predicted_iou.float().to(self.device),
                 stability_score=out.stability_score.float().to(self.device),
+            )
+        if not (
+            isinstance(image, np.ndarray)
+            and image.ndim == 3
+            and image.shape[2] == 3
+            and image.dtype == np.uint8
+        ):  # as the fast generator; segment-anything's fails with an AssertionError
+            raise ValueError(
+                "Expected `image` to be an (H, W, 3) uint8 array, but got "
+                f"{type(image).__name__} {getattr(image, 'shape', '')} "
+                f"{getattr(image, 'dtype', '')}"
             )
         records = generator.generate(image)
         h, w = image.shape[:2]
@@ -189,6 +202,13 @@ def _guess_sam_architecture(checkpoint: Path) -> str:
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]  # training checkpoints wrap the state dict
     weight = state.get("image_encoder.patch_embed.proj.weight") if isinstance(state, dict) else None
+    if isinstance(state, dict) and not any(
+        isinstance(key, str) and key.startswith("image_encoder.") for key in state
+    ):  # model_type would not help: say what the file is not
+        raise ValueError(
+            f"{checkpoint} is not a segment-anything SAM checkpoint: it has no image_encoder.* "
+            "weights (SAM 2 and transformers' SamModel files are not supported)"
+        )
     widths = {768: "vit_b", 1024: "vit_l", 1280: "vit_h"}
     if weight is None or weight.shape[0] not in widths:
         raise ValueError(

@@ -19,7 +19,9 @@ def load_error(kind: str, path: Path, err: Exception) -> ValueError:
     return ValueError(f"cannot load a {kind} model from {path}: {first}")
 
 
-def load_pretrained(path: Path, processor_cls: Any, model_cls: Any, kind: str) -> tuple[Any, Any]:
+def load_pretrained(
+    path: Path, processor_cls: Any, model_cls: Any, kind: str, complete: bool = False
+) -> tuple[Any, Any]:
     """The processor and model saved in ``path``, never contacting a hub.
 
     Args:
@@ -27,6 +29,9 @@ def load_pretrained(path: Path, processor_cls: Any, model_cls: Any, kind: str) -
         processor_cls: the processor class (``from_pretrained``).
         model_cls: the model class (``from_pretrained``).
         kind: what the model is, for the error message (e.g. ``"CLIPSeg"``).
+        complete: refuse a checkpoint that lacks some of the model's weights (transformers
+            would initialise them at random: an encoder-only or classification checkpoint
+            loaded as a segmentation model gets a random head and gives random classes).
 
     Returns:
         ``(processor, model)``, the model on the CPU.
@@ -36,9 +41,18 @@ def load_pretrained(path: Path, processor_cls: Any, model_cls: Any, kind: str) -
     """
     try:
         processor = processor_cls.from_pretrained(path, local_files_only=True)
-        model = model_cls.from_pretrained(path, local_files_only=True)
+        model, info = model_cls.from_pretrained(
+            path, local_files_only=True, output_loading_info=True
+        )
     except Exception as err:  # hub, config, safetensors and shape errors alike
         raise load_error(kind, path, err) from None
+    missing = sorted(info.get("missing_keys") or ())
+    if complete and missing:
+        raise ValueError(
+            f"cannot load a {kind} model from {path}: {len(missing)} of its weights are not in "
+            f"the checkpoint (e.g. {missing[0]}), so they would be random; is it a {kind} "
+            "checkpoint (not an encoder-only or classification one)?"
+        )
     return processor, model
 
 

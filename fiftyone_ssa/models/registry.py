@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,6 +176,10 @@ def create_branch(name: Any, kind: str = "semantic", **kwargs) -> SemanticBranch
     if kind == "semantic" and callable(name) and not isinstance(name, str):
         _refuse_classes(kwargs, "a callable branch")
         return CallableSemanticBranch(name, device=kwargs.get("device"))
+    if isinstance(name, os.PathLike):  # a pathlib.Path to a checkpoint or directory
+        name = os.fspath(name)
+        if not isinstance(name, str):
+            name = os.fsdecode(name)
     if not isinstance(name, str) or not name:
         raise ValueError(f"Expected a {kind} branch name, but got {name!r}")
     if name.startswith("field:"):

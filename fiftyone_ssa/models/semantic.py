@@ -148,7 +148,7 @@ class _PretrainedBranch(SemanticBranch):
         self.name = str(path)
         self.device = torch.device(device) if device else default_device()
         self.processor, self.model = load_pretrained(
-            self.path, processor_cls, model_cls, "semantic segmentation"
+            self.path, processor_cls, model_cls, "semantic segmentation", complete=True
         )
         self.model.to(self.device).eval()
         self.dtype = torch.bfloat16 if (half and self.device.type == "cuda") else torch.float32
