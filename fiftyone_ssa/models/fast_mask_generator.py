@@ -52,6 +52,22 @@ if TYPE_CHECKING:
 _UPSAMPLE_BUDGET = {"cuda": 2 << 30, "cpu": 256 << 20}
 
 
+def check_rgb_image(image) -> None:
+    """Raises ValueError (one line) unless ``image`` is an (H, W, 3) uint8 array, as SAM needs
+    (segment-anything's own generator fails on anything else with an AssertionError)."""
+    if not (
+        isinstance(image, np.ndarray)
+        and image.ndim == 3
+        and image.shape[2] == 3
+        and image.dtype == np.uint8
+    ):
+        raise ValueError(
+            "Expected `image` to be an (H, W, 3) uint8 array, but got "
+            f"{type(image).__name__} {getattr(image, 'shape', '')} "
+            f"{getattr(image, 'dtype', '')}"
+        )
+
+
 def check_point_grid_settings(
     points_per_side: int, crop_n_layers: int, crop_n_points_downscale_factor: int
 ) -> None:
@@ -321,17 +337,7 @@ class FastMaskGenerator:
         """
         from segment_anything.utils.amg import generate_crop_boxes
 
-        if not (
-            isinstance(image, np.ndarray)
-            and image.ndim == 3
-            and image.shape[2] == 3
-            and image.dtype == np.uint8
-        ):
-            raise ValueError(
-                "Expected `image` to be an (H, W, 3) uint8 array, but got "
-                f"{type(image).__name__} {getattr(image, 'shape', '')} "
-                f"{getattr(image, 'dtype', '')}"
-            )
+        check_rgb_image(image)
         height, width = image.shape[:2]
         crop_boxes, layer_idxs = generate_crop_boxes(
             (height, width), self.crop_n_layers, self.crop_overlap_ratio

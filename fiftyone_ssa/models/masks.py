@@ -11,6 +11,11 @@ import numpy as np
 import torch
 
 from fiftyone_ssa.core.mask_set import MaskSet
+from fiftyone_ssa.models.fast_mask_generator import (
+    FastMaskGenerator,
+    check_point_grid_settings,
+    check_rgb_image,
+)
 from fiftyone_ssa.models.semantic import default_device
 
 # The original SSA's automatic mask generation settings (the rest at segment-anything's defaults).
@@ -128,11 +133,6 @@ class SamMaskBranch(MaskBranch):
         self._generator = self._make_generator()
 
     def _make_generator(self):
-        from fiftyone_ssa.models.fast_mask_generator import (
-            FastMaskGenerator,
-            check_point_grid_settings,
-        )
-
         if self.fast:
             return FastMaskGenerator(self.model, **self.options)  # checks its grid itself
         options = self.options
@@ -158,17 +158,7 @@ class SamMaskBranch(MaskBranch):
                 predicted_iou=out.predicted_iou.float().to(self.device),
                 stability_score=out.stability_score.float().to(self.device),
             )
-        if not (
-            isinstance(image, np.ndarray)
-            and image.ndim == 3
-            and image.shape[2] == 3
-            and image.dtype == np.uint8
-        ):  # as the fast generator; segment-anything's fails with an AssertionError
-            raise ValueError(
-                "Expected `image` to be an (H, W, 3) uint8 array, but got "
-                f"{type(image).__name__} {getattr(image, 'shape', '')} "
-                f"{getattr(image, 'dtype', '')}"
-            )
+        check_rgb_image(image)
         records = generator.generate(image)
         h, w = image.shape[:2]
         if not records:
