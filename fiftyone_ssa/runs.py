@@ -22,6 +22,8 @@ from fiftyone import ViewField as F
 # ``dataset.info`` key under which each label field's last run configuration is kept.
 RUNS_INFO_KEY = "fiftyone_ssa_runs"
 RUN_KEY_ATTRIBUTE = "run_key"
+# The output field names runs accept: top-level, ASCII letter first (the plugin's forms too).
+FIELD_NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 # Above this many mask pixels per sample, instance masks go to disk (``mask_path``).
 MAX_INLINE_MASK_PIXELS = 8_000_000
 
@@ -117,7 +119,7 @@ def check_target(samples, label_field: str) -> None:
 
 def check_field_name(label_field: Any) -> None:
     """Raises ValueError (one line) unless ``label_field`` is a plain top-level field name."""
-    if not isinstance(label_field, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", label_field):
+    if not isinstance(label_field, str) or not FIELD_NAME_PATTERN.fullmatch(label_field):
         raise ValueError(
             "Expected `label_field` to be a top-level field name (letters, digits and "
             f"underscores, starting with a letter), but got {label_field!r}"

@@ -16,10 +16,14 @@ import fiftyone.operators.types as types
 from .library import import_library
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
-# The output field names the library accepts (``fiftyone_ssa.runs.check_field_name``).
-FIELD_NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 # Instance masks are looked for in this many labelled samples of a Detections field.
 MASK_PROBE_SAMPLES = 20
+
+
+def usable_field_name(name) -> bool:
+    """Whether the library takes ``name`` as an output field (``runs.FIELD_NAME_PATTERN``)."""
+    pattern = import_library("fiftyone_ssa.runs").FIELD_NAME_PATTERN
+    return isinstance(name, str) and bool(pattern.fullmatch(name))
 
 
 def block(inputs: types.Object, name: str, message: str, warning: bool = False) -> None:
@@ -192,7 +196,7 @@ def output_field_inputs(
     if not isinstance(label_field, str) or not label_field:
         block(inputs, "label_field_error", "Choose a label field name")
         return None
-    if not FIELD_NAME_PATTERN.fullmatch(label_field):
+    if not usable_field_name(label_field):
         block(
             inputs,
             "label_field_error",

@@ -8,7 +8,6 @@ import fiftyone as fo
 import fiftyone.operators.types as types
 
 from .forms import (
-    FIELD_NAME_PATTERN,
     SSAOperator,
     block,
     dropdown,
@@ -18,6 +17,7 @@ from .forms import (
     require_dataset,
     target_input,
     target_samples,
+    usable_field_name,
 )
 from .library import ProgressReporter, import_library
 
@@ -91,7 +91,7 @@ class ImportSA1B(SSAOperator):
             )
         inputs.str("label_field", default="sa1b", required=False, label="Label field")
         label_field = ctx.params.get("label_field", "sa1b")
-        if not isinstance(label_field, str) or not FIELD_NAME_PATTERN.fullmatch(label_field):
+        if not usable_field_name(label_field):
             block(inputs, "label_field_error", f"{label_field!r} is not a usable field name")
         return types.Property(inputs, view=types.View(label="Import SA-1B"))
 
