@@ -217,9 +217,8 @@ def paint_masks(
         raise ValueError(f"Expected `labels` to be ({n},), but got shape {tuple(labels.shape)}")
     if class_map.dtype in WIDE_UNSIGNED_DTYPES:
         return paint_masks(class_map.long(), masks, labels, order).to(class_map.dtype)
-    out = class_map.clone()
     if n == 0:
-        return out
+        return class_map.clone(memory_format=torch.contiguous_format)
     flat_masks = masks.reshape(n, class_map.numel()).bool()
     if order is None:
         order = painting_order(flat_masks.sum(dim=1))
@@ -237,6 +236,7 @@ def paint_masks(
     # label_by_rank[r] = label of the mask with rank r.
     label_by_rank = torch.zeros(n + 1, dtype=labels.dtype, device=labels.device)
     label_by_rank[rank.long()] = labels
-    flat_out = out.reshape(-1)
-    flat_out[covered] = label_by_rank[top[covered].long()].to(out.dtype)
-    return out
+    # Computed, not written through ``class_map.reshape(-1)``: for a non-contiguous map (a
+    # transposed or sliced view) that reshape is a copy, and writes into it would be lost.
+    painted = label_by_rank[top.long()].to(class_map.dtype)
+    return torch.where(covered, painted, class_map.reshape(-1)).view(class_map.shape)
