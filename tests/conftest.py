@@ -20,6 +20,8 @@ pytest_plugins = [
     "tests.fixtures.sam",
     "tests.fixtures.sa1b",
     "tests.fixtures.engine",
+    "tests.fixtures.network",
+    "tests.fixtures.fake_hub",
 ]
 
 

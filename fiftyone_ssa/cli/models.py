@@ -31,7 +31,7 @@ def run_list(args: argparse.Namespace) -> int:
             (
                 preset.name,
                 preset.task,
-                "yes" if weights.is_present(preset.name) else "no",
+                _presence(preset.name),
                 preset.source,
                 preset.description,
             )
@@ -40,6 +40,18 @@ def run_list(args: argparse.Namespace) -> int:
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
     return 0
+
+
+def _presence(name: str) -> str:
+    """``yes``; ``no`` (nothing there); ``no: lacks <files>`` for a partly filled directory."""
+    from fiftyone_ssa.models import weights
+
+    missing = weights.missing_preset_files(name)
+    if not missing:
+        return "yes"
+    if not weights.local_dir(name).exists():
+        return "no"
+    return f"no: lacks {', '.join(missing)}"
 
 
 def run_download(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,47 @@ def load_error(kind: str, path: Path, err: Exception) -> ValueError:
     """One line saying which model could not be loaded from where, and why."""
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     return ValueError(f"cannot load a {kind} model from {path}: {first}")
+
+
+def hub_processor_options(path: Path) -> dict[str, Any]:
+    """Processor options that make a hub repository's legacy files load as shipped, offline.
+
+    - OneFormer's ``preprocessor_config.json`` names a ``class_info_file`` that transformers
+      reads from another repository (``repo_path``, fetched when the processor is built): it is
+      read from ``path`` instead, where ``fiftyone-ssa models download`` puts it.
+    - Segformer's and OneFormer's legacy ``reduce_labels`` is today's ``do_reduce_labels``
+      (transformers 5 keeps the old key but does not act on it).
+
+    Args:
+        path: a local model directory.
+
+    Returns:
+        Keyword arguments for the image processor's ``from_pretrained``.
+
+    Raises:
+        FileNotFoundError: the class-info file the config names is not in ``path``.
+    """
+    config_path = path / "preprocessor_config.json"
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8-sig"))
+    except (OSError, ValueError):
+        return {}  # no or unreadable config: transformers' own error says so
+    if not isinstance(config, dict):
+        return {}
+    options: dict[str, Any] = {}
+    if "reduce_labels" in config and "do_reduce_labels" not in config:
+        options["do_reduce_labels"] = bool(config["reduce_labels"])
+    class_info = config.get("class_info_file")
+    if isinstance(class_info, str) and class_info:
+        if not (path / class_info).is_file():
+            source = config.get("repo_path") or "shi-labs/oneformer_demo"
+            raise FileNotFoundError(
+                f"{path} lacks {class_info} (the class names its preprocessor_config.json reads "
+                f"from {source}): run `fiftyone-ssa models download` for this model, or copy "
+                f"{class_info} from {source} into {path}"
+            )
+        options["repo_path"] = str(path)
+    return options
 
 
 def load_pretrained(
@@ -40,7 +82,8 @@ def load_pretrained(
         ValueError: one line, whatever went wrong (missing files, config, weights, shapes).
     """
     try:
-        processor = processor_cls.from_pretrained(path, local_files_only=True)
+        options = hub_processor_options(path)
+        processor = processor_cls.from_pretrained(path, local_files_only=True, **options)
         model, info = model_cls.from_pretrained(
             path, local_files_only=True, output_loading_info=True
         )

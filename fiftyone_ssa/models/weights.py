@@ -15,6 +15,7 @@ line saying how to provide it.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import urllib.request
@@ -196,20 +197,77 @@ def local_dir(name: str) -> Path:
     raise ValueError(f"Expected a preset name or a Hugging Face id, but got {name!r}")
 
 
-def _has_hf_weights(directory: Path) -> bool:
-    if not (directory / "config.json").is_file():
-        return False
-    patterns = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
-    return any(any(directory.glob(p)) for p in patterns)
+_WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "*.safetensors.index.json")
+
+# The tokenizer files a model family loads, as alternatives: any one group complete will do
+# (the hub's repositories ship the slow tokenizer's files, newer saves a tokenizer.json).
+_TOKENIZER_FILES = {
+    "oneformer": (("tokenizer.json",), ("vocab.json", "merges.txt")),
+    "clipseg": (("tokenizer.json",), ("vocab.json", "merges.txt")),
+    "blip": (("tokenizer.json",), ("vocab.txt",)),
+}
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or None when it cannot be read as one."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def class_info_file(directory: Path) -> str | None:
+    """The class-info file a OneFormer processor config names (``class_info_file``), if any.
+
+    OneFormer's hub repositories keep their class names in a file of *another* repository
+    (``repo_path``, the ``shi-labs/oneformer_demo`` dataset), which transformers fetches when
+    the processor is built; :func:`download` puts it beside the model instead.
+    """
+    config = _read_json(directory / "preprocessor_config.json") or {}
+    name = config.get("class_info_file")
+    return name if isinstance(name, str) and name else None
+
+
+def missing_files(directory: Path) -> list[str]:
+    """The files a Hugging Face model directory lacks for an offline load (empty if complete).
+
+    Needed: ``config.json`` (readable), the weights, ``preprocessor_config.json``, the class-info
+    file it names (OneFormer), and the tokenizer files of the model's family (OneFormer and
+    CLIPSeg: CLIP's ``vocab.json`` + ``merges.txt``; BLIP: ``vocab.txt``; or a
+    ``tokenizer.json``).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return [f"{directory.name}/ (the whole directory)"]
+    config = _read_json(directory / "config.json")
+    if config is None:
+        present = (directory / "config.json").is_file()
+        return ["config.json (unreadable)" if present else "config.json"]
+    missing = []
+    if not any(any(directory.glob(p)) for p in _WEIGHT_PATTERNS):
+        missing.append("model.safetensors or pytorch_model.bin")
+    if not (directory / "preprocessor_config.json").is_file():
+        missing.append("preprocessor_config.json")
+    elif (info := class_info_file(directory)) and not (directory / info).is_file():
+        missing.append(info)
+    groups = _TOKENIZER_FILES.get(str(config.get("model_type", "")), ())
+    if groups and not any(all((directory / f).is_file() for f in g) for g in groups):
+        missing.append(" + ".join(groups[-1]))
+    return missing
+
+
+def missing_preset_files(name: str) -> list[str]:
+    """The files a preset or Hugging Face id lacks in the models directory (empty if complete)."""
+    preset = PRESETS.get(name)
+    if preset is not None and preset.kind in ("sam", "open_clip"):
+        return [] if (local_dir(name) / preset.filename).is_file() else [preset.filename]
+    return missing_files(local_dir(name))
 
 
 def is_present(name: str) -> bool:
-    """Whether the weights of a preset or Hugging Face id are in the models directory."""
-    directory = local_dir(name)
-    preset = PRESETS.get(name)
-    if preset is not None and preset.kind in ("sam", "open_clip"):
-        return (directory / preset.filename).is_file()
-    return _has_hf_weights(directory)
+    """Whether every file a preset or Hugging Face id needs is in the models directory."""
+    return not missing_preset_files(name)
 
 
 def missing_weights_message(*names: str) -> str:
@@ -218,10 +276,16 @@ def missing_weights_message(*names: str) -> str:
     for name in names:
         directory = local_dir(name)
         preset = PRESETS.get(name)
-        where.append(directory / preset.filename if preset and preset.filename else directory)
+        missing = missing_preset_files(name)
+        if preset is not None and preset.filename:
+            where.append(f"{directory / preset.filename} not found")
+        elif directory.is_dir() and missing:
+            where.append(f"{directory} lacks {', '.join(missing)}")
+        else:
+            where.append(f"{directory} not found")
     return (
-        f"missing weights for {', '.join(map(repr, names))}: {', '.join(map(str, where))} not "
-        f"found. Run `fiftyone-ssa models download {' '.join(names)}` (needs internet), or copy "
+        f"missing weights for {', '.join(map(repr, names))}: {'; '.join(where)}. Run "
+        f"`fiftyone-ssa models download {' '.join(names)}` (needs internet), or copy "
         "the files there, or point --models-dir / $FIFTYONE_SSA_MODELS_DIR at a directory that "
         "has them"
     )
@@ -276,6 +340,39 @@ def _download_url(url: str, dest: Path, progress: bool) -> None:
     part.replace(dest)
 
 
+# What a load reads from a transformers repository; other files (TF / Flax / ONNX weights, the
+# original framework's checkpoints such as OneFormer's detectron2 .pth) are not fetched.
+_HF_LOAD_PATTERNS = ["*.json", "*.txt", "*.model"]
+
+
+def _download_hf_repo(repo: str, directory: Path) -> None:
+    """Fetches what a transformers load of ``repo`` needs into ``directory``.
+
+    One set of weights (safetensors where the repository has them, else PyTorch's ``.bin``),
+    configs and tokenizer files, and the class-info file a OneFormer processor config names
+    from its ``repo_path`` dataset repository (transformers would fetch it into the Hugging Face
+    cache when the processor is built; here it lands beside the model, read offline).
+    """
+    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+
+    files = HfApi().list_repo_files(repo)
+    if any(f.endswith(".safetensors") for f in files):
+        weights_patterns = ["*.safetensors", "*.safetensors.index.json"]
+    else:
+        weights_patterns = ["pytorch_model*.bin", "*.bin.index.json"]
+    snapshot_download(
+        repo, local_dir=directory, allow_patterns=_HF_LOAD_PATTERNS + weights_patterns
+    )
+    info = class_info_file(directory)
+    if info and not (directory / info).is_file():
+        config = _read_json(directory / "preprocessor_config.json") or {}
+        source = config.get("repo_path") or "shi-labs/oneformer_demo"
+        try:
+            hf_hub_download(source, info, repo_type="dataset", local_dir=directory)
+        except Exception:  # as transformers does: then a model repository of that name
+            hf_hub_download(source, info, local_dir=directory)
+
+
 def download(name: str, progress: bool = True) -> Path:
     """Fetches the weights of a preset or Hugging Face id into the models directory.
 
@@ -297,18 +394,12 @@ def download(name: str, progress: bool = True) -> Path:
     try:
         if preset is not None and preset.kind == "sam":
             _download_url(preset.source, directory / preset.filename, progress)
-        else:
-            from huggingface_hub import hf_hub_download, snapshot_download
+        elif preset is not None and preset.kind == "open_clip":
+            from huggingface_hub import hf_hub_download
 
-            repo = preset.source if preset is not None else name
-            if preset is not None and preset.kind == "open_clip":
-                hf_hub_download(repo, preset.filename, local_dir=directory)
-            else:
-                snapshot_download(
-                    repo,
-                    local_dir=directory,
-                    allow_patterns=["*.json", "*.txt", "*.model", "*.safetensors", "*.bin"],
-                )
+            hf_hub_download(preset.source, preset.filename, local_dir=directory)
+        else:
+            _download_hf_repo(preset.source if preset is not None else name, directory)
     except Exception as err:  # network and hub errors of every kind
         if not any(directory.iterdir()):
             shutil.rmtree(directory, ignore_errors=True)
@@ -317,4 +408,10 @@ def download(name: str, progress: bool = True) -> Path:
             f"could not download {name!r} into {directory}: {reason}. Copy the files there by "
             "hand on an offline machine"
         ) from None
+    missing = missing_preset_files(name)
+    if missing:
+        raise RuntimeError(
+            f"downloaded {name!r} into {directory}, but it lacks {', '.join(missing)}: the "
+            "repository does not ship what a load needs; copy the missing files there by hand"
+        )
     return resolve(name)
