@@ -1,7 +1,7 @@
 """BLIP's vision encoder: transformers' eager attention vs ours through SDPA, side by side.
 
 ``BlipCaptioner`` switches the encoder's attention modules to
-``scaled_dot_product_attention`` (``fiftyone_ssa.models.captioner.use_sdpa_attention``); this
+``scaled_dot_product_attention`` (``fiftyone_ssa.models.engine.captioner.use_sdpa_attention``); this
 times the real-size encoder (random weights) both ways on the same crops, alternating, and
 reports the largest difference of the outputs.
 
@@ -17,8 +17,8 @@ import argparse
 import torch
 
 from benchmarks.harness import Results
-from fiftyone_ssa.models import random_init
-from fiftyone_ssa.models.captioner import use_sdpa_attention
+from fiftyone_ssa.models.engine.captioner import use_sdpa_attention
+from fiftyone_ssa.testing import random_init
 
 
 def run(

@@ -19,8 +19,8 @@ import argparse
 import torch
 
 from benchmarks.harness import Results
-from fiftyone_ssa.models.sam_loader import build_sam
-from fiftyone_ssa.models.sam_prompt_decoder import PromptBatchDecoder
+from fiftyone_ssa.models.masks.prompt_decoder import PromptBatchDecoder
+from fiftyone_ssa.models.masks.sam_loader import build_sam
 from tests.fixtures.sam import module_decode
 
 # segment-anything's ViT-B config with a 1-layer, 32-dim encoder: the decoder is full size.

@@ -27,7 +27,7 @@ import torch
 
 from benchmarks.harness import MethodTimer, Results, Row, sync
 from benchmarks.presets import ORIGINAL_SAM_OPTIONS, TINY_OVERRIDES
-from fiftyone_ssa.models import random_init
+from fiftyone_ssa.testing import random_init
 
 THRESHOLDS_0 = {"pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
 CASES = {
@@ -44,7 +44,7 @@ VARIANTS = {
 
 def blob_model(name: str, tiny: bool, device: torch.device, iou_target: float | None):
     """A random SAM of the preset with blob-segmenting weights (see the module docstring)."""
-    from fiftyone_ssa.models.tiny_sam import make_blob_segmenter
+    from fiftyone_ssa.testing.tiny_sam import make_blob_segmenter
 
     torch.manual_seed(0)
     model = random_init.build_random_model(name, TINY_OVERRIDES["sam"] if tiny else None)
@@ -104,7 +104,7 @@ def run(
     """
     from segment_anything import SamAutomaticMaskGenerator
 
-    from fiftyone_ssa.models.fast_mask_generator import FastMaskGenerator
+    from fiftyone_ssa.models.masks.fast_generator import FastMaskGenerator
     from tests.fixtures.sam import blob_scene
 
     name, tiny, (height, width), settings = CASES[case]
@@ -132,7 +132,7 @@ def run(
         ours.generate(image)  # warm-up (and compilation)
         timer = MethodTimer(device)
         if stages:
-            import fiftyone_ssa.models.fast_mask_generator as module
+            import fiftyone_ssa.models.masks.fast_generator as module
 
             for owner, method, key in [
                 (ours, "_embed", "encoder"),

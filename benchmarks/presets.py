@@ -4,15 +4,15 @@
 smoke test and quick checks. ``small``: the real architectures of the light models at a small
 image size, for CPUs. ``original``: the original SSA's settings (1500x2250 images, SAM ViT-H at
 64 points per side with one crop layer, Segformer-B5, the default SSA-engine models), for GPUs.
-Every model has random weights (``fiftyone_ssa.models.random_init``).
+Every model has random weights (``fiftyone_ssa.testing.random_init``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fiftyone_ssa.models.engine_models import DEFAULT_ENGINE_MODELS, LIGHT_ENGINE_MODELS
-from fiftyone_ssa.models.masks import SSA_MASK_GENERATOR_DEFAULTS
+from fiftyone_ssa.models.engine.models import DEFAULT_ENGINE_MODELS, LIGHT_ENGINE_MODELS
+from fiftyone_ssa.models.masks.branches import SSA_MASK_GENERATOR_DEFAULTS
 
 # Overrides that shrink each family while keeping its structure (see random_init).
 _TINY_SWIN = {

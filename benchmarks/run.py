@@ -5,7 +5,7 @@ branch, voting and painting (the original's per-mask loop from RLE, ours from RL
 ours on dense masks on the device), SSA-engine (ours, batched, per model; the original's
 per-mask pipeline at batch size 1 in fp32, per model, on the same models and masks) and writing
 the labels to the FiftyOne database. Every model has the real architecture of its preset with
-random weights (``fiftyone_ssa.models.random_init``); no weights are needed to measure speed.
+random weights (``fiftyone_ssa.testing.random_init``); no weights are needed to measure speed.
 
 Usage::
 
@@ -39,8 +39,8 @@ from benchmarks.presets import BENCH_PRESETS, TINY_OVERRIDES, BenchPreset
 from benchmarks.reference_ssa import reference_engine, reference_vote_and_paint
 from benchmarks.voting_inputs import make_voting_inputs
 from fiftyone_ssa.core.rle import masks_to_rles
-from fiftyone_ssa.models import random_init
-from fiftyone_ssa.models.nouns import NounExtractor
+from fiftyone_ssa.models.engine.nouns import NounExtractor
+from fiftyone_ssa.testing import random_init
 
 ENGINE_PARTS = {
     "ade": "OneFormer ADE20K",
@@ -175,7 +175,7 @@ class ModelCache:
 def load_engine_models(
     preset: BenchPreset, cache: ModelCache, device, nlp, half: bool, caption_nouns: int
 ):
-    from fiftyone_ssa.models.engine_models import EngineModels
+    from fiftyone_ssa.models.engine.models import EngineModels
 
     paths = {role: str(cache.directory(name)) for role, name in preset.engine.items()}
     models = EngineModels.load(device=device, spacy_model=nlp, half=half, **paths)
@@ -197,7 +197,7 @@ def bench_decode(results: Results, images: list[np.ndarray], workdir: Path) -> l
 
 
 def bench_sam(results, preset, cache, images, device) -> int:
-    from fiftyone_ssa.models.masks import SamMaskBranch
+    from fiftyone_ssa.models.masks.branches import SamMaskBranch
 
     model = cache.sam(preset.sam, device)
     branch = SamMaskBranch(model, name=preset.sam, fast=True, **preset.sam_options)
@@ -288,7 +288,7 @@ def bench_voting(results, preset, device, n_images: int, repeats: int = 2) -> No
 
 
 def bench_engine(results, preset, cache, images, device, nlp, caption_nouns: int) -> list:
-    from fiftyone_ssa.models.engine_models import label_masks
+    from fiftyone_ssa.models.engine.models import label_masks
 
     half = device.type == "cuda"
     models = load_engine_models(preset, cache, device, nlp, half, caption_nouns)

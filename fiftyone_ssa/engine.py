@@ -1,7 +1,7 @@
 """SSA-engine over a FiftyOne collection: an open-vocabulary name and top-k proposals per mask.
 
 The models and the batched labelling core (:class:`EngineModels`, :func:`label_masks`) live in
-``fiftyone_ssa.models.engine_models`` (no FiftyOne); :func:`apply_ssa_engine` feeds them a
+``fiftyone_ssa.models.engine.models`` (no FiftyOne); :func:`apply_ssa_engine` feeds them a
 FiftyOne view (masks from an existing field or SAM) and writes the label fields.
 """
 
@@ -22,7 +22,7 @@ from fiftyone_ssa.core.mask_set import MaskSet
 from fiftyone_ssa.core.vocabulary import check_vocabulary
 from fiftyone_ssa.core.voting import paint_masks, painting_order
 from fiftyone_ssa.labels import build_detections, class_map_to_numpy, float_or_none
-from fiftyone_ssa.models.engine_models import (
+from fiftyone_ssa.models.engine.models import (
     CAPTION_CROP_SCALE,
     CLIP_CROP_SCALE,
     CLIPSEG_CROP_SCALE,
@@ -33,8 +33,8 @@ from fiftyone_ssa.models.engine_models import (
     engine_mask_generator_defaults,
     label_masks,
 )
-from fiftyone_ssa.models.masks import FieldMaskBranch
-from fiftyone_ssa.models.nouns import DEFAULT_SPACY_MODEL
+from fiftyone_ssa.models.engine.nouns import DEFAULT_SPACY_MODEL
+from fiftyone_ssa.models.masks.branches import FieldMaskBranch
 from fiftyone_ssa.models.registry import create_branch, field_name
 from fiftyone_ssa.pipeline import (
     DEFAULT_MASK_BRANCH,

@@ -26,9 +26,9 @@ from fiftyone_ssa.labels import (
     float_or_none,
     segmentation_to_tensor,
 )
-from fiftyone_ssa.models.masks import FieldMaskBranch, MaskBranch
+from fiftyone_ssa.models.masks.branches import FieldMaskBranch, MaskBranch
 from fiftyone_ssa.models.registry import create_branch, field_name
-from fiftyone_ssa.models.semantic import FieldSemanticBranch, SemanticBranch
+from fiftyone_ssa.models.semantic.branches import FieldSemanticBranch, SemanticBranch
 from fiftyone_ssa.run_loop import LabellingJob, check_run_options, execute_labelling_run
 from fiftyone_ssa.runs import SampleSummary, SSARunSummary
 

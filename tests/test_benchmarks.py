@@ -5,7 +5,7 @@ import re
 from benchmarks import bench_blip_attention, bench_voting
 from benchmarks.presets import TINY_OVERRIDES
 from benchmarks.run import StandInCaptionNouns, random_spacy_pipeline, run
-from fiftyone_ssa.models.nouns import NounExtractor
+from fiftyone_ssa.models.engine.nouns import NounExtractor
 
 
 def test_harness_runs_every_stage_but_sam_with_tiny_models(tmp_path):

@@ -154,8 +154,8 @@ def test_crop_transforms_match_the_processors():
     from PIL import Image
     from transformers import BlipImageProcessor, ViTImageProcessor
 
-    from fiftyone_ssa.models.captioner import crop_transform_from_processor
-    from fiftyone_ssa.models.clip_filter import crop_transform_from_open_clip
+    from fiftyone_ssa.models.engine.captioner import crop_transform_from_processor
+    from fiftyone_ssa.models.engine.clip_filter import crop_transform_from_open_clip
     from tests.fixtures.engine import TINY_CLIP_CONFIG
 
     image = smooth_image(90, 120)
@@ -238,7 +238,7 @@ TEXTS = ["a big red dog on the grass", "it", "the car of the house with a small 
     [("parser", "noun_chunks"), ("tagger", "pos"), ("blank", "words")],
 )
 def test_noun_phrases_with_and_without_parser(kind, strategy):
-    from fiftyone_ssa.models.nouns import NounExtractor
+    from fiftyone_ssa.models.engine.nouns import NounExtractor
 
     extractor = NounExtractor(build_tiny_spacy(kind))
     assert extractor.strategy == strategy
@@ -251,7 +251,7 @@ def test_noun_phrases_with_and_without_parser(kind, strategy):
 
 
 def test_tag_fallback_cuts_runs_after_their_last_noun():
-    from fiftyone_ssa.models.nouns import NounExtractor
+    from fiftyone_ssa.models.engine.nouns import NounExtractor
 
     assert NounExtractor(build_tiny_spacy("tagger")).extract(["red dog grass big"]) == [
         ["red dog grass"]
@@ -259,7 +259,7 @@ def test_tag_fallback_cuts_runs_after_their_last_noun():
 
 
 def test_spacy_pipeline_from_a_path(tiny_engine_dirs):
-    from fiftyone_ssa.models.nouns import NounExtractor
+    from fiftyone_ssa.models.engine.nouns import NounExtractor
 
     extractor = NounExtractor(str(tiny_engine_dirs["spacy"]))
     assert extractor.strategy == "noun_chunks"
@@ -267,7 +267,7 @@ def test_spacy_pipeline_from_a_path(tiny_engine_dirs):
 
 
 def test_missing_spacy_model_says_how_to_install(tmp_path):
-    from fiftyone_ssa.models.nouns import load_spacy
+    from fiftyone_ssa.models.engine.nouns import load_spacy
 
     with pytest.raises(ImportError, match="python -m spacy download en_core_web_nothere") as err:
         load_spacy("en_core_web_nothere")
@@ -281,7 +281,7 @@ def test_missing_spacy_model_says_how_to_install(tmp_path):
 
 def test_clip_loaders_agree(tiny_engine_dirs, tmp_path):
     from fiftyone_ssa.models import weights
-    from fiftyone_ssa.models.clip_filter import ClipFilter
+    from fiftyone_ssa.models.engine.clip_filter import ClipFilter
 
     from_dir = ClipFilter(str(tiny_engine_dirs["clip"]), device="cpu")
     architecture = register_tiny_clip_architecture(tmp_path / "configs")
@@ -369,8 +369,8 @@ def test_clipseg_cuts_names_longer_than_its_text_positions(tiny_engine_models):
 
 
 def test_clipseg_encoder_stops_at_the_deepest_layer_the_decoder_reads(tmp_path, scenes):
-    from fiftyone_ssa.models import random_init
-    from fiftyone_ssa.models.clipseg_decider import ClipSegDecider
+    from fiftyone_ssa.models.engine.clipseg_decider import ClipSegDecider
+    from fiftyone_ssa.testing import random_init
 
     # The benchmarks' shrunken CLIPSeg, with more vision layers than the decoder reads.
     tiny = TINY_OVERRIDES["clipseg"]
@@ -435,7 +435,7 @@ def test_clipseg_needs_no_model_for_single_proposals(tiny_engine_models, scenes,
 
 
 def test_clipseg_thin_mask_still_votes(tiny_engine_models):
-    from fiftyone_ssa.models.clipseg_decider import ClipSegDecider
+    from fiftyone_ssa.models.engine.clipseg_decider import ClipSegDecider
 
     # A crop much larger than the model's input (here 32x32 rather than 512x512).
     decider = ClipSegDecider(tiny_engine_models.clipseg.path, device="cpu", input_size=(32, 32))
@@ -455,7 +455,7 @@ def test_clipseg_thin_mask_still_votes(tiny_engine_models):
 def test_blip_sdpa_attention_matches_eager(tiny_engine_dirs, scenes):
     from transformers import BlipForConditionalGeneration
 
-    from fiftyone_ssa.models.captioner import BlipCaptioner, use_sdpa_attention
+    from fiftyone_ssa.models.engine.captioner import BlipCaptioner, use_sdpa_attention
 
     eager = BlipForConditionalGeneration.from_pretrained(tiny_engine_dirs["blip"]).eval()
     captioner = BlipCaptioner(tiny_engine_dirs["blip"], device="cpu", max_new_tokens=8)
@@ -860,7 +860,7 @@ def test_label_masks_on_cuda_in_half_precision(tiny_engine_dirs, scenes):
 def test_loading_clip_leaves_the_root_logger_alone(tiny_engine_dirs, monkeypatch):
     import logging
 
-    from fiftyone_ssa.models.clip_filter import ClipFilter
+    from fiftyone_ssa.models.engine.clip_filter import ClipFilter
 
     root = logging.getLogger()
     monkeypatch.setattr(root, "handlers", [])  # as in a fresh process (pytest adds its own)

@@ -5,15 +5,15 @@ import pytest
 import torch
 
 from fiftyone_ssa.core.mask_set import MaskSet
-from fiftyone_ssa.models.fast_mask_generator import (
+from fiftyone_ssa.models.masks.branches import SamMaskBranch
+from fiftyone_ssa.models.masks.fast_generator import (
     FastMaskGenerator,
     SamMaskSet,
     _boxes_from_projections,
     _upsample_logits,
 )
-from fiftyone_ssa.models.masks import SamMaskBranch
-from fiftyone_ssa.models.sam_loader import build_sam, load_sam_dir
-from fiftyone_ssa.models.sam_small_regions import (
+from fiftyone_ssa.models.masks.sam_loader import build_sam, load_sam_dir
+from fiftyone_ssa.models.masks.small_regions import (
     postprocess_small_regions,
     remove_small_regions_in_box,
 )

@@ -18,7 +18,7 @@ from PIL import Image
 
 from fiftyone_ssa import apply_ssa
 from fiftyone_ssa.labels import build_detections
-from fiftyone_ssa.models.semantic import CallableSemanticBranch
+from fiftyone_ssa.models.semantic.branches import CallableSemanticBranch
 from tests.fixtures.sam import blob_scene
 
 # Images of this size make the "model" below raise.

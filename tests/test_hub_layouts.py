@@ -162,7 +162,7 @@ def install_clip(models_dir: Path, checkpoint: Path) -> str:
 def test_clip_preset_and_hub_directory_load_offline(models_dir, no_network, clip_b32_checkpoint):
     """The preset (the checkpoint) and the repository directory (its open_clip_config.json)
     both build OpenAI's QuickGELU model and give the same embeddings."""
-    from fiftyone_ssa.models.clip_filter import load_open_clip
+    from fiftyone_ssa.models.engine.clip_filter import load_open_clip
 
     preset = install_clip(models_dir, clip_b32_checkpoint)
     by_preset, tokenizer, _ = load_open_clip(preset)
@@ -180,7 +180,7 @@ def test_engine_presets_in_hub_layouts_label_an_image_offline(
     models_dir, no_network, scene_dataset, clip_b32_checkpoint
 ):
     from fiftyone_ssa import apply_ssa_engine
-    from fiftyone_ssa.models.tiny import build_tiny_spacy
+    from fiftyone_ssa.testing.tiny import build_tiny_spacy
 
     chosen = {
         "ade": install("shi-labs/oneformer_ade20k_swin_large", models_dir),
@@ -209,7 +209,7 @@ def test_engine_presets_in_hub_layouts_label_an_image_offline(
 
 @pytest.mark.parametrize("repo", BLIP)
 def test_blip_presets_caption_offline(repo, models_dir, no_network):
-    from fiftyone_ssa.models.captioner import BlipCaptioner
+    from fiftyone_ssa.models.engine.captioner import BlipCaptioner
 
     preset = install(repo, models_dir)
     captioner = BlipCaptioner(weights.resolve(preset), device="cpu")

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from benchmarks.presets import TINY_OVERRIDES
-from fiftyone_ssa.models import random_init, weights
+from fiftyone_ssa.models import weights
+from fiftyone_ssa.testing import random_init
 
 # Unique parameters of the real models (model cards; BLIP's count its tied LM head once).
 PUBLISHED_PARAMETERS = {
@@ -98,10 +99,10 @@ def test_unknown_names():
 
 def test_random_models_load_through_the_real_loaders(tmp_path):
     """Each family saved with small overrides and loaded by the project's own loaders."""
-    from fiftyone_ssa.models.captioner import BlipCaptioner
-    from fiftyone_ssa.models.clip_filter import ClipFilter
-    from fiftyone_ssa.models.clipseg_decider import ClipSegDecider
-    from fiftyone_ssa.models.masks import load_sam_branch
+    from fiftyone_ssa.models.engine.captioner import BlipCaptioner
+    from fiftyone_ssa.models.engine.clip_filter import ClipFilter
+    from fiftyone_ssa.models.engine.clipseg_decider import ClipSegDecider
+    from fiftyone_ssa.models.masks.branches import load_sam_branch
     from fiftyone_ssa.models.registry import create_branch
 
     def save(name):

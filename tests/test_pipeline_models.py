@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from fiftyone_ssa import apply_ssa
-from fiftyone_ssa.models import sam_loader
+from fiftyone_ssa.models.masks import sam_loader
 from tests.fixtures.models import TINY_CLASSES
 
 TINY_SAM = {
@@ -78,7 +78,7 @@ def test_sam_and_segformer_end_to_end(photo_dataset, tiny_sam_checkpoint, tiny_s
 
 def test_segment_anything_generator_path(photo_dataset, tiny_sam_checkpoint):
     """The mask branch can use segment-anything's own generator (fast=False)."""
-    from fiftyone_ssa.models.masks import load_sam_branch
+    from fiftyone_ssa.models.masks.branches import load_sam_branch
 
     branch = load_sam_branch(tiny_sam_checkpoint, device="cpu", fast=False, **PERMISSIVE)
     image = np.zeros((40, 30, 3), dtype=np.uint8)

@@ -5,7 +5,7 @@ import pickle
 import pytest
 import torch
 
-from fiftyone_ssa.models.sam_loader import (
+from fiftyone_ssa.models.masks.sam_loader import (
     SAM_ARCHITECTURES,
     build_sam,
     load_sam,

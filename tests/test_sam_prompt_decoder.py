@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from fiftyone_ssa.models.sam_loader import build_sam
-from fiftyone_ssa.models.sam_prompt_decoder import PromptBatchDecoder
-from fiftyone_ssa.models.tiny_sam import TINY_SAM_CONFIG
+from fiftyone_ssa.models.masks.prompt_decoder import PromptBatchDecoder
+from fiftyone_ssa.models.masks.sam_loader import build_sam
+from fiftyone_ssa.testing.tiny_sam import TINY_SAM_CONFIG
 from tests.fixtures.sam import module_decode
 
 # Every published SAM has this decoder (prompt dim 256, 2 layers, 8 heads, MLP 2048).

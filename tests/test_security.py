@@ -60,9 +60,9 @@ def test_the_payload_really_runs_code_when_unpickled(tmp_path):
 @pytest.mark.parametrize("how", ["path", "path-with-type", "preset", "load_sam"])
 def test_sam_checkpoints_that_run_code_are_refused(tmp_path, how):
     from fiftyone_ssa.models import weights
-    from fiftyone_ssa.models.masks import load_sam_branch
+    from fiftyone_ssa.models.masks.branches import load_sam_branch
+    from fiftyone_ssa.models.masks.sam_loader import load_sam
     from fiftyone_ssa.models.registry import create_branch
-    from fiftyone_ssa.models.sam_loader import load_sam
 
     marker = tmp_path / "ran"
     models = tmp_path / "models"
@@ -107,7 +107,7 @@ def test_semantic_model_weights_that_run_code_are_refused(tmp_path, tiny_segform
 
 
 def test_clip_checkpoints_that_run_code_are_refused(tmp_path):
-    from fiftyone_ssa.models.clip_filter import load_open_clip
+    from fiftyone_ssa.models.engine.clip_filter import load_open_clip
 
     marker = tmp_path / "ran"
     for payload in _write_payloads(tmp_path / "clip", marker, "clip.bin"):
@@ -302,8 +302,8 @@ _SNAPSHOT = textwrap.dedent(
 _LIBRARY_IMPORTS = """
 import fiftyone_ssa, fiftyone_ssa.pipeline, fiftyone_ssa.engine, fiftyone_ssa.sa1b
 import fiftyone_ssa.evaluation, fiftyone_ssa.comparison, fiftyone_ssa.labels
-import fiftyone_ssa.cli, fiftyone_ssa.models.registry, fiftyone_ssa.models.semantic
-import fiftyone_ssa.models.masks, fiftyone_ssa.models.sam_loader, fiftyone_ssa.models.weights
+import fiftyone_ssa.cli, fiftyone_ssa.models.registry, fiftyone_ssa.models.semantic.branches
+import fiftyone_ssa.models.masks.branches, fiftyone_ssa.models.masks.sam_loader, fiftyone_ssa.models.weights
 from fiftyone_ssa.cli import build_parser
 build_parser()
 """

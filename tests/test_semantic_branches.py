@@ -9,7 +9,7 @@ import torch
 
 from fiftyone_ssa import create_branch, list_branches, register_branch
 from fiftyone_ssa.models import weights
-from fiftyone_ssa.models.semantic import CallableSemanticBranch, TransformersSemanticBranch
+from fiftyone_ssa.models.semantic.branches import CallableSemanticBranch, TransformersSemanticBranch
 from tests.fixtures.models import TINY_CLASSES
 
 
@@ -152,7 +152,7 @@ def test_pathlib_paths_are_taken_like_strings(tiny_segformer_dir, tiny_sam_dir):
     branch name, but got PosixPath(...)")."""
     from pathlib import Path
 
-    from fiftyone_ssa.models.masks import SamMaskBranch
+    from fiftyone_ssa.models.masks.branches import SamMaskBranch
 
     branch = create_branch(Path(tiny_segformer_dir), device="cpu")
     assert isinstance(branch, TransformersSemanticBranch)

@@ -212,7 +212,7 @@ def _engine_labels(ds) -> dict:
 def test_two_engine_ranks_with_a_fixed_vocabulary_equal_one_process(
     persistent_scenes, tiny_engine_dirs, tmp_path
 ):
-    from fiftyone_ssa.models.tiny import build_tiny_spacy
+    from fiftyone_ssa.testing.tiny import build_tiny_spacy
 
     # The tiny parser is a Python function registered in this process only; subprocesses load
     # a pipeline of built-in components (POS tags: nouns without noun chunks).

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from fiftyone_ssa.models import weights
-from fiftyone_ssa.models.masks import FieldMaskBranch, MaskBranch, load_sam_branch
-from fiftyone_ssa.models.semantic import (
+from fiftyone_ssa.models.masks.branches import FieldMaskBranch, MaskBranch, load_sam_branch
+from fiftyone_ssa.models.semantic.branches import (
     CallableSemanticBranch,
     CLIPSegSemanticBranch,
     FieldSemanticBranch,
@@ -60,7 +60,7 @@ def register_branch(
 
     Example::
 
-        from fiftyone_ssa.models.semantic import CallableSemanticBranch
+        from fiftyone_ssa.models.semantic.branches import CallableSemanticBranch
 
         @register_branch("my-model", description="our street-scene model")
         def my_model(device=None, **kwargs):
@@ -201,7 +201,7 @@ def create_branch(name: Any, kind: str = "semantic", **kwargs) -> SemanticBranch
         return _semantic_from_dir(weights.resolve(name), **kwargs)
     if _looks_like_path(name):
         if kind == "mask":
-            from fiftyone_ssa.models.sam_loader import missing_checkpoint_message
+            from fiftyone_ssa.models.masks.sam_loader import missing_checkpoint_message
 
             raise FileNotFoundError(missing_checkpoint_message(path))
         raise FileNotFoundError(

@@ -36,7 +36,7 @@ MODEL_ROLES = {
     "clip": "CLIP",
     "clipseg": "CLIPSeg",
 }
-# As in fiftyone_ssa.models.nouns (a test keeps the two equal): a signature default below, read
+# As in fiftyone_ssa.models.engine.nouns (a test keeps the two equal): a signature default below, read
 # at plugin import, when no part of the library may be imported yet.
 DEFAULT_SPACY_MODEL = "en_core_web_sm"
 

@@ -11,12 +11,12 @@ import numpy as np
 import torch
 
 from fiftyone_ssa.core.mask_set import MaskSet
-from fiftyone_ssa.models.fast_mask_generator import (
+from fiftyone_ssa.models.masks.fast_generator import (
     FastMaskGenerator,
     check_point_grid_settings,
     check_rgb_image,
 )
-from fiftyone_ssa.models.semantic import default_device
+from fiftyone_ssa.models.semantic.branches import default_device
 
 # The original SSA's automatic mask generation settings (the rest at segment-anything's defaults).
 SSA_MASK_GENERATOR_DEFAULTS: dict = {
@@ -177,7 +177,7 @@ class SamMaskBranch(MaskBranch):
 
 def _guess_sam_architecture(checkpoint: Path) -> str:
     """vit_b / vit_l / vit_h from the width of a checkpoint's patch embedding."""
-    from fiftyone_ssa.models import sam_loader
+    from fiftyone_ssa.models.masks import sam_loader
 
     with open(checkpoint, "rb") as f:
         zipped = f.read(2) == b"PK"
@@ -226,7 +226,7 @@ def load_sam_branch(
         name: display name.
         **options: mask generator settings.
     """
-    from fiftyone_ssa.models import sam_loader
+    from fiftyone_ssa.models.masks import sam_loader
 
     options = _check_options(options)  # fail on a bad option before loading weights
     source = Path(source)

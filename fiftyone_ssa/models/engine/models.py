@@ -23,12 +23,16 @@ from fiftyone_ssa.core.crops import mask_boxes_xywh, scale_boxes
 from fiftyone_ssa.core.vocabulary import build_candidates, check_vocabulary, refine_coco_name
 from fiftyone_ssa.core.voting import vote_mask_classes
 from fiftyone_ssa.models import weights
-from fiftyone_ssa.models.captioner import BlipCaptioner
-from fiftyone_ssa.models.clip_filter import ClipFilter
-from fiftyone_ssa.models.clipseg_decider import ClipSegDecider
-from fiftyone_ssa.models.nouns import DEFAULT_SPACY_MODEL, NounExtractor
+from fiftyone_ssa.models.engine.captioner import BlipCaptioner
+from fiftyone_ssa.models.engine.clip_filter import ClipFilter
+from fiftyone_ssa.models.engine.clipseg_decider import ClipSegDecider
+from fiftyone_ssa.models.engine.nouns import DEFAULT_SPACY_MODEL, NounExtractor
 from fiftyone_ssa.models.registry import create_branch
-from fiftyone_ssa.models.semantic import FieldSemanticBranch, SemanticBranch, default_device
+from fiftyone_ssa.models.semantic.branches import (
+    FieldSemanticBranch,
+    SemanticBranch,
+    default_device,
+)
 from fiftyone_ssa.models.weights import DEFAULT_ENGINE_MODELS, LIGHT_ENGINE_MODELS
 
 # Crop scales about the mask's box centre (the original SSA-engine's).

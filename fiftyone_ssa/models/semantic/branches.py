@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from fiftyone_ssa.core.upsample import upsample_argmax
-from fiftyone_ssa.models.clipseg_text import clipseg_text_embeddings
 from fiftyone_ssa.models.pretrained import default_device, load_pretrained
+from fiftyone_ssa.models.semantic.clipseg_text import clipseg_text_embeddings
 
 # Our images are always (H, W, 3): without this, image processors guess the channel axis
 # from the shape and take a 1-pixel-high (1, W, 3) or (3, 3, 3) image for channels-first.

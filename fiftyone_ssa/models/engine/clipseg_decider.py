@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 
 from fiftyone_ssa.core.crops import chunk_boxes, crop_mask_coverage, crop_resize_masks
-from fiftyone_ssa.models.captioner import crop_transform_from_processor
-from fiftyone_ssa.models.clip_filter import MAX_CACHED_TEXTS
-from fiftyone_ssa.models.clipseg_text import clipseg_text_embeddings
+from fiftyone_ssa.models.engine.captioner import crop_transform_from_processor
+from fiftyone_ssa.models.engine.clip_filter import MAX_CACHED_TEXTS
 from fiftyone_ssa.models.pretrained import load_pretrained_on_device
+from fiftyone_ssa.models.semantic.clipseg_text import clipseg_text_embeddings
 
 # The original SSA-engine's ``clipseg_segmentation`` resizes CLIPSeg's inputs to this size.
 ORIGINAL_INPUT_SIZE = (512, 512)

@@ -17,7 +17,7 @@ import torch
 
 from fiftyone_ssa.core.crops import CropTransform
 from fiftyone_ssa.models import weights
-from fiftyone_ssa.models.semantic import default_device
+from fiftyone_ssa.models.semantic.branches import default_device
 
 # Beyond this many cached text embeddings the cache starts over (bounds device memory).
 MAX_CACHED_TEXTS = 200_000

@@ -1,9 +1,9 @@
 """Real-size models with random weights, built from the presets' kept configs.
 
 Weights are not needed to measure speed or memory, and cannot be downloaded on offline
-machines. ``fiftyone_ssa/models/configs/<preset>.json`` keeps, for each transformers preset,
+machines. ``fiftyone_ssa/testing/configs/<preset>.json`` keeps, for each transformers preset,
 the model's config dict, its processor's settings and the tokenizer it needs; SAM's sizes are
-:data:`fiftyone_ssa.models.sam_loader.SAM_ARCHITECTURES` and CLIP's are open_clip's own
+:data:`fiftyone_ssa.models.masks.sam_loader.SAM_ARCHITECTURES` and CLIP's are open_clip's own
 configs. :func:`save_random_model` writes a preset with seeded random weights into a directory
 in the layout its real weights have, so that it loads through the project's real loaders
 (``create_branch``, ``BlipCaptioner``, ``ClipFilter``, ``ClipSegDecider``, ``load_sam_branch``).
@@ -144,7 +144,7 @@ def resolve_model_config(name: str, overrides: dict | None = None) -> dict[str, 
     """
     preset = weights.PRESETS.get(name)
     if preset is not None and preset.kind == "sam":
-        from fiftyone_ssa.models.sam_loader import SAM_ARCHITECTURES
+        from fiftyone_ssa.models.masks.sam_loader import SAM_ARCHITECTURES
 
         model = {"name": preset.architecture, **SAM_ARCHITECTURES[preset.architecture]}
         config = {"preset": name, "family": "sam", "model": model, "processor": {}}
@@ -177,7 +177,7 @@ def build_random_model(name: str, overrides: dict | None = None) -> torch.nn.Mod
     family, model_config = config["family"], dict(config["model"])
     model_config.pop("model_type", None)
     if family == "sam":
-        from fiftyone_ssa.models.sam_loader import build_sam
+        from fiftyone_ssa.models.masks.sam_loader import build_sam
 
         return build_sam(model_config)
     if family == "open_clip":
@@ -275,7 +275,7 @@ def save_random_model(
     torch.manual_seed(seed)
     model = build_random_model(name, overrides)
     if config["family"] == "sam":
-        from fiftyone_ssa.models.sam_loader import save_sam
+        from fiftyone_ssa.models.masks.sam_loader import save_sam
 
         save_sam(model, directory, config["model"])
     elif config["family"] == "open_clip":

@@ -4,11 +4,11 @@ project's own loaders: for tests, and for running the walkthrough where no real 
 Every builder makes a real model class (segment-anything's ``Sam``, transformers' Segformer,
 OneFormer, CLIPSeg and BLIP, open_clip's CLIP) from a config small enough to run on a CPU in
 milliseconds, and saves it in the layout of its real weights: a SAM directory
-(``sam_config.json`` + ``model.pt``, see :func:`~fiftyone_ssa.models.sam_loader.save_sam`),
+(``sam_config.json`` + ``model.pt``, see :func:`~fiftyone_ssa.models.masks.sam_loader.save_sam`),
 ``save_pretrained`` directories with their processors (tokenizers built from small vocabulary
 files, no download), an open_clip hub-style directory. Their outputs are meaningless (random
-weights) except for :func:`~fiftyone_ssa.models.tiny_sam.make_blob_segmenter`'s SAM (the SAM
-builders are in :mod:`fiftyone_ssa.models.tiny_sam`), whose weights are set so that every point
+weights) except for :func:`~fiftyone_ssa.testing.tiny_sam.make_blob_segmenter`'s SAM (the SAM
+builders are in :mod:`fiftyone_ssa.testing.tiny_sam`), whose weights are set so that every point
 prompt segments a blob around the point.
 
 :func:`save_tiny_models` writes one of each; pass its paths wherever a preset name goes::
@@ -22,13 +22,14 @@ from a forked generator and leave the global one untouched).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+
+from fiftyone_ssa.testing.seeding import seeded
 
 TINY_CLASSES = ["wall", "floor", "sky", "tree", "person"]
 TINY_COCO_CLASSES = ["person", "wall-other-merged", "sky-other-merged", "tree-merged", "door-stuff"]
@@ -68,17 +69,6 @@ TINY_CLIP_CONFIG = {
 }
 OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
-
-
-@contextlib.contextmanager
-def seeded(seed: int | None) -> Iterator[None]:
-    """Runs the block with torch's CPU generator seeded (and restored after), or as is (None)."""
-    if seed is None:
-        yield
-        return
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -466,7 +456,7 @@ def save_tiny_models(
         :func:`save_tiny_engine_models` (``"ade"``, ``"coco"``, ``"blip"``, ``"clip"``,
         ``"clipseg"``, ``"spacy"``), each a path.
     """
-    from fiftyone_ssa.models.tiny_sam import TINY_SAM_CONFIG, save_tiny_sam
+    from fiftyone_ssa.testing.tiny_sam import TINY_SAM_CONFIG, save_tiny_sam
 
     root = Path(directory)
     sam_config = {**TINY_SAM_CONFIG, "image_size": sam_image_size}

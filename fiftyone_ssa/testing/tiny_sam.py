@@ -1,6 +1,6 @@
 """A tiny SAM with random weights, and one whose weights make point prompts segment blobs.
 
-Part of :mod:`fiftyone_ssa.models.tiny` (tests and the walkthrough where no weights exist).
+Part of :mod:`fiftyone_ssa.testing.tiny` (tests and the walkthrough where no weights exist).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from fiftyone_ssa.models.tiny import seeded
+from fiftyone_ssa.testing.seeding import seeded
 
 # A 1-layer, 32-dim ViT encoder at SAM's input size with a 1-layer, 128-dim mask decoder.
 TINY_SAM_CONFIG = {
@@ -47,7 +47,7 @@ def save_tiny_sam(
     Returns:
         The directory.
     """
-    from fiftyone_ssa.models.sam_loader import build_sam, save_sam
+    from fiftyone_ssa.models.masks.sam_loader import build_sam, save_sam
 
     config = dict(TINY_SAM_CONFIG if config is None else config)
     with seeded(seed):

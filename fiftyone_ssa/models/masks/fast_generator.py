@@ -7,7 +7,7 @@ algorithm with the same settings and gives the same masks (up to float rounding 
 pixels), but:
 
 - decodes the point prompts with
-  :class:`~fiftyone_ssa.models.sam_prompt_decoder.PromptBatchDecoder` (segment-anything's mask
+  :class:`~fiftyone_ssa.models.masks.prompt_decoder.PromptBatchDecoder` (segment-anything's mask
   decoder with the image-side work done once per image, and the mask upsampling network run only
   for prompts with a mask that passes the predicted-IoU filter);
 - filters by predicted IoU on the decoder output, before any upsampling to the image (the filter
@@ -19,7 +19,7 @@ pixels), but:
 - batches all point prompts of a crop (``points_per_batch``, 256 on CUDA), keeps every tensor on
   the model's device, runs NMS there, and needs no RLE;
 - removes small regions (``min_mask_region_area``) with OpenCV on each mask's bounding box
-  (:mod:`fiftyone_ssa.models.sam_small_regions`; the box crops are the only mask pixels that
+  (:mod:`fiftyone_ssa.models.masks.small_regions`; the box crops are the only mask pixels that
   go to the host, in one transfer) with exactly segment-anything's semantics;
 - optionally runs the image encoder and the mask decoder under autocast (``dtype``) and compiles
   the upsample-and-reduce step (``compile=True``).
@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 
 from fiftyone_ssa.core.mask_set import MaskSet
-from fiftyone_ssa.models.sam_prompt_decoder import ImageContext, PromptBatchDecoder
-from fiftyone_ssa.models.sam_small_regions import postprocess_small_regions
+from fiftyone_ssa.models.masks.prompt_decoder import ImageContext, PromptBatchDecoder
+from fiftyone_ssa.models.masks.small_regions import postprocess_small_regions
 
 if TYPE_CHECKING:
     from segment_anything.modeling import Sam
