@@ -18,14 +18,14 @@ from fiftyone import ViewField as F
 from PIL import Image
 
 from fiftyone_ssa import cli
-from fiftyone_ssa import sa1b as sa1b_module
+from fiftyone_ssa.labels import detection_full_mask
 from fiftyone_ssa.sa1b import (
     IMAGE_ID_FIELD,
-    detection_full_mask,
     export_sa1b,
     export_semantic_rles,
     import_sa1b,
 )
+from fiftyone_ssa.sa1b import importer as sa1b_module
 
 ANNOTATION_KEYS = (
     "id",

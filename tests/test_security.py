@@ -380,7 +380,7 @@ def test_sa1b_export_of_dot_names_stays_inside_export_dir(make_dataset, tmp_path
 
 @pytest.mark.parametrize("filepath", ["/x/..", "/x/.", "/"])
 def test_sa1b_export_paths_refuse_stems_that_leave_export_dir(tmp_path, filepath):
-    from fiftyone_ssa.sa1b import _output_path
+    from fiftyone_ssa.sa1b.exporter import _output_path
 
     with pytest.raises(ValueError, match="export_dir"):
         _output_path(str(tmp_path), filepath, ".json")
@@ -415,7 +415,7 @@ def test_sa1b_import_writes_masks_only_inside_mask_dir(tmp_path, make_sa1b_dir):
 
 
 def test_sa1b_mask_subdir_refuses_dot_stems(tmp_path):
-    from fiftyone_ssa.sa1b import SA1BFileError, _mask_subdir
+    from fiftyone_ssa.sa1b.importer import SA1BFileError, _mask_subdir
 
     assert _mask_subdir(str(tmp_path), "sa_1") == str(tmp_path / "sa_1")
     for stem in ("..", ".", "", "a/../..", "/abs"):
