@@ -27,6 +27,7 @@ from fiftyone_ssa.models.semantic.branches import (
     SemanticBranch,
     TransformersSemanticBranch,
 )
+from fiftyone_ssa.models.semantic.universal import EomtSemanticBranch, Mask2FormerSemanticBranch
 
 KINDS = ("semantic", "mask")
 
@@ -107,6 +108,15 @@ def get_entry(name: str) -> BranchEntry | None:
     return _REGISTRY.get(name)
 
 
+# Branches by config.json's model_type; any other transformers model runs as a per-pixel
+# classifier (TransformersSemanticBranch).
+_BRANCH_BY_MODEL_TYPE: dict[str, type[SemanticBranch]] = {
+    "oneformer": OneFormerSemanticBranch,
+    "mask2former": Mask2FormerSemanticBranch,
+    "eomt": EomtSemanticBranch,
+}
+
+
 def _semantic_from_dir(path: Path, **kwargs) -> SemanticBranch:
     config_path = path / "config.json"
     if not config_path.is_file():
@@ -120,9 +130,8 @@ def _semantic_from_dir(path: Path, **kwargs) -> SemanticBranch:
     if model_type == "clipseg":
         return CLIPSegSemanticBranch(path, kwargs.pop("classes", None), **kwargs)
     _refuse_classes(kwargs, f"{path.name} ({model_type or 'a transformers model'})")
-    if model_type == "oneformer":
-        return OneFormerSemanticBranch(path, **kwargs)
-    return TransformersSemanticBranch(path, **kwargs)
+    branch_cls = _BRANCH_BY_MODEL_TYPE.get(model_type, TransformersSemanticBranch)
+    return branch_cls(path, **kwargs)
 
 
 def _refuse_classes(kwargs: dict, branch: str) -> None:

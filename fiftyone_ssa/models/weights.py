@@ -73,6 +73,40 @@ _SEGFORMER_CITYSCAPES = {
     f"b{i}": f"nvidia/segformer-b{i}-finetuned-cityscapes-1024-1024" for i in range(6)
 }
 
+# Mask2Former (Swin backbones) and EoMT (a plain ViT-L / ViT-S), by preset: (repository, what).
+# Panoptic checkpoints give semantic maps from the same class and mask scores.
+_MASK2FORMER = {
+    "mask2former-swin-tiny-ade20k": (
+        "facebook/mask2former-swin-tiny-ade-semantic",
+        "Swin-T ADE20K",
+    ),
+    "mask2former-swin-large-ade20k": (
+        "facebook/mask2former-swin-large-ade-semantic",
+        "Swin-L ADE20K",
+    ),
+    "mask2former-swin-tiny-cityscapes": (
+        "facebook/mask2former-swin-tiny-cityscapes-semantic",
+        "Swin-T Cityscapes",
+    ),
+    "mask2former-swin-large-cityscapes": (
+        "facebook/mask2former-swin-large-cityscapes-semantic",
+        "Swin-L Cityscapes",
+    ),
+    "mask2former-swin-large-coco": (
+        "facebook/mask2former-swin-large-coco-panoptic",
+        "Swin-L COCO panoptic",
+    ),
+}
+_EOMT = {
+    "eomt-large-ade20k": ("tue-mps/ade20k_semantic_eomt_large_512", "ViT-L ADE20K, 512"),
+    "eomt-large-cityscapes": (
+        "tue-mps/cityscapes_semantic_eomt_large_1024",
+        "ViT-L Cityscapes, 1024",
+    ),
+    "eomt-large-coco": ("tue-mps/coco_panoptic_eomt_large_640", "ViT-L COCO panoptic, 640"),
+    "eomt-small-coco": ("tue-mps/coco_panoptic_eomt_small_640_2x", "ViT-S COCO panoptic, 640"),
+}
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in [
@@ -111,6 +145,11 @@ PRESETS: dict[str, Preset] = {
             "semantic",
             "OneFormer Swin-L Cityscapes",
         ),
+        *[
+            _hf(name, repo, "semantic", f"Mask2Former {what}")
+            for name, (repo, what) in _MASK2FORMER.items()
+        ],
+        *[_hf(name, repo, "semantic", f"EoMT {what}") for name, (repo, what) in _EOMT.items()],
         _hf(
             "clipseg-rd64-refined",
             "CIDAS/clipseg-rd64-refined",

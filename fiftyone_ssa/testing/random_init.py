@@ -196,6 +196,18 @@ def build_random_model(name: str, overrides: dict | None = None) -> torch.nn.Mod
         model = OneFormerForUniversalSegmentation(
             OneFormerConfig(backbone_config=SwinConfig(**backbone), **model_config)
         )
+    elif family == "mask2former":
+        from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation, SwinConfig
+
+        backbone = dict(model_config.pop("backbone_config"))
+        backbone.pop("model_type", None)
+        model = Mask2FormerForUniversalSegmentation(
+            Mask2FormerConfig(backbone_config=SwinConfig(**backbone), **model_config)
+        )
+    elif family == "eomt":
+        from transformers import EomtConfig, EomtForUniversalSegmentation
+
+        model = EomtForUniversalSegmentation(EomtConfig(**model_config))
     elif family == "clipseg":
         from transformers import CLIPSegConfig, CLIPSegForImageSegmentation
 
@@ -230,6 +242,14 @@ def _save_processor(config: dict, directory: Path) -> None:
             max_seq_length=settings["max_seq_length"],
             task_seq_length=settings["task_seq_length"],
         ).save_pretrained(directory)
+    elif family == "mask2former":
+        from transformers import Mask2FormerImageProcessor
+
+        Mask2FormerImageProcessor(**settings).save_pretrained(directory)
+    elif family == "eomt":
+        from transformers import EomtImageProcessor
+
+        EomtImageProcessor(**settings).save_pretrained(directory)
     elif family == "clipseg":
         from transformers import CLIPSegProcessor, ViTImageProcessor
 
@@ -252,8 +272,8 @@ def save_random_model(
     """Writes a preset with seeded random weights, in the layout its real weights have.
 
     The result loads with the project's loaders: a saved transformers repository (model,
-    processor, tokenizer) for Segformer, OneFormer, CLIPSeg and BLIP; ``sam_config.json`` +
-    ``model.pt`` for SAM (``load_sam_branch``); open_clip's hub layout
+    processor, tokenizer) for Segformer, OneFormer, Mask2Former, EoMT, CLIPSeg and BLIP;
+    ``sam_config.json`` + ``model.pt`` for SAM (``load_sam_branch``); open_clip's hub layout
     (``open_clip_config.json`` + ``open_clip_pytorch_model.bin``) for CLIP (``ClipFilter``).
 
     Args:
