@@ -348,3 +348,25 @@ def test_models_download_fetches_what_an_eomt_load_needs(tmp_path, fake_hub, mod
     for name in ("config.json", "preprocessor_config.json", "pytorch_model.bin"):
         assert (models_dir / preset / name).read_bytes() == (served / name).read_bytes()
     assert " yes " in preset_row(run_cli("models", "list").stdout, preset)
+
+
+def test_semantic_benchmark_runs_with_shrunken_models(tmp_path):
+    from benchmarks import bench_semantic
+
+    results = bench_semantic.run(
+        ("eomt-large-ade20k", "mask2former-swin-tiny-ade20k", "segformer-b0-ade20k"),
+        size=(40, 60),
+        repeats=1,
+        device="cpu",
+        cache=tmp_path,
+        tiny=True,
+    )
+    assert [r.stage for r in results.rows] == [
+        "eomt-large-ade20k, run 1",
+        "mask2former-swin-tiny-ade20k, run 1",
+        "segformer-b0-ade20k, run 1",
+    ]
+    assert all(r.seconds > 0 for r in results.rows)
+    assert any("EomtSemanticBranch" in n and "x the fastest" in n for n in results.notes)
+    with pytest.raises(ValueError, match="kept config"):
+        bench_semantic.run(("no-such-model",), cache=tmp_path)

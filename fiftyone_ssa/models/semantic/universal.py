@@ -115,8 +115,9 @@ class Mask2FormerSemanticBranch(UniversalSemanticBranch):
 
     The processor resizes every image to its ``size`` (384 x 384 in the hub's repositories)
     and ``post_process_semantic_segmentation`` upsamples the masks to 384 x 384 before taking
-    class scores. A batch runs together when the processor pads none of its images (the
-    post-processing does not crop padding); otherwise images run in groups of one size.
+    class scores. With such a fixed size any images batch together; a processor that keeps
+    aspect ratios (``shortest_edge`` / ``longest_edge``) pads a batch to its largest image,
+    which the post-processing does not crop, so images then run in groups of one size.
 
     Args:
         path: a local directory with the model's ``config.json``, weights and
@@ -132,10 +133,9 @@ class Mask2FormerSemanticBranch(UniversalSemanticBranch):
         return Mask2FormerImageProcessor, Mask2FormerForUniversalSegmentation
 
     def _groups(self, images):
-        if len(images) > 1:
-            probe = self.processor(images=list(images), return_tensors="pt", **CHANNELS_LAST)
-            if bool(probe["pixel_mask"].all()):
-                return [list(range(len(images)))]
+        size = self.processor.size
+        if size.height and size.width:  # every image resized to one size: nothing padded
+            return [list(range(len(images)))]
         return self._groups_by_shape(images)
 
     def _scores(self, inputs, outputs, images):
