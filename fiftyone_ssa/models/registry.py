@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from fiftyone_ssa.models import weights
-from fiftyone_ssa.models.masks.branches import FieldMaskBranch, MaskBranch, load_sam_branch
+from fiftyone_ssa.models.masks.branches import (
+    FieldMaskBranch,
+    MaskBranch,
+    load_mask_branch,
+    load_sam_branch,
+    load_transformers_sam_branch,
+)
 from fiftyone_ssa.models.semantic.branches import (
     CallableSemanticBranch,
     CLIPSegSemanticBranch,
@@ -204,10 +210,14 @@ def create_branch(name: Any, kind: str = "semantic", **kwargs) -> SemanticBranch
     path = Path(name).expanduser()
     if path.exists():
         if kind == "mask":
-            return load_sam_branch(path, **kwargs)
+            return load_mask_branch(path, **kwargs)
         return _semantic_from_dir(path, **kwargs)
-    if weights.looks_like_hf_id(name) and kind == "semantic":
-        return _semantic_from_dir(weights.resolve(name), **kwargs)
+    if weights.looks_like_hf_id(name):
+        if kind == "semantic":
+            return _semantic_from_dir(weights.resolve(name), **kwargs)
+        if weights.is_present(name):  # a transformers SAM-family repository fetched earlier
+            kwargs.setdefault("name", name)
+            return load_mask_branch(weights.resolve(name), **kwargs)
     if _looks_like_path(name):
         if kind == "mask":
             from fiftyone_ssa.models.masks.sam_loader import missing_checkpoint_message
@@ -236,7 +246,16 @@ def _looks_like_path(name: str) -> bool:
 
 def _register_presets() -> None:
     for preset in weights.PRESETS.values():
-        if preset.task == "mask":
+        if preset.task == "mask" and preset.kind == "hf":
+
+            def transformers_sam_factory(_preset=preset, **kwargs):
+                kwargs.setdefault("name", _preset.name)
+                return load_transformers_sam_branch(weights.resolve(_preset.name), **kwargs)
+
+            register_branch(
+                preset.name, kind="mask", description=preset.description, weights=preset.name
+            )(transformers_sam_factory)
+        elif preset.task == "mask":
 
             def sam_factory(_preset=preset, **kwargs):
                 kwargs.setdefault("model_type", _preset.architecture)

@@ -107,12 +107,29 @@ _EOMT = {
     "eomt-small-coco": ("tue-mps/coco_panoptic_eomt_small_640_2x", "ViT-S COCO panoptic, 640"),
 }
 
+# Mask branches run through transformers (SAM 2.1, EdgeTAM, SAM-HQ), by preset: (repository,
+# what). The SAM 2.1 repositories hold transformers files (config.json model_type sam2_video,
+# model.safetensors) beside SAM 2's own checkpoint; only the former are fetched.
+_TRANSFORMERS_SAM = {
+    "sam2.1-hiera-tiny": ("facebook/sam2.1-hiera-tiny", "SAM 2.1 Hiera-T, 39M parameters"),
+    "sam2.1-hiera-small": ("facebook/sam2.1-hiera-small", "SAM 2.1 Hiera-S, 46M parameters"),
+    "sam2.1-hiera-base-plus": (
+        "facebook/sam2.1-hiera-base-plus",
+        "SAM 2.1 Hiera-B+, 81M parameters",
+    ),
+    "sam2.1-hiera-large": ("facebook/sam2.1-hiera-large", "SAM 2.1 Hiera-L, 224M parameters"),
+    "edgetam": ("yonigozlan/EdgeTAM-hf", "EdgeTAM (RepViT-M1 encoder, SAM 2 decoder)"),
+    "sam-hq-vit-b": ("syscv-community/sam-hq-vit-base", "SAM-HQ ViT-B"),
+    "sam-hq-vit-h": ("syscv-community/sam-hq-vit-huge", "SAM-HQ ViT-H"),
+}
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in [
         _sam("sam-vit-b", "vit_b", "sam_vit_b_01ec64.pth", "ViT-B, 91M parameters"),
         _sam("sam-vit-l", "vit_l", "sam_vit_l_0b3195.pth", "ViT-L, 308M parameters"),
         _sam("sam-vit-h", "vit_h", "sam_vit_h_4b8939.pth", "ViT-H, 636M parameters"),
+        *[_hf(name, repo, "mask", what) for name, (repo, what) in _TRANSFORMERS_SAM.items()],
         *[
             _hf(f"segformer-{b}-ade20k", repo, "semantic", f"Segformer-{b.upper()} ADE20K")
             for b, repo in _SEGFORMER_ADE.items()

@@ -222,9 +222,23 @@ def build_random_model(name: str, overrides: dict | None = None) -> torch.nn.Mod
         model = BlipForConditionalGeneration(
             BlipConfig(**{**model_config, "vision_config": vision})
         )
+    elif family in _SAM_FAMILY:
+        import transformers
+
+        config_cls, model_cls = (getattr(transformers, n) for n in _SAM_FAMILY[family])
+        model = model_cls(config_cls(**model_config))
     else:
         raise ValueError(f"Expected a known model family for {name}, but got {family!r}")
     return model.eval()
+
+
+# The transformers SAM family (mask branches): family -> (config class, model class), the
+# classes of the hub repositories' config.json (SAM 2.1: model_type sam2_video).
+_SAM_FAMILY = {
+    "sam2": ("Sam2VideoConfig", "Sam2VideoModel"),
+    "edgetam": ("EdgeTamConfig", "EdgeTamModel"),
+    "samhq": ("SamHQConfig", "SamHQModel"),
+}
 
 
 def _save_processor(config: dict, directory: Path) -> None:
@@ -257,6 +271,14 @@ def _save_processor(config: dict, directory: Path) -> None:
             image_processor=ViTImageProcessor(**settings),
             tokenizer=write_clip_tokenizer(directory),
         ).save_pretrained(directory)
+    elif family in ("sam2", "edgetam"):
+        from transformers import Sam2ImageProcessor
+
+        Sam2ImageProcessor(**settings).save_pretrained(directory)
+    elif family == "samhq":
+        from transformers import SamImageProcessor
+
+        SamImageProcessor(**settings).save_pretrained(directory)
     elif family == "blip":
         from transformers import BlipImageProcessor, BlipProcessor
 

@@ -175,6 +175,67 @@ class SamMaskBranch(MaskBranch):
         )
 
 
+class TransformersSamMaskBranch(SamMaskBranch):
+    """Automatic mask generation with a transformers SAM-family model (SAM 2 / 2.1, EdgeTAM,
+    SAM-HQ), with the original SSA's settings by default.
+
+    Args:
+        model: a loaded ``Sam2Model``, ``EdgeTamModel`` or ``SamHQModel``.
+        image_processor: its image processor.
+        name: display name.
+        **options: settings overriding :data:`SSA_MASK_GENERATOR_DEFAULTS`.
+    """
+
+    def __init__(self, model, image_processor, name: str = "sam2", **options):
+        self.image_processor = image_processor
+        super().__init__(model, name=name, fast=True, **options)
+
+    def _make_generator(self):
+        from fiftyone_ssa.models.masks.transformers_sam import TransformersSamGenerator
+
+        return TransformersSamGenerator(self.model, self.image_processor, **self.options)
+
+
+def load_transformers_sam_branch(
+    directory: str | os.PathLike, device=None, name: str | None = None, **options
+) -> TransformersSamMaskBranch:
+    """A mask branch from a transformers SAM-family directory (config.json model_type
+    ``sam2``, ``sam2_video``, ``edgetam``, ``edgetam_video`` or ``sam_hq``), read offline.
+
+    Args:
+        directory: the model's files as its hub repository ships them.
+        device: torch device; CUDA when available by default.
+        name: display name.
+        **options: mask generator settings.
+
+    Raises:
+        ValueError: a bad option, or a directory that is not such a model.
+    """
+    from fiftyone_ssa.models.masks.transformers_sam import load_transformers_sam
+
+    options = _check_options(options)  # fail on a bad option before loading weights
+    device = torch.device(device) if device else default_device()
+    model, image_processor = load_transformers_sam(directory, device)
+    return TransformersSamMaskBranch(model, image_processor, name=name or str(directory), **options)
+
+
+def load_mask_branch(source: str | os.PathLike, **kwargs) -> SamMaskBranch:
+    """A SAM mask branch from a path: a transformers SAM-family directory (by its
+    config.json), else a segment-anything checkpoint or ``save_sam`` directory."""
+    from fiftyone_ssa.models.masks.transformers_sam import MODEL_CLASSES, model_type_of
+
+    path = Path(source)
+    if path.is_dir() and model_type_of(path) in MODEL_CLASSES:
+        for key, allowed in (("model_type", (None,)), ("fast", (True,))):
+            if kwargs.pop(key, allowed[0]) not in allowed:
+                raise ValueError(
+                    f"`{key}` is for segment-anything checkpoints; {path} is a transformers "
+                    f"{model_type_of(path)} model"
+                )
+        return load_transformers_sam_branch(path, **kwargs)
+    return load_sam_branch(path, **kwargs)
+
+
 def _guess_sam_architecture(checkpoint: Path) -> str:
     """vit_b / vit_l / vit_h from the width of a checkpoint's patch embedding."""
     from fiftyone_ssa.models.masks import sam_loader

@@ -171,14 +171,23 @@ def _upsample_logits(
 
 
 def _logit_stats(
+    upsample,
     low_res: torch.Tensor,
     input_size: tuple[int, int],
     size: tuple[int, int],
-    img_size: int,
     threshold: float,
     offset: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """What filtering needs from full-resolution logits, without keeping them.
+
+    Args:
+        upsample: ``(low_res, input_size, size) -> (n, H, W)`` logits, the model's
+            post-processing (:meth:`FastMaskGenerator._upsample`).
+        low_res: (n, h, w) float decoder logits.
+        input_size: (h, w) of the resized crop in the model's input frame.
+        size: (H, W) of the crop.
+        threshold: the mask logit threshold.
+        offset: the stability score's logit offset.
 
     Returns:
         intersections: (n,) int32 pixels above ``threshold + offset``.
@@ -186,7 +195,7 @@ def _logit_stats(
         rows: (n, H) bool, rows that hold mask pixels (``> threshold``).
         cols: (n, W) bool, columns that hold mask pixels.
     """
-    logits = _upsample_logits(low_res, input_size, size, img_size)
+    logits = upsample(low_res, input_size, size)
     intersections = (logits > threshold + offset).sum((-1, -2), dtype=torch.int32)
     unions = (logits > threshold - offset).sum((-1, -2), dtype=torch.int32)
     masks = logits > threshold
@@ -303,7 +312,7 @@ class FastMaskGenerator:
             import cv2  # noqa: F401  (fail early, as segment-anything does)
 
         self.model = model
-        self._decoder = PromptBatchDecoder(model)
+        self._decoder = self._make_decoder(model)
         self.device = next(model.parameters()).device
         self.point_grids = [np.asarray(grid, dtype=np.float64) for grid in point_grids]
         if points_per_batch is None:
@@ -317,7 +326,9 @@ class FastMaskGenerator:
         self.crop_nms_thresh = crop_nms_thresh
         self.crop_overlap_ratio = crop_overlap_ratio
         self.min_mask_region_area = min_mask_region_area
-        self.mask_threshold = model.mask_threshold if mask_threshold is None else mask_threshold
+        self.mask_threshold = (
+            self._default_mask_threshold() if mask_threshold is None else mask_threshold
+        )
         self.dtype = dtype
         self._logit_stats = torch.compile(_logit_stats, dynamic=True) if compile else _logit_stats
         self._budget = _UPSAMPLE_BUDGET["cuda" if self.device.type == "cuda" else "cpu"]
@@ -397,6 +408,41 @@ class FastMaskGenerator:
             crop_boxes=crop_tensor[data["crop_index"]].float(),
         )
 
+    # ------------------------------------------------------------------ model hooks
+    # What depends on the model family; subclasses for other SAM families override these.
+
+    def _make_decoder(self, model):
+        """The object :meth:`_prepare` and :meth:`_decode` use (raises ValueError for a model
+        this generator cannot decode)."""
+        return PromptBatchDecoder(model)
+
+    def _default_mask_threshold(self) -> float:
+        return self.model.mask_threshold
+
+    @property
+    def _frame_size(self) -> int:
+        """Side of the model's square input frame (1024 for SAM)."""
+        return self.model.image_encoder.img_size
+
+    def _upsample(
+        self, low_res: torch.Tensor, input_size: tuple[int, int], size: tuple[int, int]
+    ) -> torch.Tensor:
+        """(n, h, w) decoder logits -> (n, H, W) logits of a crop of ``size``, as the model's
+        own post-processing gives them (``Sam.postprocess_masks``)."""
+        return _upsample_logits(low_res, input_size, size, self._frame_size)
+
+    def _model_points(self, points: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
+        """(n, 2) XY crop pixels -> (n, 2) XY in the model's input frame, on the device."""
+        from segment_anything.utils.transforms import ResizeLongestSide
+
+        transformed = ResizeLongestSide(self._frame_size).apply_coords(points, size)
+        return torch.as_tensor(transformed, device=self.device)
+
+    def _prepare(self, features):
+        """The per-crop decoder context of :meth:`_embed`'s features."""
+        with self._autocast():
+            return self._decoder.prepare(features)
+
     # ------------------------------------------------------------------ steps
 
     @staticmethod
@@ -427,7 +473,7 @@ class FastMaskGenerator:
         """(h, w) of a crop of ``size`` resized into SAM's input frame."""
         from segment_anything.utils.transforms import ResizeLongestSide
 
-        return ResizeLongestSide.get_preprocess_shape(*size, self.model.image_encoder.img_size)
+        return ResizeLongestSide.get_preprocess_shape(*size, self._frame_size)
 
     def _embed(self, crop: np.ndarray) -> tuple[torch.Tensor, tuple[int, int]]:
         """SamPredictor.set_image: (1, C, h, w) features and the resized input size."""
@@ -453,7 +499,7 @@ class FastMaskGenerator:
         return low_res.float(), iou.float(), keep
 
     def _chunk_size(self, size: tuple[int, int]) -> int:
-        per_mask = 4 * (self.model.image_encoder.img_size**2 + 3 * size[0] * size[1])
+        per_mask = 4 * (self._frame_size**2 + 3 * size[0] * size[1])
         return max(1, self._budget // per_mask)
 
     def _process_crop(
@@ -465,19 +511,15 @@ class FastMaskGenerator:
         crop_index: int,
     ) -> dict:
         from segment_anything.utils.amg import is_box_near_crop_edge
-        from segment_anything.utils.transforms import ResizeLongestSide
 
         x0, y0, x1, y1 = crop_box
         crop = image[y0:y1, x0:x1, :]
         size = crop.shape[:2]
-        img_size = self.model.image_encoder.img_size
         features, input_size = self._embed(crop)
-        with self._autocast():
-            context = self._decoder.prepare(features)
+        context = self._prepare(features)
 
         points = self.point_grids[layer] * np.array(size)[None, ::-1]  # (n, 2) XY, float64
-        transformed = ResizeLongestSide(img_size).apply_coords(points, size)
-        model_points = torch.as_tensor(transformed, device=self.device)
+        model_points = self._model_points(points, size)
         points = torch.as_tensor(points, device=self.device)
         chunk = self._chunk_size(size)
 
@@ -489,10 +531,10 @@ class FastMaskGenerator:
             point_of = points[batch].repeat_interleave(per_prompt, dim=0)[keep]
             stats = [
                 self._logit_stats(
+                    self._upsample,
                     low_res[part],
                     input_size,
                     size,
-                    img_size,
                     self.mask_threshold,
                     self.stability_score_offset,
                 )
@@ -515,9 +557,8 @@ class FastMaskGenerator:
         if kept["iou"]:
             data = {key: torch.cat(values) for key, values in kept.items()}
         else:
-            side = 4 * features.shape[-1]  # the decoder upsamples its embedding 4x
             data = {
-                "low_res": torch.zeros((0, side, side), device=self.device),
+                "low_res": torch.zeros((0, *self._low_res_size(features)), device=self.device),
                 "iou": torch.zeros(0, device=self.device),
                 "points": torch.zeros((0, 2), dtype=torch.float64, device=self.device),
                 "stability": torch.zeros(0, device=self.device),
@@ -534,6 +575,11 @@ class FastMaskGenerator:
         data["input_w"] = torch.full_like(data["crop_index"], input_size[1])
         return data
 
+    def _low_res_size(self, features: torch.Tensor) -> tuple[int, int]:
+        """(h, w) of the decoder's logits for :meth:`_embed`'s features."""
+        side = 4 * features.shape[-1]  # the decoder upsamples its embedding 4x
+        return side, side
+
     def _materialise(
         self, data: dict, crop_boxes: list[list[int]], orig_size: tuple[int, int]
     ) -> torch.Tensor:
@@ -541,7 +587,6 @@ class FastMaskGenerator:
         masks = torch.zeros((len(data["iou"]), *orig_size), dtype=torch.bool, device=self.device)
         if not len(masks):
             return masks
-        img_size = self.model.image_encoder.img_size
         crop_index = data["crop_index"].tolist()
         input_sizes = list(zip(data["input_h"].tolist(), data["input_w"].tolist()))
         for index, (x0, y0, x1, y1) in enumerate(crop_boxes):
@@ -553,6 +598,6 @@ class FastMaskGenerator:
             chunk = self._chunk_size(size)
             for part in _chunks(len(rows), chunk):
                 select = torch.tensor(rows[part], device=self.device)
-                logits = _upsample_logits(data["low_res"][select], input_size, size, img_size)
+                logits = self._upsample(data["low_res"][select], input_size, size)
                 masks[select, y0:y1, x0:x1] = logits > self.mask_threshold
         return masks
