@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import uuid
 import warnings
 from collections.abc import Sequence
@@ -38,6 +39,9 @@ from fiftyone_ssa.core.metrics import reduce_zero_label as to_training_ids
 from fiftyone_ssa.labels import float_or_none
 
 logger = logging.getLogger(__name__)
+
+# The plugin's metrics (``@fiftyone-ssa/ssa/miou``): the keys of the entries evaluations store.
+METRIC_URI_PREFIX = "@fiftyone-ssa/ssa"
 
 __all__ = ["MIoUEvaluation", "MIoUEvaluationConfig", "MIoUResults", "evaluate_miou"]
 
@@ -376,6 +380,8 @@ class MIoUResults(SegmentationResults):
             torch.from_numpy(matrix),
             [classes.index(c) for c in self.unscored_classes if c in classes],
         )
+        # Stored with the run: the App's Model Evaluation panel lists these entries.
+        self.custom_metrics = {**self.panel_metrics(), **(custom_metrics or {})}
 
     @property
     def class_names(self) -> list[str]:
@@ -416,6 +422,42 @@ class MIoUResults(SegmentationResults):
     def per_class_accuracy(self) -> dict[str, float]:
         """Class name -> accuracy."""
         return dict(zip(self.class_names, self.accuracy.tolist()))
+
+    def panel_metrics(self) -> dict[str, dict[str, Any]]:
+        """mIoU, mAcc, aAcc and each class's IoU as FiftyOne custom-metric entries.
+
+        FiftyOne keeps the metrics an evaluation adds in ``results.custom_metrics`` (metric
+        URI -> ``{"key", "value", "label", "lower_is_better"}``), and the App's Model
+        Evaluation panel lists every entry in its summary table: mIoU under the URI of the
+        plugin's ``@fiftyone-ssa/ssa/miou`` metric (so it lines up with a FiftyOne
+        segmentation evaluation that computed that metric), then mAcc, aAcc and ``IoU <class>``
+        per class. Undefined values (a class in neither field) are None, which the panel hides.
+        ``metrics()`` returns them by ``key`` (``miou``, ``macc``, ``aacc``, ``iou_<class>``).
+        """
+        entries = {
+            f"{METRIC_URI_PREFIX}/miou": ("miou", self.miou, "mIoU"),
+            f"{METRIC_URI_PREFIX}/macc": ("macc", self.macc, "mAcc"),
+            f"{METRIC_URI_PREFIX}/aacc": ("aacc", self.aacc, "aAcc"),
+        }
+        taken = set(entries)
+        for name, iou in zip(self.class_names, self.iou.tolist()):
+            # The panel reads an entry through a lodash path: no dots or brackets in its key.
+            slug = re.sub(r"[^A-Za-z0-9_-]", "_", name) or "_"
+            uri, n = f"{METRIC_URI_PREFIX}/iou/{slug}", 1
+            while uri in taken:
+                n += 1
+                uri = f"{METRIC_URI_PREFIX}/iou/{slug}_{n}"
+            taken.add(uri)
+            entries[uri] = (f"iou_{uri.rsplit('/', 1)[1]}", iou, f"IoU {name}")
+        return {
+            uri: {
+                "key": key,
+                "value": float_or_none(value),
+                "label": label,
+                "lower_is_better": False,
+            }
+            for uri, (key, value, label) in entries.items()
+        }
 
     def metrics(self, classes=None, average="micro", beta=1.0) -> dict[str, Any]:
         """FiftyOne's pixel classification metrics, plus ``miou``, ``macc`` and ``aacc``."""

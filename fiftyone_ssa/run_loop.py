@@ -10,7 +10,8 @@ A :class:`LabellingJob` says what a kind of run (SSA, SSA-engine) reads, compute
 3. each rank labels its range batch by batch, images decoded ahead in threads, and writes each
    sample in one update (or records why it failed), a batch per bulk write on a background
    thread (``sample_writer``);
-4. the ranks meet; rank 0 finishes the dataset-level settings and merges the summaries.
+4. the ranks meet; rank 0 finishes the dataset-level settings (mask targets, then the App's
+   per-class colours of the output fields, see ``colors``) and merges the summaries.
 
 Without torchrun there is one rank and steps 2-4 involve no communication.
 """
@@ -25,7 +26,7 @@ from typing import Any
 import fiftyone as fo
 import fiftyone.core.utils as fou
 
-from fiftyone_ssa import distributed, runs
+from fiftyone_ssa import colors, distributed, runs
 from fiftyone_ssa.batching import iter_batches, prefetch, safe_reader
 from fiftyone_ssa.runs import SampleSummary, SSARunSummary
 from fiftyone_ssa.sample_writer import SampleWriter
@@ -153,10 +154,12 @@ def execute_labelling_run(
     distributed.barrier()  # every rank has validated the request before rank 0 changes anything
 
     plan = None
+    wrote_fields = False
     if ranks.is_main:
         try:
             pending = runs.pending_samples(samples, label_field, run_key, skip_existing, resume)
             pending_ids = pending.values("_id")
+            wrote_fields = bool(pending_ids)
             others_remain = runs.foreign_labels(
                 dataset, label_field, run_key, excluding=pending_ids
             )
@@ -206,6 +209,8 @@ def execute_labelling_run(
     summaries = distributed.gather_to_all(summary.compact() if ranks.is_distributed else summary)
     if ranks.is_main:
         job.finish(dataset, states)
+        if wrote_fields:
+            colors.set_output_colors(dataset, _label_types(job.output_schema()))
     distributed.barrier()  # dataset-level settings are final when any rank returns
     if ranks.is_distributed:
         dataset.reload()
@@ -255,6 +260,15 @@ def _label_samples(
                     progress_callback(done, total)
             job.after_batch(dataset)  # before the labels that may use what it saves
             writer.flush()
+
+
+def _label_types(schema: dict[str, tuple[type, dict]]) -> dict[str, type]:
+    """The top-level label fields of an output schema -> their label class."""
+    return {
+        path: kwargs["embedded_doc_type"]
+        for path, (_, kwargs) in schema.items()
+        if "." not in path and "embedded_doc_type" in kwargs
+    }
 
 
 def _stale_outputs(

@@ -1,18 +1,25 @@
-"""A person runs SSA from the FiftyOne App, in a real browser, and sees the result.
+"""A person uses the plugin in the FiftyOne App, in a real browser, and sees the result.
 
 The plugin is installed as the README says (the repository linked into a plugins directory
-named by ``FIFTYONE_PLUGINS_DIR``), the App server runs in a subprocess on loopback against
-this test run's private database, and headless Debian Chromium (driven by Playwright) opens a
-dataset whose samples carry a coarse Segmentation (with mask targets) and instance masks. In
-the Operator Browser it runs ``@fiftyone-ssa/ssa/run_ssa`` with both field branches, then checks
-the new fields in the sidebar and that filtering ``ssa_masks`` by a predicted class narrows the
-grid to the samples FiftyOne's own query finds. Screenshots go to ``test-artifacts/app_e2e/``.
+named by ``FIFTYONE_PLUGINS_DIR``), one App server per module runs in a subprocess on loopback
+against this test run's private database, and headless Debian Chromium (driven by Playwright)
+opens datasets whose samples carry a Segmentation with mask targets and instance masks:
 
-Skipped only when Chromium or Playwright is not installed (``scripts/setup.sh`` installs both).
+- the run form names the missing weights' path as written (Markdown left it mangled);
+- ``@fiftyone-ssa/ssa/run_ssa`` runs from the Operator Browser with both field branches; the
+  finished dialog, the new sidebar fields, a colour per class on the grid, and filtering
+  ``ssa_masks`` by a predicted class narrowing the grid to the samples FiftyOne's own query
+  finds;
+- the Evaluate mIoU form opens with its ground truth chosen and one message at a time, and runs;
+- the Model Evaluation panel lists mIoU and per-class IoU of an ``evaluate_miou`` run.
+
+Screenshots go to ``test-artifacts/app_e2e/`` (``<test name>-NN-<step>.png``). Skipped only when
+Chromium or Playwright is not installed (``scripts/setup.sh`` installs both).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from pathlib import Path
@@ -23,6 +30,7 @@ import pytest
 from fiftyone import ViewField as F
 from PIL import Image
 
+from fiftyone_ssa import evaluate_miou
 from tests.e2e.app_server import app_server
 from tests.e2e.browser import browser_unavailable, chromium_page
 from tests.scenes import SCENE_CLASSES, coarsen
@@ -38,6 +46,7 @@ ARTIFACTS = REPO_ROOT / "test-artifacts" / "app_e2e"
 NUM_SAMPLES = 6
 WITH_PERSON = {0, 2, 3}  # the samples that show a person
 PERSON = 4  # SCENE_CLASSES id
+GREY = 128  # the images are flat: on the grid, every colour comes from the labels drawn
 UI_TIMEOUT_MS = 30_000
 SAMPLE_COUNT = re.compile(r"^\s*(\d+)\s+samples?\s*$")
 
@@ -56,8 +65,7 @@ def _scene(rng: np.random.Generator, with_person: bool, height=96, width=128):
     if with_person:
         y, x = int(rng.integers(16, 40)), int(rng.integers(72, 96))
         gt[y : y + 40, x : x + 20] = PERSON
-    palette = rng.integers(0, 256, size=(len(SCENE_CLASSES), 3))
-    image = np.clip(palette[gt] + rng.normal(0, 6, (height, width, 3)), 0, 255).astype(np.uint8)
+    image = np.full((height, width, 3), GREY, np.uint8)
     return image, gt, _region_instances(gt)
 
 
@@ -76,7 +84,8 @@ def _detections(masks: list[np.ndarray]) -> fo.Detections:
 
 @pytest.fixture
 def app_dataset(make_dataset, tmp_path):
-    """Samples with a coarse semantic field (mask targets) and an instance-mask field."""
+    """Samples with a ground truth (``gt``), a coarse semantic field and instance masks;
+    ``gt`` and ``coarse`` have mask targets."""
     rng = np.random.default_rng(0)
     dataset = make_dataset()
     samples = []
@@ -87,31 +96,76 @@ def app_dataset(make_dataset, tmp_path):
         samples.append(
             fo.Sample(
                 filepath=str(path),
+                gt=fo.Segmentation(mask=gt),
                 coarse=fo.Segmentation(mask=coarsen(gt, rng, factor=8, noise=0.0)),
                 instances=_detections(masks),
             )
         )
     dataset.add_samples(samples)
-    dataset.mask_targets = {"coarse": SCENE_CLASSES}
+    dataset.mask_targets = {"gt": SCENE_CLASSES, "coarse": SCENE_CLASSES}
     dataset.save()
     return dataset
 
 
-@pytest.fixture
-def app_env(tmp_path):
-    """The App server's environment: this run's database and the plugin linked in."""
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory) -> Path:
+    """An empty models directory (the SAM / Segformer presets are missing), named as
+    FiftyOne's model zoo is: ``__models__`` is what Markdown turned bold."""
+    path = tmp_path_factory.mktemp("home") / "fiftyone" / "__models__"
+    path.mkdir(parents=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory, models_dir):
+    """The App server of this module, with this run's database and the plugin linked in."""
+    plugins = tmp_path_factory.mktemp("plugins")
     (plugins / "fiftyone-ssa").symlink_to(REPO_ROOT, target_is_directory=True)
-    models = tmp_path / "models"  # empty: the SAM / Segformer presets are missing
-    models.mkdir()
-    return {
+    env = {
         **os.environ,
         "FIFTYONE_DATABASE_NAME": os.environ["FIFTYONE_DATABASE_NAME"],
         "FIFTYONE_PLUGINS_DIR": str(plugins),
-        "FIFTYONE_SSA_MODELS_DIR": str(models),
+        "FIFTYONE_SSA_MODELS_DIR": str(models_dir),
         "FIFTYONE_DO_NOT_TRACK": "true",
     }
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for old in ARTIFACTS.glob("*.png"):
+        old.unlink()
+    fo.list_datasets()  # the database is up before the server starts (they would race for it)
+    with app_server(env, ARTIFACTS / "server.log") as url:
+        yield url
+
+
+class Screens:
+    """Numbered screenshots of one test: ``<prefix>-NN-<name>.png``."""
+
+    def __init__(self, page, prefix: str):
+        self.page, self.prefix, self.count = page, prefix, 0
+
+    def __call__(self, name: str) -> None:
+        self.count += 1
+        path = ARTIFACTS / f"{self.prefix}-{self.count:02d}-{name}.png"
+        self.page.screenshot(path=str(path))
+
+
+@pytest.fixture
+def app(app_url, request):
+    """``open(dataset)`` -> a Chromium page showing the dataset in the App, and its
+    :class:`Screens`; the page's last state is kept as ``<test>-NN-end.png``."""
+    with chromium_page() as page:
+        page.set_default_timeout(UI_TIMEOUT_MS)
+        prefix = request.node.name.removeprefix("test_")
+        shot = Screens(page, prefix)
+
+        def open_dataset(dataset) -> tuple:
+            # The App keeps a live connection open: wait for `load`, never for network idle.
+            page.goto(f"{app_url}/datasets/{dataset.name}", wait_until="load")
+            _wait_for_count(page, len(dataset))
+            _dismiss_promotion(page)
+            return page, shot
+
+        yield open_dataset
+        shot("end")
 
 
 def _shown_count(page) -> int:
@@ -141,76 +195,176 @@ def _sidebar_field(page, name: str):
     return page.locator(f'[data-cy="sidebar-field-{name}"]')
 
 
-def test_run_ssa_from_the_app_and_filter_by_predicted_class(app_dataset, app_env):
+def _expect(locator):
+    """Playwright's ``expect`` (retries until the UI settles), imported where it is used: the
+    module is collected, and skipped, without Playwright."""
+    from playwright.sync_api import expect
+
+    return expect(locator)
+
+
+def _open_operator(page, search: str):
+    """Opens the form of the first operator the Operator Browser finds for ``search``;
+    returns its Execute button."""
+    page.keyboard.press("`")  # the Operator Browser
+    page.get_by_placeholder("Search operations by name...").fill(search)
+    page.keyboard.press("Enter")
+    execute = page.get_by_role("button", name="Execute")
+    execute.wait_for()
+    return execute
+
+
+def _alerts(page) -> list[str]:
+    """The texts of the messages (errors, warnings) the open form shows."""
+    alerts = page.locator('[role="presentation"] [role="alert"]')
+    return [alerts.nth(i).inner_text().strip() for i in range(alerts.count())]
+
+
+def _show_only(page, shown: str, fields: list[str]) -> None:
+    """Ticks ``shown`` and unticks the other label ``fields`` on the grid."""
+    for name in fields:
+        box = page.locator(f'[data-cy="checkbox-{name}"] input')
+        if box.is_checked() != (name == shown):
+            page.locator(f'[data-cy="checkbox-{name}"]').click()
+    page.wait_for_timeout(1_500)  # the thumbnails redraw
+
+
+def _label_colors(thumbnail, min_share: float = 0.03) -> list[tuple[int, int, int]]:
+    """The colours covering at least ``min_share`` of a thumbnail (quantised to 1/8 steps)."""
+    pixels = np.asarray(Image.open(io.BytesIO(thumbnail.screenshot())).convert("RGB"))
+    quantised = (pixels.reshape(-1, 3) // 32).astype(np.int64)
+    codes, counts = np.unique(quantised @ [64, 8, 1], return_counts=True)
+    keep = codes[counts >= min_share * len(quantised)]
+    return [(int(c) // 64, int(c) // 8 % 8, int(c) % 8) for c in keep]
+
+
+def test_run_form_shows_the_models_path_as_written(app, app_dataset, models_dir):
+    page, shot = app(app_dataset)
+    _open_operator(page, "Semantic Segment")
+    # Defaults name the SAM / Segformer presets, whose weights are missing here.
+    message = page.get_by_role("alert").filter(has_text="missing weights for 'sam-vit-h'")
+    message.wait_for()
+    shot("missing_weights")
+    text = message.inner_text()
+    assert f"{models_dir}/sam-vit-h/sam_vit_h_4b8939.pth not found" in text, text
+    assert "fiftyone-ssa models download sam-vit-h" in text
+    assert message.locator("strong, em, a, code").count() == 0  # no Markdown markup
+
+
+def test_run_ssa_from_the_app_and_filter_by_predicted_class(app, app_dataset):
     outputs = ["ssa", "ssa_masks", "ssa_branch"]
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for old in ARTIFACTS.glob("*.png"):
-        old.unlink()
+    page, shot = app(app_dataset)
+    _sidebar_field(page, "coarse").wait_for()
+    _sidebar_field(page, "instances").wait_for()
+    for name in outputs:
+        assert _sidebar_field(page, name).count() == 0
+    shot("dataset")
 
-    def shot(page, name: str) -> None:
-        page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+    execute = _open_operator(page, "Semantic Segment")
+    page.get_by_text("missing weights for 'sam-vit-h'").wait_for()
+    assert execute.is_disabled()
+    page.get_by_text("Existing Detections field with instance masks").click()
+    page.get_by_text("Existing Segmentation field").click()
+    page.get_by_text("missing weights for").first.wait_for(state="detached")
+    shot("run_ssa_form")
+    _expect(execute).to_be_enabled()  # once the form has re-resolved
+    execute.click()
 
-    with (
-        app_server(app_env, ARTIFACTS / "server.log") as url,
-        chromium_page() as page,
-    ):
-        page.set_default_timeout(UI_TIMEOUT_MS)
-        try:
-            # The App keeps a live connection open: wait for `load`, never for network idle.
-            page.goto(f"{url}/datasets/{app_dataset.name}", wait_until="load")
-            _wait_for_count(page, NUM_SAMPLES)
-            _dismiss_promotion(page)
-            _sidebar_field(page, "coarse").wait_for()
-            _sidebar_field(page, "instances").wait_for()
-            for name in outputs:
-                assert _sidebar_field(page, name).count() == 0
-            shot(page, "01_dataset")
+    page.get_by_text("SSA finished").wait_for(timeout=120_000)
+    labelled = page.get_by_text("Samples labelled").locator("xpath=..")
+    assert str(NUM_SAMPLES) in labelled.inner_text()
+    assert page.get_by_text("Samples failed").locator("xpath=..").inner_text().endswith("0")
+    assert page.get_by_text("First failures").count() == 0  # nothing failed: no empty list
+    shot("ssa_finished")
+    page.get_by_role("button", name="Close").click()
 
-            page.keyboard.press("`")  # the Operator Browser
-            page.get_by_placeholder("Search operations by name...").fill("Semantic Segment")
-            page.keyboard.press("Enter")
-            execute = page.get_by_role("button", name="Execute")
-            execute.wait_for()
-            # Defaults name the SAM / Segformer presets, whose weights are missing here.
-            page.get_by_text("missing weights for 'sam-vit-h'").wait_for()
-            assert execute.is_disabled()
-            page.get_by_text("Existing Detections field with instance masks").click()
-            page.get_by_text("Existing Segmentation field").click()
-            page.get_by_text("missing weights for").first.wait_for(state="detached")
-            shot(page, "02_run_ssa_form")
-            assert execute.is_enabled()
-            execute.click()
+    for name in outputs:
+        _sidebar_field(page, name).wait_for()
+    assert _shown_count(page) == NUM_SAMPLES
+    thumbnails = page.locator('[data-cy="fo-grid"] [data-cy="looker"]')
+    assert thumbnails.count() == NUM_SAMPLES
 
-            page.get_by_text("SSA finished").wait_for(timeout=120_000)
-            labelled = page.get_by_text("Samples labelled").locator("xpath=..")
-            assert str(NUM_SAMPLES) in labelled.inner_text()
-            shot(page, "03_ssa_finished")
-            page.get_by_role("button", name="Close").click()
+    # A colour per class: the first scene shows background (never drawn: the grey image),
+    # road, car and person; drawn in one colour, the map or masks would show two colours.
+    labels = ["gt", "coarse", "instances", *outputs]
+    _show_only(page, "ssa", labels)
+    shot("ssa_map")
+    assert len(_label_colors(thumbnails.first)) >= 4, _label_colors(thumbnails.first)
+    _show_only(page, "ssa_masks", labels)
+    shot("ssa_masks")
+    assert len(_label_colors(thumbnails.first)) >= 4, _label_colors(thumbnails.first)
 
-            for name in outputs:
-                _sidebar_field(page, name).wait_for()
-            assert _shown_count(page) == NUM_SAMPLES
-            thumbnails = page.locator('[data-cy="fo-grid"] [data-cy="looker"]')
-            assert thumbnails.count() == NUM_SAMPLES
-            page.locator('[data-cy="checkbox-ssa"]').click()  # show the SSA map on the grid
-            page.wait_for_timeout(1_000)
-            shot(page, "04_new_fields")
+    # What FiftyOne's own query finds, and what the scenes were built with.
+    person = SCENE_CLASSES[PERSON]
+    expected = app_dataset.match(F("ssa_masks.detections.label").contains(person))
+    assert expected.count() == len(WITH_PERSON)
 
-            # What FiftyOne's own query finds, and what the scenes were built with.
-            person = SCENE_CLASSES[PERSON]
-            expected = app_dataset.match(F("ssa_masks.detections.label").contains(person))
-            assert expected.count() == len(WITH_PERSON)
+    page.locator('[data-cy="sidebar-field-arrow-enabled-ssa_masks"]').click()
+    search = page.locator('[data-cy="selector-sidebar-search-ssa_masks.detections.label"]')
+    search.click()
+    search.fill(person)
+    page.keyboard.press("Enter")
+    _wait_for_count(page, len(WITH_PERSON))
+    page.wait_for_timeout(1_000)  # let the grid re-render before the screenshot
+    shot("filtered_by_person")
+    assert _shown_count(page) == len(WITH_PERSON) < NUM_SAMPLES
+    assert thumbnails.count() == len(WITH_PERSON)
 
-            page.locator('[data-cy="sidebar-field-arrow-enabled-ssa_masks"]').click()
-            search = page.locator('[data-cy="selector-sidebar-search-ssa_masks.detections.label"]')
-            search.click()
-            search.fill(person)
-            page.keyboard.press("Enter")
-            _wait_for_count(page, len(WITH_PERSON))
-            page.wait_for_timeout(1_000)  # let the grid re-render before the screenshot
-            shot(page, "05_filtered_by_person")
-            assert _shown_count(page) == len(WITH_PERSON) < NUM_SAMPLES
-            assert thumbnails.count() == len(WITH_PERSON)
-        except Exception:
-            shot(page, "failure")
-            raise
+
+def test_evaluate_miou_form_chooses_the_ground_truth_and_runs(app, app_dataset):
+    page, shot = app(app_dataset)
+    execute = _open_operator(page, "Evaluate mIoU")
+    # gt is preselected (named like a ground truth); the one thing left is the prediction
+    page.get_by_text("Choose at least one prediction field").wait_for()
+    shot("form")
+    assert _alerts(page) == ["Choose at least one prediction field"]
+    assert page.get_by_text("Required property").count() == 0  # no second (the App's own)
+    ground_truth = page.get_by_role("combobox").filter(has_text=re.compile(r"^gt$"))
+    assert ground_truth.count() == 1
+    assert execute.is_disabled()
+
+    predictions = page.get_by_placeholder("Type and press enter to add a value")
+    predictions.click()
+    page.get_by_role("option", name="coarse", exact=True).click()
+    page.get_by_text("Choose at least one prediction field").wait_for(state="detached")
+    page.get_by_text("one evaluation run per field").click()  # closes the list of choices
+    shot("form_filled")
+    assert _alerts(page) == []
+    _expect(execute).to_be_enabled()  # once the form has re-resolved
+    execute.click()
+
+    page.get_by_role("cell", name="coarse").wait_for(timeout=60_000)
+    shot("results")
+    app_dataset.reload()
+    results = app_dataset.load_evaluation_results("miou")
+    assert app_dataset.get_evaluation_info("miou").config.gt_field == "gt"
+    assert 0.3 < results.miou < 1
+    cells = page.get_by_role("row").filter(has_text="coarse").get_by_role("cell")
+    assert [cells.nth(i).inner_text() for i in range(2)] == ["coarse", "miou"]
+    assert float(cells.nth(2).inner_text()) == pytest.approx(results.miou)
+
+
+def test_model_evaluation_panel_lists_miou_and_per_class_iou(app, app_dataset):
+    results = evaluate_miou(app_dataset, "coarse", "gt", eval_key="coarse_eval", progress=False)
+    assert 0.3 < results.miou < 1
+    page, shot = app(app_dataset)
+    page.locator('[data-cy="new-panel-btn"]').click()
+    page.get_by_text("Model Evaluation", exact=True).first.click()
+    page.get_by_text("1 Model Evaluations").wait_for()
+    page.get_by_text("coarse_eval", exact=True).last.locator("xpath=../..").click()
+    page.get_by_text("Summary", exact=True).wait_for()
+    summary = page.get_by_role("table").filter(has_text="Metric").first
+    summary.get_by_role("row").filter(has_text="mIoU").wait_for()
+    shot("summary")
+
+    def shown(metric: str) -> float:
+        row = summary.get_by_role("row").filter(
+            has=page.get_by_role("cell", name=metric, exact=True)
+        )
+        return float(row.get_by_role("cell").nth(1).inner_text())
+
+    assert shown("mIoU") == pytest.approx(results.miou, abs=0.01)
+    assert shown("aAcc") == pytest.approx(results.aacc, abs=0.01)
+    for name, iou in results.per_class_iou.items():
+        if not np.isnan(iou):
+            assert shown(f"IoU {name}") == pytest.approx(iou, abs=0.01)

@@ -246,6 +246,55 @@ def test_evaluation_run_round_trip(make_dataset, tmp_path):
     assert "renamed_miou" not in schema and "renamed_aacc" not in schema
 
 
+def test_stored_run_carries_miou_and_per_class_iou_for_the_model_evaluation_panel(
+    make_dataset, tmp_path
+):
+    """The panel lists ``results.custom_metrics`` (it was None): mIoU, mAcc, aAcc, IoU per class."""
+    rng = np.random.default_rng(5)
+    pairs = random_masks(rng, [0, 1, 2], [0, 1, 2], count=3)
+    dataset = build_dataset(make_dataset, tmp_path, pairs)
+    # Names a lodash path would split ("." and "[]"), two that read alike, one never seen.
+    targets = {0: "road", 1: "traffic.light", 2: "traffic light", 3: "sky[1]"}
+    dataset.mask_targets = {"gt": targets, "pred": targets}
+    dataset.save()
+    results = evaluate_miou(dataset, "pred", "gt", eval_key="ev", progress=False)
+
+    stored = fo.load_dataset(dataset.name).load_evaluation_results("ev", cache=False)
+    for entries in (results.serialize()["custom_metrics"], stored.custom_metrics):
+        assert list(entries) == [
+            "@fiftyone-ssa/ssa/miou",
+            "@fiftyone-ssa/ssa/macc",
+            "@fiftyone-ssa/ssa/aacc",
+            "@fiftyone-ssa/ssa/iou/road",
+            "@fiftyone-ssa/ssa/iou/traffic_light",
+            "@fiftyone-ssa/ssa/iou/traffic_light_2",
+            "@fiftyone-ssa/ssa/iou/sky_1_",
+        ]
+        assert entries["@fiftyone-ssa/ssa/miou"] == {
+            "key": "miou",
+            "value": pytest.approx(results.miou),
+            "label": "mIoU",
+            "lower_is_better": False,
+        }
+        assert entries["@fiftyone-ssa/ssa/aacc"]["value"] == pytest.approx(results.aacc)
+        shown = {e["label"]: e["value"] for e in list(entries.values())[3:]}
+        assert shown == {
+            "IoU road": pytest.approx(results.per_class_iou["road"]),
+            "IoU traffic.light": pytest.approx(results.per_class_iou["traffic.light"]),
+            "IoU traffic light": pytest.approx(results.per_class_iou["traffic light"]),
+            "IoU sky[1]": None,  # in neither field: NaN, which the panel hides
+        }
+    assert np.isnan(results.per_class_iou["sky[1]"])
+    metrics = stored.metrics()
+    assert metrics["miou"] == pytest.approx(results.miou)
+    assert metrics["iou_traffic_light_2"] == pytest.approx(results.per_class_iou["traffic light"])
+    # metrics added later (FiftyOne's add_custom_metrics) keep ours
+    stored.custom_metrics["other"] = {"key": "other", "value": 1.0, "label": "Other"}
+    stored.save()
+    again = fo.load_dataset(dataset.name).load_evaluation_results("ev", cache=False)
+    assert "other" in again.custom_metrics and "@fiftyone-ssa/ssa/miou" in again.custom_metrics
+
+
 def test_mask_path_resize_and_skipped_samples(make_dataset, tmp_path):
     rng = np.random.default_rng(5)
     pairs = random_masks(rng, [0, 1, 2], [0, 1, 2], count=4, shape=(12, 16))

@@ -34,6 +34,7 @@ from PIL import Image
 
 from fiftyone_ssa import apply_ssa
 from tests.fixtures.datasets import instances_to_detections
+from tests.markdown import shown_text
 from tests.scenes import SCENE_CLASSES, coarsen, make_scene, miou
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -128,8 +129,8 @@ def run_queued(queued):
     return doc
 
 
-def form(name, dataset, params, **request):
-    """The operator's resolved form: property name -> (message or label, invalid)."""
+def form_properties(name, dataset, params, **request) -> dict:
+    """The operator's resolved form: property name -> FiftyOne ``Property``."""
     ctx = ExecutionContext(
         request_params={
             "dataset_name": dataset.name if dataset is not None else None,
@@ -139,11 +140,16 @@ def form(name, dataset, params, **request):
         },
         operator_uri=uri(name),
     )
-    prop = foo.get_operator(uri(name)).resolve_input(ctx)
+    return foo.get_operator(uri(name)).resolve_input(ctx).type.properties
+
+
+def form(name, dataset, params, **request):
+    """The operator's resolved form: property name -> (message or label as the App shows it,
+    rendered from Markdown; invalid)."""
     out = {}
-    for key, p in prop.type.properties.items():
+    for key, p in form_properties(name, dataset, params, **request).items():
         label = getattr(p.view, "label", None) if p.view is not None else None
-        out[key] = (label, p.invalid)
+        out[key] = (shown_text(label) if label is not None else None, p.invalid)
     return out
 
 
@@ -331,8 +337,17 @@ def test_run_ssa_immediately_matches_the_library(scene_dataset):
     ds = scene_dataset()
     result = execute("run_ssa", ds, params={**FIELD_BRANCHES, "label_field": "ssa", "top_k": 2})
     assert result.result["num_labelled"] == 3 and result.result["num_failed"] == 0
-    # an immediate run asks the App to reload the dataset
-    assert triggered(result) == ["reload_dataset"]
+    # an immediate run asks the App to reload the dataset and to show its colour scheme,
+    # which now colours each class of the new fields
+    assert triggered(result) == ["reload_dataset", "set_color_scheme"]
+    request = result.executor.to_json()["requests"][1]
+    scheme = fo.load_dataset(ds.name).app_config.color_scheme
+    assert request["params"] == {
+        "color_by": "value",
+        "opacity": scheme.opacity,
+        "fields": scheme.fields,
+    }
+    assert {f["path"] for f in request["params"]["fields"]} == {"ssa", "ssa_masks", "ssa_branch"}
     apply_ssa(
         ds,
         label_field="ref",
@@ -488,6 +503,76 @@ def test_run_ssa_form_refuses_bad_input(scene_dataset, tmp_path, monkeypatch, pa
     with pytest.raises(ExecutionError, match="Validation error"):
         execute("run_ssa", ds, params=params)
     assert "ssa" not in ds.get_field_schema()
+
+
+MARKDOWN_TRAPS = [
+    "/home/me/fiftyone/__models__/sam-vit-h/sam_vit_h_4b8939.pth not found",
+    "*one* _two_ **three** __four__ ~~five~~ `six` \\seven\\",
+    "[a link](https://example.com) ![an image](x.png) <b>html</b> <label field>_seg &amp; &#42;",
+    "# not a heading",
+    "1. not a list",
+    "- not a list",
+    "> not a quote",
+    "| not | a table |",
+    "'my_field' and 'ground_truth' hold Detections, not Segmentation",
+]
+
+
+@pytest.mark.parametrize("text", MARKDOWN_TRAPS)
+def test_form_messages_are_shown_as_written(plugins_dir, text):
+    forms = _plugin_module("forms")
+    assert shown_text(forms.markdown_text(text)) == text
+    assert forms.markdown_text("plain words and no markup") == "plain words and no markup"
+    with pytest.raises(ValueError):
+        forms.markdown_text(None)
+
+
+def _plugin_module(name: str):
+    """A module of the plugin as FiftyOne loaded it (the one its operators use)."""
+    operator = foo.get_operator(uri("run_ssa"))
+    package = type(operator).__module__.rsplit(".", 1)[0]
+    return sys.modules[f"{package}.{name}"]
+
+
+def test_missing_weights_message_shows_the_models_path_as_written(
+    scene_dataset, tmp_path, monkeypatch
+):
+    models = tmp_path / "fiftyone" / "__models__"
+    monkeypatch.setenv("FIFTYONE_SSA_MODELS_DIR", str(models))
+    ds = scene_dataset(n=1)
+    raw = _plugin_module("forms").missing_weights("sam-vit-h")
+    assert shown_text(raw) != raw  # what the App showed: __models__ in bold, as "models"
+    params = {**FIELD_BRANCHES, "mask_source": "preset"}
+    message = invalid(form("run_ssa", ds, params))["mask_branch_error"]
+    assert f"{models}/sam-vit-h/sam_vit_h_4b8939.pth not found" in message
+    assert message == raw
+    with pytest.raises(ExecutionError, match="__models__"):  # plain text, no escapes
+        execute("run_ssa", ds, params=params)
+    shown = invalid(form("run_ssa", ds, {**FIELD_BRANCHES, "label_field": "my__field*"}))
+    assert shown["label_field_error"].startswith("'my__field*' is not a usable field name")
+
+
+def test_run_summary_lists_failures_only_when_some_sample_failed(scene_dataset):
+    ds = scene_dataset(n=2)
+    operator = foo.get_operator(uri("run_ssa"))
+
+    def dialog(result: dict) -> dict:
+        ctx = ExecutionContext(
+            request_params={"dataset_name": ds.name, "params": {}, "results": result},
+            operator_uri=uri("run_ssa"),
+        )
+        return operator.resolve_output(ctx).type.properties
+
+    clean = execute("run_ssa", ds, params=dict(FIELD_BRANCHES)).result
+    assert clean["failures"] == [] and "failures" not in dialog(clean)
+    last = ds.last()
+    last["coarse"] = None
+    last.save()
+    params = {**FIELD_BRANCHES, "label_field": "again"}
+    failed = execute("run_ssa", ds, params=params).result
+    assert failed["num_failed"] == 1 and "has no 'coarse' label" in failed["failures"][0]
+    assert dialog(failed)["failures"].view.label == "First failures"
+    assert "failures" not in dialog({})  # no result sent (a queued run)
 
 
 def test_run_ssa_callable_from_python(scene_dataset):
@@ -673,8 +758,7 @@ def test_evaluate_miou_immediately_and_delegated(scene_dataset):
 
 def test_evaluate_miou_form(scene_dataset):
     ds = scene_dataset(n=1)
-    refused = invalid(form("evaluate_miou", ds, {"pred_fields": ["coarse"]}))
-    assert "Choose the ground-truth" in refused["gt_error"]
+    assert not invalid(form("evaluate_miou", ds, {"pred_fields": ["coarse"]}))  # ground_truth
     refused = invalid(
         form("evaluate_miou", ds, {"pred_fields": ["coarse"], "gt_field": "instances"})
     )
@@ -683,8 +767,6 @@ def test_evaluate_miou_form(scene_dataset):
         form("evaluate_miou", ds, {"pred_fields": ["boxes"], "gt_field": "ground_truth"})
     )
     assert "'boxes' holds Detections" in refused["pred_error"]
-    with pytest.raises(ExecutionError, match="Choose the ground-truth"):
-        execute("evaluate_miou", ds, params={"pred_fields": ["coarse"]})
 
     execute("evaluate_miou", ds, params={"gt_field": "ground_truth", "pred_fields": ["coarse"]})
     params = {"gt_field": "ground_truth", "pred_fields": ["coarse"], "eval_key": "miou"}
@@ -699,6 +781,53 @@ def test_evaluate_miou_form(scene_dataset):
         execute("evaluate_miou", ds, params={**two, "overwrite": True})
     ds.reload()
     assert ds.has_evaluation("two_coarse") and ds.has_evaluation("two_noisy")  # none deleted
+
+
+def test_evaluate_miou_form_preselects_the_ground_truth_and_shows_one_problem(scene_dataset):
+    ds = scene_dataset(n=2)
+    ds.rename_sample_field("ground_truth", "gt")
+    ds.mask_targets = {**ds.mask_targets, "gt": SCENE_CLASSES}
+    ds.save()
+    # gt, coarse, noisy: only gt is named like a ground truth; no run wrote a prediction yet
+    props = form_properties("evaluate_miou", ds, {})
+    assert props["gt_field"].default == "gt" and props["pred_fields"].default is None
+    assert invalid(form("evaluate_miou", ds, {})) == {
+        "pred_error": "Choose at least one prediction field"
+    }
+
+    # What SSA runs wrote are predictions, preselected against the ground truth
+    apply_ssa(ds, semantic_branch="field:coarse", mask_branch="field:instances")
+    props = form_properties("evaluate_miou", ds, {})
+    assert props["gt_field"].default == "gt"
+    assert props["pred_fields"].default == ["ssa", "ssa_branch"]
+    assert not invalid(form("evaluate_miou", ds, {}))
+    rows = execute("evaluate_miou", ds, params={}).result["results"]
+    assert [(r["pred_field"], r["eval_key"]) for r in rows] == [
+        ("ssa", "miou_ssa"),
+        ("ssa_branch", "miou_ssa_branch"),
+    ]
+    assert ds.get_evaluation_info("miou_ssa").config.gt_field == "gt"
+    # the only field no run wrote is the ground truth, whatever its name
+    ds.delete_sample_fields(["coarse", "noisy"])
+    ds.rename_sample_field("gt", "reference")
+    assert form_properties("evaluate_miou", ds, {})["gt_field"].default == "reference"
+
+    # No clear ground truth: one message, the first problem; the next once it is fixed
+    ds.clone_sample_field("reference", "other")
+    props = form_properties("evaluate_miou", ds, {})
+    assert props["gt_field"].default is None and props["pred_fields"].default is None
+    assert invalid(form("evaluate_miou", ds, {"eval_key": "not a key"})) == {
+        "gt_error": "Choose the ground-truth Segmentation field"
+    }
+    params = {"gt_field": "other", "pred_fields": [], "eval_key": "not a key"}
+    refused = invalid(form("evaluate_miou", ds, params))  # the user cleared the predictions
+    assert refused == {"pred_error": "Choose at least one prediction field"}
+    del params["pred_fields"]  # SSA's outputs preselected
+    assert invalid(form("evaluate_miou", ds, params)) == {
+        "eval_key_error": "'not a key' is not a usable evaluation key"
+    }
+    with pytest.raises(ExecutionError, match="Choose the ground-truth"):
+        execute("evaluate_miou", ds, params={"pred_fields": ["ssa"]})
 
 
 def test_evaluate_miou_failed_overwrite_keeps_the_old_run(scene_dataset):

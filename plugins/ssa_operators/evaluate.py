@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import fiftyone as fo
 import fiftyone.operators as foo
@@ -22,12 +23,67 @@ from .forms import (
 )
 from .library import import_library
 
+# The result table's columns: key -> heading.
+RESULT_COLUMNS = {
+    "pred_field": "Prediction",
+    "eval_key": "Evaluation key",
+    "miou": "mIoU",
+    "macc": "mAcc",
+    "aacc": "aAcc",
+}
+# Field names that say "ground truth": gt, gt_fine, ground_truth, coco_gt, truth...
+GROUND_TRUTH_NAME = re.compile(r"(^|_)(gt|ground_?truth|truth)(_|$)", re.IGNORECASE)
+
 
 def eval_keys(eval_key: str, pred_fields: list[str]) -> dict[str, str]:
     """Prediction field -> evaluation key: ``eval_key`` itself for one field, else suffixed."""
     if len(pred_fields) == 1:
         return {pred_fields[0]: eval_key}
     return {field: f"{eval_key}_{field}" for field in pred_fields}
+
+
+def run_output_fields(dataset, fields: list[str]) -> set[str]:
+    """The ``fields`` that fiftyone-ssa runs write: each label field recorded in
+    ``dataset.info`` (``runs.RUNS_INFO_KEY``) and its ``<label_field>_...`` siblings."""
+    recorded = dataset.info.get(import_library("fiftyone_ssa.runs").RUNS_INFO_KEY) or {}
+    return {
+        field
+        for field in fields
+        for label_field in recorded
+        if field == label_field or field.startswith(f"{label_field}_")
+    }
+
+
+def default_ground_truth(dataset, fields: list[str]) -> str | None:
+    """The ground truth to preselect among the Segmentation ``fields``, or None when unclear.
+
+    ``ground_truth`` (FiftyOne's convention); else the only field no fiftyone-ssa run wrote;
+    else the only such field named like a ground truth (``gt``, ``gt_...``, ``..._truth``...).
+    """
+    if "ground_truth" in fields:
+        return "ground_truth"
+    outputs = run_output_fields(dataset, fields)
+    candidates = [f for f in fields if f not in outputs]
+    if len(candidates) == 1:
+        return candidates[0]
+    named = [f for f in candidates if GROUND_TRUTH_NAME.search(f)]
+    return named[0] if len(named) == 1 else None
+
+
+def default_predictions(dataset, fields: list[str], gt_field: str | None) -> list[str]:
+    """The predictions to preselect: the Segmentation ``fields`` fiftyone-ssa runs wrote
+    (e.g. ``ssa`` and ``ssa_branch``), once a ground truth is chosen among ``fields``."""
+    if gt_field not in fields:
+        return []
+    outputs = run_output_fields(dataset, fields)
+    return [f for f in fields if f in outputs and f != gt_field]
+
+
+def _param_or(params: dict, name: str, default):
+    """``params[name]``, or ``default`` where the form left it out (None): a value the user
+    cleared ("" or []) stays cleared."""
+    value = params.get(name)
+    return default if value is None else value
 
 
 def _number(value: float) -> float | None:
@@ -88,8 +144,8 @@ class EvaluateMIoU(SSAOperator):
         inputs = types.Object()
         if require_dataset(inputs, ctx):
             target_input(inputs, ctx)
-            self._fields_inputs(inputs, ctx)
-            self._key_inputs(inputs, ctx)
+            pred_fields = self._fields_inputs(inputs, ctx)
+            self._key_inputs(inputs, ctx, pred_fields)
             inputs.int(
                 "ignore_index",
                 default=255,
@@ -106,27 +162,37 @@ class EvaluateMIoU(SSAOperator):
             )
         return types.Property(inputs, view=types.View(label="Evaluate mIoU"))
 
-    def _fields_inputs(self, inputs, ctx) -> None:
+    def _fields_inputs(self, inputs, ctx) -> list[str] | None:
+        """Ground truth and predictions; returns the predictions, or None while the form
+        shows a problem (only the first one: fix it and the next one shows)."""
         dataset = ctx.dataset
         fields = label_fields(dataset, fo.Segmentation)
         if not fields:
             block(inputs, "fields_error", "This dataset has no Segmentation field to evaluate")
-            return
-        gt_field = ctx.params.get("gt_field")
+            return None
+        default_gt = default_ground_truth(dataset, fields)
+        gt_field = _param_or(ctx.params, "gt_field", default_gt)
+        problem = None
         if not gt_field:
-            block(inputs, "gt_error", "Choose the ground-truth Segmentation field")
+            problem = ("gt_error", "Choose the ground-truth Segmentation field")
         elif gt_field not in fields:
-            problem = field_problem(dataset, gt_field, "Segmentation")
-            block(inputs, "gt_error", f"Ground-truth field {problem}")
-        default_gt = "ground_truth" if "ground_truth" in fields else None
-        dropdown(inputs, "gt_field", fields, "Ground truth", default=default_gt)
+            problem = (
+                "gt_error",
+                f"Ground-truth field {field_problem(dataset, gt_field, 'Segmentation')}",
+            )
+        if problem is not None:
+            block(inputs, *problem)
+        # Not "required": the App would add its own "Required property" under the field to
+        # the message above; the message keeps the form invalid.
+        dropdown(inputs, "gt_field", fields, "Ground truth", default=default_gt, required=False)
 
-        pred_fields = ctx.params.get("pred_fields") or []
         choices = [f for f in fields if f != gt_field]
+        default_preds = default_predictions(dataset, fields, gt_field)
         inputs.list(
             "pred_fields",
             types.String(),
-            required=True,
+            default=default_preds or None,
+            required=False,
             label="Prediction fields",
             description="one evaluation run per field",
             view=types.AutocompleteView(
@@ -135,21 +201,26 @@ class EvaluateMIoU(SSAOperator):
                 choices=[types.Choice(value=f, label=f) for f in choices],
             ),
         )
+        if problem is not None:
+            return None
+        pred_fields = list(_param_or(ctx.params, "pred_fields", default_preds) or [])
         if not pred_fields:
             block(inputs, "pred_error", "Choose at least one prediction field")
-            return
+            return None
         for field in pred_fields:
             if field == gt_field:
                 block(inputs, "pred_error", f"{field!r} is the ground truth itself")
-                return
+                return None
             if field not in fields:
                 problem = field_problem(dataset, field, "Segmentation")
                 block(inputs, "pred_error", f"Prediction field {problem}")
-                return
-        if gt_field in fields:
-            _mask_targets_notices(inputs, dataset, gt_field, pred_fields)
+                return None
+        if _mask_targets_notices(inputs, dataset, gt_field, pred_fields):
+            return None
+        return pred_fields
 
-    def _key_inputs(self, inputs, ctx) -> None:
+    def _key_inputs(self, inputs, ctx, pred_fields: list[str] | None) -> None:
+        """The evaluation key; its problems show once the fields have none."""
         inputs.bool(
             "save",
             default=True,
@@ -159,14 +230,15 @@ class EvaluateMIoU(SSAOperator):
         if not ctx.params.get("save", True):
             return
         inputs.str("eval_key", default="miou", required=False, label="Evaluation key")
+        inputs.bool("overwrite", default=False, label="Overwrite existing evaluations")
+        if pred_fields is None:
+            return
         eval_key = ctx.params.get("eval_key") or "miou"
         if not isinstance(eval_key, str) or not eval_key.isidentifier():
             block(inputs, "eval_key_error", f"{eval_key!r} is not a usable evaluation key")
             return
-        pred_fields = ctx.params.get("pred_fields") or []
-        keys = eval_keys(eval_key, pred_fields) if pred_fields else {}
+        keys = eval_keys(eval_key, pred_fields)
         existing = [k for k in keys.values() if ctx.dataset.has_evaluation(k)]
-        inputs.bool("overwrite", default=False, label="Overwrite existing evaluations")
         if existing and not ctx.params.get("overwrite", False):
             block(
                 inputs,
@@ -180,8 +252,11 @@ class EvaluateMIoU(SSAOperator):
         evaluation = import_library("fiftyone_ssa.evaluation")
         params = ctx.params
         samples = target_samples(ctx)
-        gt_field = params["gt_field"]
-        pred_fields = list(params["pred_fields"])
+        fields = label_fields(ctx.dataset, fo.Segmentation)
+        gt_field = _param_or(params, "gt_field", default_ground_truth(ctx.dataset, fields))
+        pred_fields = list(
+            _param_or(params, "pred_fields", default_predictions(ctx.dataset, fields, gt_field))
+        )
         save = params.get("save", True)
         keys = eval_keys(params.get("eval_key") or "miou", pred_fields) if save else {}
         evaluation.check_evaluable(samples, pred_fields, gt_field)  # before any run is saved
@@ -215,19 +290,25 @@ class EvaluateMIoU(SSAOperator):
         outputs = types.Object()
         outputs.str("gt_field", label="Ground truth")
         row = types.Object()
-        row.str("pred_field", label="Prediction")
-        row.str("eval_key", label="Evaluation key")
-        row.float("miou", label="mIoU")
-        row.float("macc", label="mAcc")
-        row.float("aacc", label="aAcc")
-        outputs.list("results", row, label="Results", view=types.TableView())
+        table = types.TableView()  # the App shows the columns a table view names, no others
+        for key, label in RESULT_COLUMNS.items():
+            if key in ("pred_field", "eval_key"):
+                row.str(key, label=label)
+            else:
+                row.float(key, label=label)
+            table.add_column(key, label=label)
+        outputs.list("results", row, label="Results", view=table)
         return types.Property(outputs, view=types.View(label="mIoU"))
 
 
-def _mask_targets_notices(inputs, dataset, gt_field: str, pred_fields: list[str]) -> None:
+def _mask_targets_notices(inputs, dataset, gt_field: str, pred_fields: list[str]) -> bool:
     """Warns where class names cannot be matched (classes are matched by name); refuses
     predictions that name their ids differently against a ground truth without names (the
-    library's ``check_ground_truth_targets``, without importing it into the form)."""
+    library's ``check_ground_truth_targets``, without importing it into the form).
+
+    Returns:
+        whether the form was refused.
+    """
     gt_named = has_mask_targets(dataset, gt_field)
     named = [f for f in pred_fields if has_mask_targets(dataset, f)]
     unnamed = [f for f in pred_fields if f not in named]
@@ -242,7 +323,7 @@ def _mask_targets_notices(inputs, dataset, gt_field: str, pred_fields: list[str]
             f"Ground truth {gt_field!r} has no mask targets and {', '.join(named)} name their "
             f"class ids differently: set mask targets on {gt_field!r} to match classes by name",
         )
-        return
+        return True
     if not gt_named and named:
         notice(
             inputs,
@@ -263,6 +344,7 @@ def _mask_targets_notices(inputs, dataset, gt_field: str, pred_fields: list[str]
             "targets_warning",
             "No field has mask targets: ids are compared directly and classes are named by id",
         )
+    return False
 
 
 class MIoUMetric(foo.EvaluationMetric):

@@ -3,6 +3,10 @@
 A problem the form can see (a field of the wrong type, a missing ground truth, an unknown
 branch, missing weights) is shown as a message on an invalid property: the App disables
 Execute, and ``execute_operator`` refuses the parameters with the same message.
+
+The App renders a view's label as Markdown, so every message goes through
+:func:`markdown_text` (in :func:`block` and :func:`notice`): a path such as
+``~/fiftyone/__models__/...`` or a field such as ``ground_truth`` is shown as written.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import fiftyone.operators.types as types
 from .library import import_library
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+# Every ASCII punctuation character: CommonMark lets each be backslash-escaped.
+MARKDOWN_SPECIAL = re.compile(r"([!-/:-@\[-`{-~])")
 # Instance masks are looked for in this many labelled samples of a Detections field.
 MASK_PROBE_SAMPLES = 20
 
@@ -26,17 +32,40 @@ def usable_field_name(name) -> bool:
     return isinstance(name, str) and bool(pattern.fullmatch(name))
 
 
+def markdown_text(text: str) -> str:
+    """``text`` as Markdown that renders as exactly ``text``.
+
+    The App renders labels, descriptions and messages as Markdown: ``__models__`` would turn
+    bold, ``<label>`` vanish, ``[x](y)`` become a link. Every ASCII punctuation character is
+    backslash-escaped (CommonMark renders an escaped one literally), so paths, field names and
+    whatever a user typed are shown as written. Meant for one line of text.
+
+    Args:
+        text: plain text.
+
+    Raises:
+        ValueError: ``text`` is not a string.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"Expected a string, but got {text!r}")
+    return MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
 def block(inputs: types.Object, name: str, message: str, warning: bool = False) -> None:
-    """Shows ``message`` and marks the form invalid (Execute disabled)."""
-    view = types.Warning(label=message) if warning else types.Error(label=message)
+    """Shows ``message`` (plain text) and marks the form invalid (Execute disabled).
+
+    ``execute_operator`` refuses the parameters with ``message`` as it is.
+    """
+    label = markdown_text(message)
+    view = types.Warning(label=label) if warning else types.Error(label=label)
     prop = inputs.view(name, view)
     prop.invalid = True
     prop.error_message = message
 
 
 def notice(inputs: types.Object, name: str, message: str) -> None:
-    """Shows a warning that does not stop execution."""
-    inputs.view(name, types.Warning(label=message))
+    """Shows ``message`` (plain text) as a warning that does not stop execution."""
+    inputs.view(name, types.Warning(label=markdown_text(message)))
 
 
 def label_type_name(samples, field: str) -> str | None:
@@ -324,10 +353,23 @@ class SSAOperator(foo.Operator):
         return foo.execute_operator(self.uri, ctx, params=params)
 
     @staticmethod
-    def _finish(ctx) -> None:
-        """Reloads the App's dataset after an immediate run."""
-        if not ctx.delegated:
-            ctx.trigger("reload_dataset")
+    def _finish(ctx, colors: bool = False) -> None:
+        """Reloads the App's dataset after an immediate run.
+
+        Args:
+            ctx: the execution context.
+            colors: also show the dataset's colour scheme, which a labelling run extends with
+                its fields' class colours (the App keeps the scheme it loaded otherwise).
+        """
+        if ctx.delegated:
+            return
+        ctx.trigger("reload_dataset")
+        scheme = ctx.dataset.app_config.color_scheme if colors else None
+        if scheme is not None:
+            params = {"color_by": scheme.color_by, "opacity": scheme.opacity}
+            params = {k: v for k, v in params.items() if v is not None}
+            # The App's builtin operator merges the other parameters into its scheme as given.
+            ctx.trigger("set_color_scheme", params={**params, "fields": scheme.fields or []})
 
 
 def run_summary_result(summary) -> dict:
@@ -341,12 +383,19 @@ def run_summary_result(summary) -> dict:
     }
 
 
-def run_summary_output(title: str) -> types.Property:
-    """The App's view of :func:`run_summary_result`, headed ``title``."""
+def run_summary_output(title: str, results: dict | None) -> types.Property:
+    """The App's view of :func:`run_summary_result`, headed ``title``.
+
+    Args:
+        title: the dialog's heading.
+        results: the run's result (``ctx.results``; the App sends it when it shows the
+            dialog): the "First failures" list is shown only when it lists some.
+    """
     outputs = types.Object()
     outputs.str("label_field", label="Label field")
     outputs.int("num_labelled", label="Samples labelled")
     outputs.int("num_failed", label="Samples failed")
     outputs.int("num_skipped", label="Samples skipped (already labelled)")
-    outputs.list("failures", types.String(), label="First failures")
+    if (results or {}).get("failures"):
+        outputs.list("failures", types.String(), label="First failures")
     return types.Property(outputs, view=types.View(label=title))

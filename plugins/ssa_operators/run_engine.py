@@ -16,6 +16,7 @@ from .forms import (
     device_input,
     if_exists_choice,
     if_exists_flags,
+    markdown_text,
     missing_weights,
     output_field_inputs,
     radio,
@@ -176,7 +177,7 @@ class RunSSAEngine(SSAOperator):
                 "write_segmentation",
                 default=False,
                 label="Also write a Segmentation",
-                description="<label field>_seg, painted from the named masks",
+                description=markdown_text("<label field>_seg, painted from the named masks"),
             )
             label_field = ctx.params.get("label_field", "ssa_engine")
             write_segmentation = bool(ctx.params.get("write_segmentation", False))
@@ -203,7 +204,9 @@ class RunSSAEngine(SSAOperator):
                 name,
                 required=False,
                 label=f"{description} (optional)",
-                description=f"a preset, Hugging Face id or path; blank: {defaults[role]}",
+                description=markdown_text(
+                    f"a preset, Hugging Face id or path; blank: {defaults[role]}"
+                ),
             )
             source = ctx.params.get(name)
             if source:
@@ -259,8 +262,8 @@ class RunSSAEngine(SSAOperator):
             **if_exists_flags(ctx),
             **options,
         )
-        self._finish(ctx)
+        self._finish(ctx, colors=True)
         return run_summary_result(summary)
 
     def resolve_output(self, ctx):
-        return run_summary_output("SSA-engine finished")
+        return run_summary_output("SSA-engine finished", ctx.results)

@@ -23,6 +23,7 @@ from .forms import (
     if_exists_choice,
     if_exists_flags,
     label_fields,
+    markdown_text,
     output_field_inputs,
     require_dataset,
     run_summary_output,
@@ -118,7 +119,7 @@ class RunSSA(SSAOperator):
                 "write_branch",
                 default=True,
                 label="Also write the semantic branch alone",
-                description="<label field>_branch, to compare SSA with the branch",
+                description=markdown_text("<label field>_branch, to compare SSA with the branch"),
             )
             inputs.int("top_k", default=3, min=1, label="Class proposals per mask")
             device_input(inputs, ctx)
@@ -151,11 +152,11 @@ class RunSSA(SSAOperator):
             **if_exists_flags(ctx),
             **options,
         )
-        self._finish(ctx)
+        self._finish(ctx, colors=True)
         return run_summary_result(summary)
 
     def resolve_output(self, ctx):
-        return run_summary_output("SSA finished")
+        return run_summary_output("SSA finished", ctx.results)
 
 
 def chosen_branch(ctx, kind: str) -> str:

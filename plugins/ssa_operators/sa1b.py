@@ -13,6 +13,7 @@ from .forms import (
     dropdown,
     label_fields,
     label_type_name,
+    markdown_text,
     notice,
     require_dataset,
     target_input,
@@ -70,7 +71,9 @@ class ImportSA1B(SSAOperator):
             "dataset_dir",
             required=True,
             label="SA-1B directory",
-            description="a directory on the server with sa_<id>.jpg and sa_<id>.json files",
+            description=markdown_text(
+                "a directory on the server with sa_<id>.jpg and sa_<id>.json files"
+            ),
         )
         directory = ctx.params.get("dataset_dir")
         if directory:
