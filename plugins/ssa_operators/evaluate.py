@@ -177,7 +177,7 @@ class EvaluateMIoU(SSAOperator):
             )
 
     def execute(self, ctx):
-        evaluation = import_library("fiftyone_ssa.evaluation")
+        evaluation = import_library("fiftyone_ssa.evaluation.miou")
         params = ctx.params
         samples = target_samples(ctx)
         gt_field = params["gt_field"]

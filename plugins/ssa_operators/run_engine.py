@@ -110,7 +110,7 @@ class RunSSAEngine(SSAOperator):
         Args:
             models: model overrides by role (``ade``, ``coco``, ``captioner``, ``clip``,
                 ``clipseg``): presets, Hugging Face ids or paths.
-            other: see ``fiftyone_ssa.engine.apply_ssa_engine``.
+            other: see ``fiftyone_ssa.labelling.engine.apply_ssa_engine``.
         """
         unknown = sorted(set(models or {}) - set(MODEL_ROLES))
         if unknown:
@@ -231,7 +231,7 @@ class RunSSAEngine(SSAOperator):
             block(inputs, "spacy_model_error", problem)
 
     def execute(self, ctx):
-        engine = import_library("fiftyone_ssa.engine")
+        engine = import_library("fiftyone_ssa.labelling.engine")
         params = ctx.params
         mask_branch = chosen_branch(ctx, "mask")
         device = params.get("device") or "auto"

@@ -127,7 +127,7 @@ class RunSSA(SSAOperator):
         return types.Property(inputs, view=types.View(label="Run Semantic Segment Anything"))
 
     def execute(self, ctx):
-        pipeline = import_library("fiftyone_ssa.pipeline")
+        pipeline = import_library("fiftyone_ssa.labelling.ssa")
         params = ctx.params
         mask_branch = chosen_branch(ctx, "mask")
         semantic_branch = chosen_branch(ctx, "semantic")
