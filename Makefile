@@ -9,6 +9,7 @@ demo: setup
 
 test: setup
 	.venv/bin/ruff check fiftyone_ssa plugins tests benchmarks
+	.venv/bin/lint-imports
 	.venv/bin/python -m pytest -q
 
 lint: setup

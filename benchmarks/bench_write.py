@@ -24,8 +24,8 @@ import torch
 from benchmarks.harness import Results
 from benchmarks.voting_inputs import make_voting_inputs
 from fiftyone_ssa.core.crops import mask_boxes_xyxy
+from fiftyone_ssa.labelling.writer import SampleWriter
 from fiftyone_ssa.labels import build_detections
-from fiftyone_ssa.sample_writer import SampleWriter
 
 
 def attributes_of(n: int) -> list[dict]:

@@ -126,7 +126,7 @@ def reference_engine(
     the mask's pixels.
 
     Args:
-        models: ``fiftyone_ssa.engine.EngineModels`` loaded in float32 (the same models the
+        models: ``fiftyone_ssa.labelling.engine.EngineModels`` loaded in float32 (the same models the
             batched engine uses).
         image: (H, W, 3) uint8 RGB.
         rles: the masks as COCO RLEs.

@@ -391,10 +391,10 @@ def bench_database(results, images, labelled, workdir: Path) -> None:
     """
     import fiftyone as fo
 
-    from fiftyone_ssa import runs
     from fiftyone_ssa.core.mask_set import MaskSet
-    from fiftyone_ssa.engine import EngineJob
-    from fiftyone_ssa.sample_writer import SampleWriter
+    from fiftyone_ssa.labelling import record
+    from fiftyone_ssa.labelling.engine import EngineJob
+    from fiftyone_ssa.labelling.writer import SampleWriter
 
     job = EngineJob("ssa_engine", None, None, {}, False, str(workdir / "masks"))
 
@@ -408,7 +408,7 @@ def bench_database(results, images, labelled, workdir: Path) -> None:
             paths.append(str(workdir / f"db_{i}.jpg"))
             Image.fromarray(image).save(paths[-1])
         dataset.add_samples([fo.Sample(filepath=p) for p in paths])
-        runs.declare_output_fields(dataset, job.output_schema())
+        record.declare_output_fields(dataset, job.output_schema())
         n_masks = sum(int(m.shape[0]) for m, _ in labelled)
         with results.stage("write labels: FiftyOne autosave", len(images), n_masks) as base:
             for sample, (masks, labels) in zip(dataset.iter_samples(autosave=True), labelled):

@@ -10,10 +10,10 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "apply_ssa": "fiftyone_ssa.pipeline",
-    "apply_ssa_engine": "fiftyone_ssa.engine",
-    "evaluate_miou": "fiftyone_ssa.evaluation",
-    "compare_miou": "fiftyone_ssa.comparison",
+    "apply_ssa": "fiftyone_ssa.labelling.ssa",
+    "apply_ssa_engine": "fiftyone_ssa.labelling.engine",
+    "evaluate_miou": "fiftyone_ssa.evaluation.miou",
+    "compare_miou": "fiftyone_ssa.evaluation.compare",
     "import_sa1b": "fiftyone_ssa.sa1b",
     "export_sa1b": "fiftyone_ssa.sa1b",
     "list_branches": "fiftyone_ssa.models.registry",

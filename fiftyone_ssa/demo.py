@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fiftyone_ssa.labelling.ssa import DEFAULT_MASK_BRANCH, DEFAULT_SEMANTIC_BRANCH, apply_ssa
 from fiftyone_ssa.models import weights
 from fiftyone_ssa.models.registry import create_branch
-from fiftyone_ssa.pipeline import DEFAULT_MASK_BRANCH, DEFAULT_SEMANTIC_BRANCH, apply_ssa
 
 # scikit-image ships these photos with the package (no download).
 DEMO_IMAGES = ("astronaut", "coffee", "chelsea", "rocket", "cat", "immunohistochemistry")

@@ -6,7 +6,7 @@ import fiftyone as fo
 import pytest
 
 from fiftyone_ssa import apply_ssa, apply_ssa_engine
-from fiftyone_ssa.colors import DEFAULT_OPACITY, class_color, output_color_scheme
+from fiftyone_ssa.labelling.colors import DEFAULT_OPACITY, class_color, output_color_scheme
 
 FIELD_BRANCHES = {"semantic_branch": "field:coarse", "mask_branch": "field:instances"}
 

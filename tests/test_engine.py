@@ -510,7 +510,7 @@ def _check_labels(labels, masks, top_k, vocabulary=(), mode="add"):
 
 @pytest.mark.parametrize("top_k", [1, 3, 5])
 def test_every_mask_gets_a_class_among_its_proposals(tiny_engine_models, scenes, top_k):
-    from fiftyone_ssa.engine import label_masks
+    from fiftyone_ssa.labelling.engine import label_masks
 
     results = label_masks(
         tiny_engine_models,
@@ -530,7 +530,7 @@ def test_every_mask_gets_a_class_among_its_proposals(tiny_engine_models, scenes,
 
 
 def test_single_candidate(tiny_engine_models, scenes):
-    from fiftyone_ssa.engine import label_masks
+    from fiftyone_ssa.labelling.engine import label_masks
 
     results = label_masks(
         tiny_engine_models,
@@ -546,7 +546,7 @@ def test_single_candidate(tiny_engine_models, scenes):
 
 
 def test_vocabulary_restriction_is_obeyed(tiny_engine_models, scenes):
-    from fiftyone_ssa.engine import label_masks
+    from fiftyone_ssa.labelling.engine import label_masks
 
     vocabulary = ["dog", "road", "sky", "kite"]
     results = label_masks(
@@ -563,7 +563,7 @@ def test_vocabulary_restriction_is_obeyed(tiny_engine_models, scenes):
 
 
 def test_batched_equals_one_mask_at_a_time(tiny_engine_models, scenes):
-    from fiftyone_ssa.engine import label_masks
+    from fiftyone_ssa.labelling.engine import label_masks
 
     images, masks = [s[0] for s in scenes], [s[1] for s in scenes]
     batched = label_masks(tiny_engine_models, images, masks, top_k=3, vocabulary=["kite"])
@@ -584,7 +584,7 @@ def test_batched_equals_one_mask_at_a_time(tiny_engine_models, scenes):
 
 
 def test_images_without_masks(tiny_engine_models, scenes):
-    from fiftyone_ssa.engine import label_masks
+    from fiftyone_ssa.labelling.engine import label_masks
 
     (image, masks), (other, other_masks) = scenes
     empty = masks[:0]
@@ -595,7 +595,7 @@ def test_images_without_masks(tiny_engine_models, scenes):
 
 
 def test_model_calls_do_not_grow_with_masks(tiny_engine_models, monkeypatch):
-    from fiftyone_ssa.engine import label_masks
+    from fiftyone_ssa.labelling.engine import label_masks
 
     models = tiny_engine_models
     calls = {"blip": 0, "clip": 0, "clipseg": 0}
@@ -655,7 +655,7 @@ def _full_masks(detections, height, width):
 
 
 def test_overwrite_without_segmentation_clears_the_old_map(engine_dataset, tiny_engine_models):
-    from fiftyone_ssa.engine import apply_ssa_engine
+    from fiftyone_ssa.labelling.engine import apply_ssa_engine
 
     common = {"mask_branch": "field:gt", "models": tiny_engine_models}
     apply_ssa_engine(engine_dataset[:2], write_segmentation=True, **common)
@@ -670,7 +670,7 @@ def test_apply_ssa_engine_writes_detections_and_segmentation(engine_dataset, tin
     import fiftyone as fo
     from PIL import Image
 
-    from fiftyone_ssa.engine import apply_ssa_engine
+    from fiftyone_ssa.labelling.engine import apply_ssa_engine
 
     summary = apply_ssa_engine(
         engine_dataset,
@@ -711,7 +711,7 @@ def test_apply_ssa_engine_existing_fields_and_failures(
 ):
     import fiftyone as fo
 
-    from fiftyone_ssa.engine import apply_ssa_engine
+    from fiftyone_ssa.labelling.engine import apply_ssa_engine
 
     apply_ssa_engine(
         engine_dataset,
@@ -757,7 +757,7 @@ def test_apply_ssa_engine_existing_fields_and_failures(
 
 
 def test_apply_ssa_engine_with_tiny_sam(engine_dataset, tiny_engine_models, blob_sam_dir):
-    from fiftyone_ssa.engine import apply_ssa_engine, engine_mask_generator_defaults
+    from fiftyone_ssa.labelling.engine import apply_ssa_engine, engine_mask_generator_defaults
     from fiftyone_ssa.models.registry import create_branch
 
     for light, points in ((False, 32), (True, 16)):
@@ -846,7 +846,7 @@ def test_cli_engine(engine_dataset, tiny_engine_dirs, tmp_path, capsys):
 
 @pytest.mark.gpu
 def test_label_masks_on_cuda_in_half_precision(tiny_engine_dirs, scenes):
-    from fiftyone_ssa.engine import label_masks
+    from fiftyone_ssa.labelling.engine import label_masks
 
     models = load_tiny_engine_models(tiny_engine_dirs, device="cuda", half=True)
     assert models.captioner.dtype == models.clipseg.dtype == torch.float16 and models.clip.half

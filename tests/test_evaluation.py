@@ -11,13 +11,10 @@ import sklearn.metrics as skm
 from PIL import Image
 
 from fiftyone_ssa.cli import main
-from fiftyone_ssa.comparison import (
-    compare_miou,
-    comparison_eval_keys,
-    format_comparison_table,
-    plot_per_class_iou,
-)
-from fiftyone_ssa.evaluation import MIoUResults, evaluate_miou
+from fiftyone_ssa.evaluation.compare import compare_miou, plot_per_class_iou
+from fiftyone_ssa.evaluation.miou import MIoUResults, evaluate_miou
+from fiftyone_ssa.evaluation.report import format_comparison_table
+from fiftyone_ssa.fields import evaluation_keys
 
 IGNORE = 255
 SHAPE = (12, 16)
@@ -378,7 +375,7 @@ def test_compare_table_and_plot(make_dataset, tmp_path):
     results = compare_miou(dataset, ["pred", "ssa"], "gt", eval_key="cmp", progress=False)
     assert list(results) == ["pred", "ssa"]
     assert sorted(dataset.list_evaluations()) == ["cmp_pred", "cmp_ssa"]
-    assert comparison_eval_keys("k", ["a"]) == {"a": "k"}
+    assert evaluation_keys("k", ["a"]) == {"a": "k"}
 
     table = format_comparison_table(results)
     rows = {line.split()[0]: line.split() for line in table.splitlines() if line.strip()}

@@ -254,7 +254,7 @@ def poisoned_engine_models(tiny_engine_models):
 def test_apply_ssa_engine_skips_and_records_every_fault(
     make_dataset, tmp_path, poisoned_engine_models
 ):
-    from fiftyone_ssa.engine import apply_ssa_engine
+    from fiftyone_ssa.labelling.engine import apply_ssa_engine
 
     dataset = make_dataset()
     faults = list(ENGINE_FAULTS)
@@ -286,7 +286,7 @@ def test_apply_ssa_engine_skips_and_records_every_fault(
 @pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("fault", ["missing", "model-error"])
 def test_apply_ssa_engine_fail_fast_raises(make_dataset, tmp_path, poisoned_engine_models, fault):
-    from fiftyone_ssa.engine import apply_ssa_engine
+    from fiftyone_ssa.labelling.engine import apply_ssa_engine
 
     dataset = make_dataset()
     samples = [_good_sample(tmp_path, "good", seed=1), _faulty_sample(tmp_path, fault)]

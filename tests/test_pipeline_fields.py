@@ -52,7 +52,7 @@ def test_sam_settings_with_a_field_mask_branch_are_ignored_not_a_new_run(scene_d
     branches = {"semantic_branch": "field:coarse", "mask_branch": "field:instances"}
     apply_ssa(ds, **branches)
     keys = ds.values("ssa.run_key")
-    with caplog.at_level("WARNING", logger="fiftyone_ssa.pipeline"):
+    with caplog.at_level("WARNING", logger="fiftyone_ssa.labelling.ssa"):
         summary = apply_ssa(ds, **branches, points_per_side=8)  # was refused: "already exists"
     assert "ignoring mask generator settings ['points_per_side']" in caplog.text
     assert summary.num_labelled == 0 and ds.values("ssa.run_key") == keys

@@ -666,7 +666,7 @@ def test_run_ssa_engine_immediately_and_delegated(
     assert not invalid(form("run_ssa_engine", ds, params))
     result = execute("run_ssa_engine", ds, params=params)
     assert result.result["num_labelled"] == 2 and result.result["num_failed"] == 0
-    from fiftyone_ssa.engine import apply_ssa_engine
+    from fiftyone_ssa.labelling.engine import apply_ssa_engine
 
     apply_ssa_engine(
         ds,
@@ -700,7 +700,7 @@ def test_run_ssa_engine_immediately_and_delegated(
 
 
 def test_engine_spacy_default_matches_the_library(plugins_dir):
-    from fiftyone_ssa import engine
+    from fiftyone_ssa.labelling import engine
 
     operator = foo.get_operator(uri("run_ssa_engine"))
     module = sys.modules[type(operator).__module__]

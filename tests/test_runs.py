@@ -6,8 +6,8 @@ from fiftyone import ViewField as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fiftyone_ssa import runs
-from fiftyone_ssa.distributed import split_evenly
+from fiftyone_ssa.labelling import record
+from fiftyone_ssa.labelling.distributed import split_evenly
 
 
 @given(st.integers(0, 60), st.integers(1, 9))
@@ -31,16 +31,16 @@ def test_split_evenly_rejects_no_parts():
 
 def test_run_key_depends_on_labelling_settings_only():
     base = {"label_field": "ssa", "semantic_branch": "field:coarse", "top_k": 3}
-    assert runs.make_run_key(base) == runs.make_run_key(dict(reversed(base.items())))
-    assert runs.make_run_key(base) != runs.make_run_key({**base, "top_k": 2})
-    assert len(runs.make_run_key(base)) == 12
+    assert record.make_run_key(base) == record.make_run_key(dict(reversed(base.items())))
+    assert record.make_run_key(base) != record.make_run_key({**base, "top_k": 2})
+    assert len(record.make_run_key(base)) == 12
 
     def branch(image):
         return image
 
-    named = runs.make_run_key({**base, "semantic_branch": branch})
-    assert named == runs.make_run_key({**base, "semantic_branch": branch})
-    assert runs.spec_name(branch).endswith("branch")
+    named = record.make_run_key({**base, "semantic_branch": branch})
+    assert named == record.make_run_key({**base, "semantic_branch": branch})
+    assert record.spec_name(branch).endswith("branch")
 
 
 @pytest.mark.parametrize("name", ["", "a.b", "_private", "../x", "a/b", "1st", None])
@@ -48,23 +48,23 @@ def test_bad_label_field_names_are_refused(make_dataset, name):
     ds = make_dataset()
     ds.add_sample(fo.Sample(filepath="/tmp/none.png"))
     with pytest.raises(ValueError, match="label_field"):
-        runs.check_target(ds, name)
+        record.check_target(ds, name)
 
 
 def test_empty_view_is_refused(make_dataset):
     with pytest.raises(ValueError, match="empty"):
-        runs.check_target(make_dataset(), "ssa")
+        record.check_target(make_dataset(), "ssa")
 
 
 def test_existing_field_of_another_type_is_refused_even_with_overwrite(make_dataset):
     ds = make_dataset()
     ds.add_sample(fo.Sample(filepath="/tmp/none.png", ssa=fo.Classification(label="x")))
     with pytest.raises(ValueError, match="holds Classification, not Segmentation"):
-        runs.check_outputs_free(ds, "ssa", {"ssa": fo.Segmentation}, "k", True, False)
+        record.check_outputs_free(ds, "ssa", {"ssa": fo.Segmentation}, "k", True, False)
 
 
 def test_ranks_exchange_counts_and_failures_only():
-    from fiftyone_ssa.runs import SampleSummary, SSARunSummary
+    from fiftyone_ssa.labelling.record import SampleSummary, SSARunSummary
 
     def summary(ok, failed, skipped):
         entries = [SampleSummary(f"id{i}", f"/x/{i}.png", 2, ["a"]) for i in range(ok)]
@@ -83,7 +83,7 @@ def test_ranks_exchange_counts_and_failures_only():
 
 
 def test_batches_of_a_view_the_run_shrinks_hold_every_sample_once(make_dataset):
-    from fiftyone_ssa.batching import iter_batches
+    from fiftyone_ssa.labelling.sources import iter_batches
 
     ds = make_dataset()
     ds.add_samples([fo.Sample(filepath=f"/tmp/batch_{i}.png", done=False) for i in range(7)])

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from fiftyone_ssa.labelling.writer import SampleWriter
 from fiftyone_ssa.labels import build_detections
-from fiftyone_ssa.sample_writer import SampleWriter
 from tests.scenes import masks_of_kinds
 
 

@@ -300,8 +300,8 @@ _SNAPSHOT = textwrap.dedent(
 )
 
 _LIBRARY_IMPORTS = """
-import fiftyone_ssa, fiftyone_ssa.pipeline, fiftyone_ssa.engine, fiftyone_ssa.sa1b
-import fiftyone_ssa.evaluation, fiftyone_ssa.comparison, fiftyone_ssa.labels
+import fiftyone_ssa, fiftyone_ssa.labelling.ssa, fiftyone_ssa.labelling.engine, fiftyone_ssa.sa1b
+import fiftyone_ssa.evaluation.miou, fiftyone_ssa.evaluation.compare, fiftyone_ssa.labels
 import fiftyone_ssa.cli, fiftyone_ssa.models.registry, fiftyone_ssa.models.semantic.branches
 import fiftyone_ssa.models.masks.branches, fiftyone_ssa.models.masks.sam_loader, fiftyone_ssa.models.weights
 from fiftyone_ssa.cli import build_parser
@@ -451,9 +451,9 @@ def _mask_paths(dataset, field):
 @pytest.fixture
 def masks_to_disk(monkeypatch):
     """Every instance mask goes to a PNG (as for images with more than 8M mask pixels)."""
-    import fiftyone_ssa.runs
+    import fiftyone_ssa.labelling.record
 
-    monkeypatch.setattr(fiftyone_ssa.runs, "MAX_INLINE_MASK_PIXELS", 0)
+    monkeypatch.setattr(fiftyone_ssa.labelling.record, "MAX_INLINE_MASK_PIXELS", 0)
 
 
 @pytest.mark.usefixtures("masks_to_disk")
@@ -502,7 +502,7 @@ def test_a_relative_or_home_output_dir_gives_absolute_mask_paths(
 def test_engine_large_masks_are_written_under_output_dir(
     make_dataset, tmp_path, tiny_engine_models
 ):
-    from fiftyone_ssa.engine import apply_ssa_engine
+    from fiftyone_ssa.labelling.engine import apply_ssa_engine
 
     dataset = _large_mask_dataset(make_dataset, tmp_path)
     output_dir = tmp_path / "chosen"

@@ -28,13 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--models-dir", default=None, help=_MODELS_DIR_HELP)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"fiftyone_ssa.cli.{name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"fiftyone_ssa.cli.{name}":
-                continue  # subcommand not shipped yet
-            raise
-        module.add_parser(subparsers)
+        importlib.import_module(f"fiftyone_ssa.cli.{name}").add_parser(subparsers)
     # ``--models-dir`` is also accepted after the subcommand (``fiftyone-ssa run ... --models-dir``,
     # ``fiftyone-ssa models list --models-dir ...``).
     _accept_models_dir(subparsers)

@@ -119,7 +119,7 @@ def run_on_ranks(label: Callable[[], object]) -> int:
 
     Rank 0 prints the merged summary; the exit code is 1 when nothing could be labelled.
     """
-    from fiftyone_ssa import distributed
+    from fiftyone_ssa.labelling import distributed
 
     ranks = distributed.init_from_environment()
     try:

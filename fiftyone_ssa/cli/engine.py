@@ -125,7 +125,7 @@ def read_vocabulary(values: list[str] | None) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fiftyone_ssa.engine import apply_ssa_engine
+    from fiftyone_ssa.labelling.engine import apply_ssa_engine
 
     vocabulary = read_vocabulary(args.vocabulary)
     if args.restrict_vocabulary and not vocabulary:

@@ -53,14 +53,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     import fiftyone as fo
 
-    from fiftyone_ssa.comparison import (
-        check_plot_path,
-        compare_miou,
-        comparison_eval_keys,
-        format_comparison_table,
-        plot_per_class_iou,
-    )
-    from fiftyone_ssa.evaluation import check_ground_truth_targets
+    from fiftyone_ssa.evaluation.compare import check_plot_path, compare_miou, plot_per_class_iou
+    from fiftyone_ssa.evaluation.miou import check_ground_truth_targets
+    from fiftyone_ssa.evaluation.report import format_comparison_table
+    from fiftyone_ssa.fields import evaluation_keys
 
     if not fo.dataset_exists(args.dataset):
         raise ValueError(f"no dataset named {args.dataset!r}; `fiftyone datasets list` lists them")
@@ -78,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print(format_comparison_table(results))
     if args.eval_key is not None:
-        for field, key in comparison_eval_keys(args.eval_key, args.pred).items():
+        for field, key in evaluation_keys(args.eval_key, args.pred).items():
             print(f"saved {field!r} as evaluation {key!r} (per-sample {key}_miou, {key}_aacc)")
     if args.plot:
         print(f"wrote {plot_per_class_iou(results, args.plot)}")

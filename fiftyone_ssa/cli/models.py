@@ -55,8 +55,8 @@ def _presence(name: str) -> str:
 
 
 def run_download(args: argparse.Namespace) -> int:
+    from fiftyone_ssa.fields import DEFAULT_MASK_BRANCH, DEFAULT_SEMANTIC_BRANCH
     from fiftyone_ssa.models import weights
-    from fiftyone_ssa.pipeline import DEFAULT_MASK_BRANCH, DEFAULT_SEMANTIC_BRANCH
 
     names = args.names or [DEFAULT_MASK_BRANCH, DEFAULT_SEMANTIC_BRANCH]
     for name in names:

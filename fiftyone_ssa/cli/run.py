@@ -54,7 +54,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fiftyone_ssa.pipeline import apply_ssa
+    from fiftyone_ssa.labelling.ssa import apply_ssa
 
     samples = load_samples(args.dataset, args.view_tag, args.limit)
     return run_on_ranks(

@@ -1,6 +1,6 @@
 """Semantic voting: one class per mask from a per-pixel class map, and painting the result.
 
-The algorithm is SSA's (see DESIGN.md): masks are ordered by area, largest first (stable);
+The algorithm is SSA's (README, "How a mask's class is decided"): masks are ordered by area, largest first (stable);
 each mask takes the class most of its pixels have in the branch's class map (ties go to the
 lowest class id; votes always read the original map); the output starts as a copy of the class
 map and each mask is painted with its class in that order, so smaller masks overwrite larger

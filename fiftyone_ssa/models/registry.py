@@ -1,10 +1,10 @@
 """The branch registry: names -> factories, for semantic and mask branches.
 
-``create_branch(name)`` accepts a registered name (a preset), ``field:<name>`` (labels already
-on the samples), a local directory or checkpoint, a Hugging Face id (its weights fetched
+``create_branch(name)`` accepts a registered name (a preset), a local directory or checkpoint, a Hugging Face id (its weights fetched
 beforehand with ``fiftyone-ssa models download``), a branch instance, or, for semantic branches,
 any callable ``image -> (class map, id -> name)``. Unknown names raise ``ValueError`` listing
-the valid ones.
+the valid ones. ``field:<name>`` specs (labels already on the samples) are read by the labelling
+layer (:mod:`fiftyone_ssa.labelling.sources`), not built here.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from typing import Any
 
 from fiftyone_ssa.models import weights
 from fiftyone_ssa.models.masks.branches import (
-    FieldMaskBranch,
     MaskBranch,
     load_mask_branch,
     load_sam_branch,
@@ -28,7 +27,6 @@ from fiftyone_ssa.models.masks.branches import (
 from fiftyone_ssa.models.semantic.branches import (
     CallableSemanticBranch,
     CLIPSegSemanticBranch,
-    FieldSemanticBranch,
     OneFormerSemanticBranch,
     SemanticBranch,
     TransformersSemanticBranch,
@@ -156,17 +154,6 @@ def _unknown(name: str, kind: str) -> ValueError:
     )
 
 
-def field_name(spec: Any) -> str | None:
-    """The sample field a branch reads, from its spec (``"field:<name>"`` or a field branch).
-
-    Returns:
-        The field name, or None for a model branch.
-    """
-    if isinstance(spec, str):
-        return spec[len("field:") :] if spec.startswith("field:") else None
-    return getattr(spec, "field", None)
-
-
 def create_branch(name: Any, kind: str = "semantic", **kwargs) -> SemanticBranch | MaskBranch:
     """Builds a semantic or mask branch from a name, path, id, field, instance or callable.
 
@@ -198,10 +185,10 @@ def create_branch(name: Any, kind: str = "semantic", **kwargs) -> SemanticBranch
     if not isinstance(name, str) or not name:
         raise ValueError(f"Expected a {kind} branch name, but got {name!r}")
     if name.startswith("field:"):
-        if kind == "semantic":
-            _refuse_classes(kwargs, f"{name!r} (read with its field's mask targets)")
-        field_cls = FieldSemanticBranch if kind == "semantic" else FieldMaskBranch
-        return field_cls(name[len("field:") :], device=kwargs.get("device"))
+        raise ValueError(
+            f"{name!r} reads labels already on the samples: pass it to apply_ssa / "
+            "apply_ssa_engine, which read the field; create_branch builds models"
+        )
     entry = _REGISTRY.get(name)
     if entry is not None:
         if entry.kind != kind:

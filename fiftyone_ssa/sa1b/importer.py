@@ -37,7 +37,7 @@ from fiftyone_ssa.core.rle import (
     rle_to_bbox,
     rle_to_mask,
 )
-from fiftyone_ssa.runs import check_field_name
+from fiftyone_ssa.fields import check_field_name
 
 logger = logging.getLogger(__name__)
 

@@ -25,8 +25,9 @@ from .forms import (
 )
 from .library import import_library
 
-DEFAULT_MASK_PRESET = "sam-vit-h"
-DEFAULT_SEMANTIC_PRESET = "segformer-b5-ade20k"
+# The library's defaults (fiftyone_ssa.fields imports nothing heavy).
+DEFAULT_MASK_PRESET = import_library("fiftyone_ssa.fields").DEFAULT_MASK_BRANCH
+DEFAULT_SEMANTIC_PRESET = import_library("fiftyone_ssa.fields").DEFAULT_SEMANTIC_BRANCH
 
 
 def branch_params(branch: str, kind: str) -> dict:

@@ -23,6 +23,7 @@ from .forms import (
 )
 from .library import import_library
 
+DEFAULT_EVAL_KEY = import_library("fiftyone_ssa.fields").DEFAULT_EVAL_KEY
 # The result table's columns: key -> heading.
 RESULT_COLUMNS = {
     "pred_field": "Prediction",
@@ -36,16 +37,15 @@ GROUND_TRUTH_NAME = re.compile(r"(^|_)(gt|ground_?truth|truth)(_|$)", re.IGNOREC
 
 
 def eval_keys(eval_key: str, pred_fields: list[str]) -> dict[str, str]:
-    """Prediction field -> evaluation key: ``eval_key`` itself for one field, else suffixed."""
-    if len(pred_fields) == 1:
-        return {pred_fields[0]: eval_key}
-    return {field: f"{eval_key}_{field}" for field in pred_fields}
+    """Prediction field -> evaluation key, as the library names them
+    (``fiftyone_ssa.fields.evaluation_keys``)."""
+    return import_library("fiftyone_ssa.fields").evaluation_keys(eval_key, pred_fields)
 
 
 def run_output_fields(dataset, fields: list[str]) -> set[str]:
     """The ``fields`` that fiftyone-ssa runs write: each label field recorded in
     ``dataset.info`` (``runs.RUNS_INFO_KEY``) and its ``<label_field>_...`` siblings."""
-    recorded = dataset.info.get(import_library("fiftyone_ssa.runs").RUNS_INFO_KEY) or {}
+    recorded = dataset.info.get(import_library("fiftyone_ssa.labelling.record").RUNS_INFO_KEY) or {}
     return {
         field
         for field in fields
@@ -229,11 +229,11 @@ class EvaluateMIoU(SSAOperator):
         )
         if not ctx.params.get("save", True):
             return
-        inputs.str("eval_key", default="miou", required=False, label="Evaluation key")
+        inputs.str("eval_key", default=DEFAULT_EVAL_KEY, required=False, label="Evaluation key")
         inputs.bool("overwrite", default=False, label="Overwrite existing evaluations")
         if pred_fields is None:
             return
-        eval_key = ctx.params.get("eval_key") or "miou"
+        eval_key = ctx.params.get("eval_key") or DEFAULT_EVAL_KEY
         if not isinstance(eval_key, str) or not eval_key.isidentifier():
             block(inputs, "eval_key_error", f"{eval_key!r} is not a usable evaluation key")
             return
@@ -249,7 +249,7 @@ class EvaluateMIoU(SSAOperator):
             )
 
     def execute(self, ctx):
-        evaluation = import_library("fiftyone_ssa.evaluation")
+        evaluation = import_library("fiftyone_ssa.evaluation.miou")
         params = ctx.params
         samples = target_samples(ctx)
         fields = label_fields(ctx.dataset, fo.Segmentation)
@@ -258,7 +258,7 @@ class EvaluateMIoU(SSAOperator):
             _param_or(params, "pred_fields", default_predictions(ctx.dataset, fields, gt_field))
         )
         save = params.get("save", True)
-        keys = eval_keys(params.get("eval_key") or "miou", pred_fields) if save else {}
+        keys = eval_keys(params.get("eval_key") or DEFAULT_EVAL_KEY, pred_fields) if save else {}
         evaluation.check_evaluable(samples, pred_fields, gt_field)  # before any run is saved
         rows = []
         for i, field in enumerate(pred_fields):

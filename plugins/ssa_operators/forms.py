@@ -27,8 +27,8 @@ MASK_PROBE_SAMPLES = 20
 
 
 def usable_field_name(name) -> bool:
-    """Whether the library takes ``name`` as an output field (``runs.FIELD_NAME_PATTERN``)."""
-    pattern = import_library("fiftyone_ssa.runs").FIELD_NAME_PATTERN
+    """Whether the library takes ``name`` as an output field (``fields.FIELD_NAME_PATTERN``)."""
+    pattern = import_library("fiftyone_ssa.fields").FIELD_NAME_PATTERN
     return isinstance(name, str) and bool(pattern.fullmatch(name))
 
 

@@ -37,16 +37,17 @@ MODEL_ROLES = {
     "clip": "CLIP",
     "clipseg": "CLIPSeg",
 }
-# As in fiftyone_ssa.models.engine.nouns (a test keeps the two equal): a signature default below, read
-# at plugin import, when no part of the library may be imported yet.
-DEFAULT_SPACY_MODEL = "en_core_web_sm"
+# The library's default (fiftyone_ssa.fields imports nothing heavy), read at plugin import.
+DEFAULT_SPACY_MODEL = import_library("fiftyone_ssa.fields").DEFAULT_SPACY_MODEL
 
 
 def engine_outputs(label_field: str, write_segmentation: bool) -> dict[str, type]:
     """The fields ``apply_ssa_engine`` writes, with their label types."""
     outputs = {label_field: fo.Detections}
     if write_segmentation:
-        outputs[f"{label_field}_seg"] = fo.Segmentation
+        outputs[import_library("fiftyone_ssa.fields").segmentation_field(label_field)] = (
+            fo.Segmentation
+        )
     return outputs
 
 
@@ -111,7 +112,7 @@ class RunSSAEngine(SSAOperator):
         Args:
             models: model overrides by role (``ade``, ``coco``, ``captioner``, ``clip``,
                 ``clipseg``): presets, Hugging Face ids or paths.
-            other: see ``fiftyone_ssa.engine.apply_ssa_engine``.
+            other: see ``fiftyone_ssa.labelling.engine.apply_ssa_engine``.
         """
         unknown = sorted(set(models or {}) - set(MODEL_ROLES))
         if unknown:
@@ -234,7 +235,7 @@ class RunSSAEngine(SSAOperator):
             block(inputs, "spacy_model_error", problem)
 
     def execute(self, ctx):
-        engine = import_library("fiftyone_ssa.engine")
+        engine = import_library("fiftyone_ssa.labelling.engine")
         params = ctx.params
         mask_branch = chosen_branch(ctx, "mask")
         device = params.get("device") or "auto"

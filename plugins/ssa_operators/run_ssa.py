@@ -37,9 +37,10 @@ from .library import ProgressReporter, import_library
 
 def ssa_outputs(label_field: str, write_branch: bool) -> dict[str, type]:
     """The fields ``apply_ssa`` writes, with their label types."""
-    outputs = {label_field: fo.Segmentation, f"{label_field}_masks": fo.Detections}
+    names = import_library("fiftyone_ssa.fields")
+    outputs = {label_field: fo.Segmentation, names.masks_field(label_field): fo.Detections}
     if write_branch:
-        outputs[f"{label_field}_branch"] = fo.Segmentation
+        outputs[names.branch_field(label_field)] = fo.Segmentation
     return outputs
 
 
@@ -128,7 +129,7 @@ class RunSSA(SSAOperator):
         return types.Property(inputs, view=types.View(label="Run Semantic Segment Anything"))
 
     def execute(self, ctx):
-        pipeline = import_library("fiftyone_ssa.pipeline")
+        pipeline = import_library("fiftyone_ssa.labelling.ssa")
         params = ctx.params
         mask_branch = chosen_branch(ctx, "mask")
         semantic_branch = chosen_branch(ctx, "semantic")

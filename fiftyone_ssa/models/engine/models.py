@@ -1,6 +1,6 @@
 """SSA-engine's models and its batched labelling core (no FiftyOne).
 
-Per image (DESIGN.md, "SSA-engine algorithm"): the top-1 ADE20K and refined COCO names of each
+Per image (the original SSA-engine's algorithm; README, "SSA-engine"): the top-1 ADE20K and refined COCO names of each
 mask from two OneFormer class maps; a BLIP caption of the mask's 1.6x crop and its spaCy noun
 phrases; CLIP ranks the de-duplicated candidates on the 1.2x crop and keeps the top-k
 (``class_proposals``); CLIPSeg picks the proposal that wins most of the mask's pixels in the
@@ -22,14 +22,14 @@ import torch
 from fiftyone_ssa.core.crops import mask_boxes_xywh, scale_boxes
 from fiftyone_ssa.core.vocabulary import build_candidates, check_vocabulary, refine_coco_name
 from fiftyone_ssa.core.voting import vote_mask_classes
+from fiftyone_ssa.fields import DEFAULT_SPACY_MODEL
 from fiftyone_ssa.models import weights
 from fiftyone_ssa.models.engine.captioner import BlipCaptioner
 from fiftyone_ssa.models.engine.clip_filter import ClipFilter
 from fiftyone_ssa.models.engine.clipseg_decider import ClipSegDecider
-from fiftyone_ssa.models.engine.nouns import DEFAULT_SPACY_MODEL, NounExtractor
+from fiftyone_ssa.models.engine.nouns import NounExtractor
 from fiftyone_ssa.models.registry import create_branch
 from fiftyone_ssa.models.semantic.branches import (
-    FieldSemanticBranch,
     SemanticBranch,
     default_device,
 )
@@ -141,10 +141,9 @@ class EngineModels:
 
         def branch(source, role):
             source = source if source is not None else defaults[role]
-            created = create_branch(source, kind="semantic", device=device)
-            if isinstance(created, FieldSemanticBranch):
+            if isinstance(source, str) and source.startswith("field:"):
                 raise ValueError(f"Expected a model for the {role} branch, but got {source!r}")
-            return created
+            return create_branch(source, kind="semantic", device=device)
 
         captioner = captioner if captioner is not None else defaults["captioner"]
         if not isinstance(captioner, BlipCaptioner):

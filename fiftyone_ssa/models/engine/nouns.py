@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-DEFAULT_SPACY_MODEL = "en_core_web_sm"
+from fiftyone_ssa.fields import DEFAULT_SPACY_MODEL
 
 _NOUNS = {"NOUN", "PROPN"}
 _MODIFIERS = {"ADJ", "NOUN", "PROPN"}

@@ -69,20 +69,6 @@ class MaskBranch:
         raise NotImplementedError
 
 
-class FieldMaskBranch(MaskBranch):
-    """The instance masks of an existing ``fo.Detections`` field; the pipeline reads them."""
-
-    def __init__(self, field: str, device: str | torch.device | None = None):
-        if not field:
-            raise ValueError("Expected a field name after 'field:', but got an empty name")
-        self.field = field
-        self.name = f"field:{field}"
-        self.device = torch.device(device) if device else torch.device("cpu")
-
-    def generate(self, image):
-        raise RuntimeError(f"{self.name} reads its masks from the samples, not from images")
-
-
 def _check_options(options: dict) -> dict:
     unknown = sorted(set(options) - set(MASK_GENERATOR_OPTIONS))
     if unknown:

@@ -53,25 +53,6 @@ class SemanticBranch:
         raise NotImplementedError
 
 
-class FieldSemanticBranch(SemanticBranch):
-    """The class maps of an existing ``fo.Segmentation`` field (no model run).
-
-    The pipeline reads the field itself; ``classes`` are filled from the field's mask
-    targets there.
-    """
-
-    def __init__(self, field: str, device: str | torch.device | None = None):
-        if not field:
-            raise ValueError("Expected a field name after 'field:', but got an empty name")
-        self.field = field
-        self.name = f"field:{field}"
-        self.classes = {}
-        self.device = torch.device(device) if device else torch.device("cpu")
-
-    def predict(self, images):
-        raise RuntimeError(f"{self.name} reads its class maps from the samples, not from images")
-
-
 def _holds_class_ids(class_map: torch.Tensor) -> bool:
     """Whether every value of a map is a whole number >= 0 (a bool map holds ids 0 and 1)."""
     if class_map.is_complex():

@@ -4,14 +4,14 @@ A :class:`LabellingJob` says what a kind of run (SSA, SSA-engine) reads, compute
 :func:`execute_labelling_run` does the rest, the same way for both:
 
 1. every rank has checked the request (the caller does: output fields free, or this run's own;
-   see ``runs.check_outputs_free``) before anything is written;
+   see :func:`.record.check_outputs_free`) before anything is written;
 2. rank 0 declares the output fields, records the run and splits the pending samples (those
    without a label of this run key) into one contiguous id range per rank;
 3. each rank labels its range batch by batch, images decoded ahead in threads, and writes each
    sample in one update (or records why it failed), a batch per bulk write on a background
-   thread (``sample_writer``);
+   thread (:mod:`.writer`);
 4. the ranks meet; rank 0 finishes the dataset-level settings (mask targets, then the App's
-   per-class colours of the output fields, see ``colors``) and merges the summaries.
+   per-class colours of the output fields, see :mod:`.colors`) and merges the summaries.
 
 Without torchrun there is one rank and steps 2-4 involve no communication.
 """
@@ -26,10 +26,11 @@ from typing import Any
 import fiftyone as fo
 import fiftyone.core.utils as fou
 
-from fiftyone_ssa import colors, distributed, runs
-from fiftyone_ssa.batching import iter_batches, prefetch, safe_reader
-from fiftyone_ssa.runs import SampleSummary, SSARunSummary
-from fiftyone_ssa.sample_writer import SampleWriter
+from fiftyone_ssa.fields import error_field
+from fiftyone_ssa.labelling import colors, distributed, record
+from fiftyone_ssa.labelling.record import SampleSummary, SSARunSummary
+from fiftyone_ssa.labelling.sources import iter_batches, prefetch, safe_reader
+from fiftyone_ssa.labelling.writer import SampleWriter
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class LabellingJob:
     needs_image: bool = True
 
     def output_schema(self) -> dict[str, tuple[type, dict]]:
-        """The fields and label attributes to declare (see ``runs.declare_output_fields``)."""
+        """The fields and label attributes to declare (see ``record.declare_output_fields``)."""
         raise NotImplementedError
 
     def prepare(self, dataset: fo.Dataset, others_remain: bool) -> None:
@@ -133,7 +134,7 @@ def execute_labelling_run(
     Args:
         samples: a FiftyOne dataset or view.
         job: the kind of run; the caller has validated the request (inputs, output fields).
-        run_key: the run's key (``runs.make_run_key(config)``).
+        run_key: the run's key (``record.make_run_key(config)``).
         config: the configuration behind the key (recorded in ``dataset.info``).
         batch_size: samples per ``job.label_batch`` call.
         num_workers: threads decoding images ahead of the models (0: none, decoded in turn).
@@ -157,16 +158,16 @@ def execute_labelling_run(
     wrote_fields = False
     if ranks.is_main:
         try:
-            pending = runs.pending_samples(samples, label_field, run_key, skip_existing, resume)
+            pending = record.pending_samples(samples, label_field, run_key, skip_existing, resume)
             pending_ids = pending.values("_id")
             wrote_fields = bool(pending_ids)
-            others_remain = runs.foreign_labels(
+            others_remain = record.foreign_labels(
                 dataset, label_field, run_key, excluding=pending_ids
             )
             if pending_ids:  # a run with nothing to label changes no dataset-level setting
-                runs.declare_output_fields(dataset, job.output_schema())
+                record.declare_output_fields(dataset, job.output_schema())
                 job.prepare(dataset, others_remain)
-                runs.record_run(dataset, label_field, run_key, config)
+                record.record_run(dataset, label_field, run_key, config)
             ranges = None
             if ranks.is_distributed:
                 ranges = distributed.split_evenly(sorted(pending_ids), ranks.world_size)
@@ -182,7 +183,7 @@ def execute_labelling_run(
     job.start(dataset)
 
     # Built again after the reload: the other ranks' schema now has the output fields.
-    mine = runs.pending_samples(samples, label_field, run_key, skip_existing, resume)
+    mine = record.pending_samples(samples, label_field, run_key, skip_existing, resume)
     if ranges is not None:
         bounds = ranges[ranks.rank]
         mine = (
@@ -234,7 +235,7 @@ def _label_samples(
     select = view.select_fields(job.input_fields)
     read = safe_reader(job.needs_image)
     done = 0
-    error_field = runs.error_field(job.label_field)
+    error_name = error_field(job.label_field)
     stale = _stale_outputs(dataset, view, job.label_field, job.unwritten_outputs())
     with SampleWriter(dataset) as writer, fou.ProgressBar(total=total, progress=progress) as pbar:
         for batch, images in prefetch(iter_batches(select, batch_size), read, num_workers):
@@ -245,7 +246,7 @@ def _label_samples(
                     if not skip_failures:
                         raise outcome
                     entry.error = f"{type(outcome).__name__}: {outcome}"
-                    writer.add(sample.id, {error_field: entry.error})
+                    writer.add(sample.id, {error_name: entry.error})
                     logger.warning("skipping %s: %s", sample.filepath, entry.error)
                 else:
                     values, entry.num_masks, entry.classes = job.sample_values(

@@ -28,7 +28,6 @@ from fiftyone.utils.eval.segmentation import (
     SegmentationResults,
 )
 
-from fiftyone_ssa.batching import check_field_in_view
 from fiftyone_ssa.core.metrics import (
     ClassMatcher,
     StreamingConfusionMatrix,
@@ -36,6 +35,8 @@ from fiftyone_ssa.core.metrics import (
     segmentation_metrics,
 )
 from fiftyone_ssa.core.metrics import reduce_zero_label as to_training_ids
+from fiftyone_ssa.evaluation.report import format_report
+from fiftyone_ssa.fields import check_field_in_view
 from fiftyone_ssa.labels import float_or_none
 
 logger = logging.getLogger(__name__)
@@ -502,8 +503,6 @@ class MIoUResults(SegmentationResults):
 
     def print_report(self, classes=None, digits=2) -> None:
         """Prints per-class IoU and accuracy (in %, as mmsegmentation does) and the overall numbers."""
-        from fiftyone_ssa.comparison import format_report
-
         print(format_report(self, classes=classes, digits=digits))
 
     @classmethod

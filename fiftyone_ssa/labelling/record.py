@@ -12,18 +12,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import fiftyone as fo
 from fiftyone import ViewField as F
 
+from fiftyone_ssa.fields import check_field_name, error_field
+
 # ``dataset.info`` key under which each label field's last run configuration is kept.
 RUNS_INFO_KEY = "fiftyone_ssa_runs"
 RUN_KEY_ATTRIBUTE = "run_key"
 # The output field names runs accept: top-level, ASCII letter first (the plugin's forms too).
-FIELD_NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 # Above this many mask pixels per sample, instance masks go to disk (``mask_path``).
 MAX_INLINE_MASK_PIXELS = 8_000_000
 
@@ -94,11 +94,6 @@ class SSARunSummary:
         return text
 
 
-def error_field(label_field: str) -> str:
-    """The field recording why a sample could not be labelled into ``label_field``."""
-    return f"{label_field}_error"
-
-
 def check_target(samples, label_field: str) -> None:
     """Raises ValueError (one line) for a collection that cannot be labelled (not images, a
     generated view, empty) or an unusable output field name."""
@@ -115,15 +110,6 @@ def check_target(samples, label_field: str) -> None:
             "grouped dataset, select an image slice with select_group_slices)"
         )
     check_field_name(label_field)
-
-
-def check_field_name(label_field: Any) -> None:
-    """Raises ValueError (one line) unless ``label_field`` is a plain top-level field name."""
-    if not isinstance(label_field, str) or not FIELD_NAME_PATTERN.fullmatch(label_field):
-        raise ValueError(
-            "Expected `label_field` to be a top-level field name (letters, digits and "
-            f"underscores, starting with a letter), but got {label_field!r}"
-        )
 
 
 def mask_directory(samples, output_dir: str | None = None) -> str:

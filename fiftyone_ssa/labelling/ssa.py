@@ -1,43 +1,54 @@
-"""SSA close-set over a FiftyOne collection: masks + semantic branch + voting -> label fields."""
+"""SSA close-set over a FiftyOne collection: masks + class maps -> voted labels -> label fields.
+
+The per-image algorithm is :func:`fiftyone_ssa.core.ssa.label_one_image`; this module checks
+the request, builds the sources and turns each image's :class:`~fiftyone_ssa.core.ssa.ImageLabels`
+into FiftyOne labels for the run loop to write.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import fiftyone as fo
-import fiftyone.core.fields as fof
-import numpy as np
 import torch
 
-from fiftyone_ssa import distributed, runs
-from fiftyone_ssa.batching import check_label_field, guard
+from fiftyone_ssa import fields
 from fiftyone_ssa.core.mask_set import MaskSet
-from fiftyone_ssa.core.rle_voting import vote_and_paint_masks
-from fiftyone_ssa.core.voting import paint_masks, painting_order, vote_mask_classes
+from fiftyone_ssa.core.ssa import ImageLabels, label_one_image
+from fiftyone_ssa.fields import DEFAULT_MASK_BRANCH, DEFAULT_SEMANTIC_BRANCH, check_label_field
+from fiftyone_ssa.labelling import distributed, record
+from fiftyone_ssa.labelling.loop import LabellingJob, check_run_options, execute_labelling_run
+from fiftyone_ssa.labelling.record import SampleSummary, SSARunSummary
+from fiftyone_ssa.labelling.sources import (
+    ClassMapSource,
+    MaskSource,
+    class_map_source,
+    field_classes,
+    field_name,
+    guard,
+    mask_generator_settings,
+    mask_source,
+)
 from fiftyone_ssa.labels import (
     MAX_CLASS_ID,
     build_detections,
-    carried_attributes,
     class_map_to_numpy,
-    detections_to_mask_set,
     float_or_none,
-    segmentation_to_tensor,
 )
-from fiftyone_ssa.models.masks.branches import FieldMaskBranch, MaskBranch
-from fiftyone_ssa.models.registry import create_branch, field_name
-from fiftyone_ssa.models.semantic.branches import FieldSemanticBranch, SemanticBranch
-from fiftyone_ssa.run_loop import LabellingJob, check_run_options, execute_labelling_run
-from fiftyone_ssa.runs import SampleSummary, SSARunSummary
 
-__all__ = ["SSARunSummary", "SampleSummary", "apply_ssa", "label_one_image"]
+__all__ = [
+    "DEFAULT_MASK_BRANCH",
+    "DEFAULT_SEMANTIC_BRANCH",
+    "SSARunSummary",
+    "SampleSummary",
+    "apply_ssa",
+]
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_SEMANTIC_BRANCH = "segformer-b5-ade20k"
-DEFAULT_MASK_BRANCH = "sam-vit-h"
 
 # The attributes of every mask detection SSA writes, besides ``label`` and ``confidence``.
 MASK_ATTRIBUTES = {
@@ -50,38 +61,11 @@ MASK_ATTRIBUTES = {
 
 def output_types(label_field: str, write_branch: bool = True) -> dict[str, type]:
     """The fields ``apply_ssa`` writes for ``label_field`` -> their label type (``str``: text)."""
-    types = {label_field: fo.Segmentation, f"{label_field}_masks": fo.Detections}
+    types = {label_field: fo.Segmentation, fields.masks_field(label_field): fo.Detections}
     if write_branch:
-        types[f"{label_field}_branch"] = fo.Segmentation
-    types[runs.error_field(label_field)] = str
+        types[fields.branch_field(label_field)] = fo.Segmentation
+    types[fields.error_field(label_field)] = str
     return types
-
-
-def sam_options(mask_branch, options: dict) -> dict:
-    """The mask generator settings that apply: none when the masks come from a field.
-
-    Settings given with a ``field:`` branch would change nothing but the run key (a rerun with
-    other, equally unused settings would relabel every sample); they are dropped with a warning.
-    """
-    if options and field_name(mask_branch):
-        logger.warning(
-            "ignoring mask generator settings %s: the masks come from field %r",
-            sorted(options),
-            field_name(mask_branch),
-        )
-        return {}
-    return options
-
-
-def _field_classes(samples, name: str) -> dict[int, str]:
-    """A field branch's classes: its mask targets (else the default ones), id -> name."""
-    dataset = samples._dataset
-    targets = dataset.mask_targets.get(name) or dataset.default_mask_targets or {}
-    if targets and fof.is_rgb_mask_targets(targets):
-        raise ValueError(
-            f"field {name!r} has RGB mask targets; the semantic branch needs integer class ids"
-        )
-    return {int(k): str(v) for k, v in targets.items()}
 
 
 def validate_ssa_request(
@@ -106,11 +90,11 @@ def validate_ssa_request(
         overwrite: see :func:`apply_ssa`.
         skip_existing: see :func:`apply_ssa`.
     """
-    runs.check_target(samples, label_field)
+    record.check_target(samples, label_field)
     semantic_field, mask_field = field_name(semantic_branch), field_name(mask_branch)
     if semantic_field:
         check_label_field(samples, semantic_field, fo.Segmentation, "semantic branch")
-        _field_classes(samples, semantic_field)  # readable class ids
+        field_classes(samples, semantic_field)  # readable class ids
     if mask_field:
         check_label_field(samples, mask_field, fo.Detections, "mask branch")
     outputs = output_types(label_field, write_branch)
@@ -119,45 +103,7 @@ def validate_ssa_request(
         raise ValueError(
             f"output field {clash.pop()!r} is also an input; choose another label_field"
         )
-    runs.check_outputs_free(samples, label_field, outputs, run_key, overwrite, skip_existing)
-
-
-def label_one_image(
-    image: np.ndarray | None,
-    class_map: torch.Tensor,
-    mask_set: MaskSet,
-    classes: dict[int, str],
-    top_k: int = 3,
-) -> dict[str, Any]:
-    """SSA on one image, from its branch class map and masks to the painted map.
-
-    Args:
-        image: unused here (kept for symmetry with the engine); may be None.
-        class_map: (H, W) int64 class ids of the semantic branch.
-        mask_set: the image's N masks on the same device.
-        classes: class id -> name.
-        top_k: proposals per mask.
-
-    Returns:
-        ``painted`` (H, W) int64, ``labels`` (N,) ids, ``vote`` the VoteResult,
-        ``proposals`` N lists of ids.
-    """
-    num_classes = max(
-        int(class_map.max()) + 1 if class_map.numel() else 1, max(classes, default=-1) + 1
-    )
-    if mask_set.masks.device.type == "cpu":
-        # Same results; through the masks' runs it is about 13x faster on the CPU
-        # (benchmarks/RESULTS.md, 1500x2250 with 100 masks).
-        vote, painted = vote_and_paint_masks(mask_set.masks, class_map, num_classes)
-    else:
-        vote = vote_mask_classes(mask_set.masks, class_map, num_classes)
-        painted = paint_masks(class_map, mask_set.masks, vote.labels, painting_order(vote.areas))
-    return {
-        "painted": painted,
-        "labels": vote.labels,
-        "vote": vote,
-        "proposals": vote.proposals(top_k),
-    }
+    record.check_outputs_free(samples, label_field, outputs, run_key, overwrite, skip_existing)
 
 
 def apply_ssa(
@@ -193,7 +139,7 @@ def apply_ssa(
     written in one update, so an interrupted run leaves samples fully labelled or untouched,
     and ``<label_field>.run_key`` records the run that wrote it: re-running the same call
     labels only what is missing. Under ``torchrun`` each rank labels a disjoint shard on its
-    own GPU (see ``fiftyone_ssa.distributed``) and rank 0 returns the merged summary.
+    own GPU (see ``fiftyone_ssa.labelling.distributed``) and rank 0 returns the merged summary.
 
     Args:
         samples: a FiftyOne dataset or view.
@@ -231,7 +177,7 @@ def apply_ssa(
     check_run_options(batch_size, top_k, num_workers, device)
     if isinstance(classes, str):
         raise ValueError(f"Expected `classes` to be a list of class names, but got {classes!r}")
-    mask_generator_options = sam_options(mask_branch, mask_generator_options)
+    mask_generator_options = mask_generator_settings(mask_branch, mask_generator_options)
     config = {
         "kind": "ssa",
         "label_field": label_field,
@@ -242,7 +188,7 @@ def apply_ssa(
         "write_branch": write_branch,
         "mask_options": mask_generator_options,
     }
-    run_key = runs.make_run_key(config)
+    run_key = record.make_run_key(config)
     validate_ssa_request(
         samples,
         label_field,
@@ -254,17 +200,13 @@ def apply_ssa(
         skip_existing,
     )
     device = distributed.run_device(device)
-    branch_kwargs = {"device": device}
-    if classes is not None:
-        branch_kwargs["classes"] = list(classes)
-    semantic = create_branch(semantic_branch, kind="semantic", **branch_kwargs)
-    masks = create_branch(mask_branch, kind="mask", device=device, **mask_generator_options)
-    if isinstance(semantic, FieldSemanticBranch):
-        semantic.classes = _field_classes(samples, semantic.field)
-    work_device = torch.device(device) if device else semantic.device
-    if isinstance(semantic, FieldSemanticBranch) and not isinstance(masks, FieldMaskBranch):
-        work_device = masks.device
-    mask_root = runs.mask_directory(samples, output_dir)
+    semantic = class_map_source(
+        semantic_branch, samples, device, None if classes is None else list(classes)
+    )
+    masks = mask_source(mask_branch, device, **mask_generator_options)
+    # Where voting runs: the device asked for, else the models' (a field has none).
+    work_device = torch.device(device or semantic.device or masks.device or "cpu")
+    mask_root = record.mask_directory(samples, output_dir)
     job = SSAJob(label_field, semantic, masks, work_device, top_k, write_branch, mask_root)
     return execute_labelling_run(
         samples,
@@ -282,13 +224,23 @@ def apply_ssa(
 
 
 class SSAJob(LabellingJob):
-    """SSA close-set as a :class:`LabellingJob`: class maps, masks, votes, painted maps."""
+    """SSA close-set as a :class:`LabellingJob`: class maps, masks, votes, painted maps.
+
+    Args:
+        label_field: the output field.
+        semantic: where the class maps come from.
+        masks: where the masks come from.
+        device: where voting and painting run.
+        top_k: proposals per mask.
+        write_branch: also write ``<label_field>_branch``.
+        mask_root: where large instance masks are written.
+    """
 
     def __init__(
         self,
         label_field: str,
-        semantic: SemanticBranch,
-        masks: MaskBranch,
+        semantic: ClassMapSource,
+        masks: MaskSource,
         device: torch.device,
         top_k: int,
         write_branch: bool,
@@ -301,12 +253,8 @@ class SSAJob(LabellingJob):
         self.top_k = top_k
         self.write_branch = write_branch
         self.mask_root = mask_root
-        self.input_fields = [
-            f for f in (getattr(semantic, "field", None), getattr(masks, "field", None)) if f
-        ]
-        self.needs_image = not (
-            isinstance(semantic, FieldSemanticBranch) and isinstance(masks, FieldMaskBranch)
-        )
+        self.input_fields = [source.field for source in (semantic, masks) if source.field]
+        self.needs_image = semantic.needs_image or masks.needs_image
         self.seen_classes: dict[int, str] = {}
         self.others_remain = False
         self.classes_known = False
@@ -317,11 +265,13 @@ class SSAJob(LabellingJob):
 
     def output_schema(self) -> dict[str, tuple[type, dict]]:
         lf = self.label_field
-        schema = runs.label_schema(lf, fo.Segmentation, {runs.RUN_KEY_ATTRIBUTE: fo.StringField})
-        schema.update(runs.label_schema(f"{lf}_masks", fo.Detections, MASK_ATTRIBUTES))
+        schema = record.label_schema(
+            lf, fo.Segmentation, {record.RUN_KEY_ATTRIBUTE: fo.StringField}
+        )
+        schema.update(record.label_schema(f"{lf}_masks", fo.Detections, MASK_ATTRIBUTES))
         if self.write_branch:
-            schema.update(runs.label_schema(f"{lf}_branch", fo.Segmentation, {}))
-        schema[runs.error_field(lf)] = (fo.StringField, {})
+            schema.update(record.label_schema(f"{lf}_branch", fo.Segmentation, {}))
+        schema[fields.error_field(lf)] = (fo.StringField, {})
         return schema
 
     def unwritten_outputs(self) -> dict[str, type]:
@@ -339,12 +289,12 @@ class SSAJob(LabellingJob):
             batch, images, self.semantic, self.masks, self.device, self.top_k, skip_failures
         )
 
-    def sample_values(self, sample_id, outcome, run_key):
+    def sample_values(self, sample_id, outcome: SampleOutcome, run_key):
         classes = self.semantic.classes
-        mask_set: MaskSet = outcome["mask_set"]
-        vote = outcome["vote"]
+        mask_set = outcome.mask_set
+        vote = outcome.labels.vote
         labels = vote.labels.cpu().tolist()
-        painted_ids = outcome["painted"].unique().cpu().tolist()
+        painted_ids = outcome.labels.painted.unique().cpu().tolist()
         for c in set(labels) | set(painted_ids):
             self.seen_classes.setdefault(int(c), classes.get(int(c), str(int(c))))
         confidence = vote.confidence.cpu().tolist()
@@ -354,7 +304,7 @@ class SSAJob(LabellingJob):
         attributes = [
             {
                 "confidence": confidence[i],
-                "class_proposals": [classes.get(c, str(c)) for c in outcome["proposals"][i]],
+                "class_proposals": [classes.get(c, str(c)) for c in outcome.labels.proposals[i]],
                 "predicted_iou": float_or_none(ious[i]),
                 "stability_score": float_or_none(stabilities[i]),
                 "area": int(areas[i]),
@@ -362,20 +312,22 @@ class SSAJob(LabellingJob):
             for i in range(len(labels))
         ]
         lf = self.label_field
-        mask_dir = runs.sample_mask_directory(
-            self.mask_root, f"{lf}_masks", sample_id, run_key, sum(areas)
+        mask_dir = record.sample_mask_directory(
+            self.mask_root, fields.masks_field(lf), sample_id, run_key, sum(areas)
         )
         names = [classes.get(c, str(c)) for c in labels]
-        painted = class_map_to_numpy(outcome["painted"])
+        painted = class_map_to_numpy(outcome.labels.painted)
         values = {
-            lf: fo.Segmentation(mask=painted, **{runs.RUN_KEY_ATTRIBUTE: run_key}),
-            f"{lf}_masks": build_detections(
-                mask_set.masks, names, attributes, mask_dir, outcome["carried"]
+            lf: fo.Segmentation(mask=painted, **{record.RUN_KEY_ATTRIBUTE: run_key}),
+            fields.masks_field(lf): build_detections(
+                mask_set.masks, names, attributes, mask_dir, outcome.carried
             ),
-            runs.error_field(lf): None,
+            fields.error_field(lf): None,
         }
         if self.write_branch:
-            values[f"{lf}_branch"] = fo.Segmentation(mask=class_map_to_numpy(outcome["class_map"]))
+            values[fields.branch_field(lf)] = fo.Segmentation(
+                mask=class_map_to_numpy(outcome.class_map)
+            )
         return (
             values,
             len(mask_set),
@@ -424,31 +376,11 @@ class SSAJob(LabellingJob):
         dataset.save()
 
 
-def _class_maps(batch, images, semantic, device) -> list:
-    """The branch class map of every readable image (an exception where there is none)."""
-    maps: list = [image if isinstance(image, Exception) else None for image in images]
-    if isinstance(semantic, FieldSemanticBranch):
-        for i, sample in enumerate(batch):
-            if maps[i] is None:
-                label = sample[semantic.field]
-                maps[i] = (
-                    ValueError(f"sample has no {semantic.field!r} label")
-                    if label is None
-                    else guard(segmentation_to_tensor, label, device)
-                )
-        return maps
-    live = [i for i in range(len(batch)) if maps[i] is None]
-    if live:  # one batched call for the readable images
-        for i, class_map in zip(live, semantic.predict([images[i] for i in live])):
-            maps[i] = class_map.to(device)
-    return maps
-
-
 def _label_batch(batch, images, semantic, masks, device, top_k, skip_failures):
     """SSA for a batch of samples; returns (outcome or exception, seconds) per sample."""
     start = time.perf_counter()
     try:
-        class_maps = _class_maps(batch, images, semantic, device)
+        class_maps = semantic.class_maps(batch, images, device)
     except Exception as err:
         if not skip_failures:
             raise
@@ -470,49 +402,26 @@ def _label_batch(batch, images, semantic, masks, device, top_k, skip_failures):
     return results
 
 
-def sample_mask_sources(sample, masks: MaskBranch) -> list[dict] | None:
-    """The attributes of the detections a field branch's masks come from (SA-1B ids, prompts,
-    ...; see ``labels.carried_attributes``), in :func:`sample_masks`' order; None for a model
-    branch."""
-    if isinstance(masks, FieldMaskBranch):
-        return carried_attributes(sample[masks.field])
-    return None
+@dataclass
+class SampleOutcome:
+    """What SSA decided for one sample, with the inputs its labels are written from.
 
-
-def sample_masks(
-    sample, image: np.ndarray | None, size: tuple[int, int], masks: MaskBranch, device
-) -> MaskSet:
-    """A sample's masks on ``device``: from its Detections field or from the mask branch.
-
-    Args:
-        sample: the sample (with the mask branch's field, if any).
-        image: (H, W, 3) uint8 RGB; may be None for a field branch.
-        size: the image's (H, W).
-        masks: the mask branch.
-        device: where the masks go.
-
-    Returns:
-        N masks (N, H, W) bool with their scores.
-
-    Raises:
-        ValueError: the mask branch produced masks of another size.
+    Attributes:
+        labels: the votes, painted map and proposals.
+        mask_set: the N masks and their scores.
+        class_map: (H, W) the semantic branch's map.
+        carried: attributes carried over from the masks' source detections, or None.
     """
-    if isinstance(masks, FieldMaskBranch):
-        return detections_to_mask_set(sample[masks.field], size, device)
-    mask_set = masks.generate(image)
-    if tuple(mask_set.masks.shape[1:]) != tuple(size):
-        raise ValueError(
-            f"mask branch returned {tuple(mask_set.masks.shape[1:])} masks for a {size} image"
-        )
-    return MaskSet(
-        mask_set.masks.to(device),
-        mask_set.predicted_iou.to(device),
-        mask_set.stability_score.to(device),
-    )
+
+    labels: ImageLabels
+    mask_set: MaskSet
+    class_map: torch.Tensor
+    carried: list[dict] | None
 
 
-def _label_sample(sample, image, class_map, semantic, masks, device, top_k):
-    """SSA for one sample; ``image`` is the RGB array, or only its (H, W) for field branches."""
+def _label_sample(sample, image, class_map, semantic, masks, device, top_k) -> SampleOutcome:
+    """SSA for one sample; ``image`` is the RGB array, or only its (H, W) when no source needs
+    the pixels."""
     size = tuple(class_map.shape)
     image_size = tuple(image) if isinstance(image, tuple) else tuple(image.shape[:2])
     if image_size != size:
@@ -525,9 +434,7 @@ def _label_sample(sample, image, class_map, semantic, masks, device, top_k):
             f"the semantic map holds class id {top}; a Segmentation stores ids up to {MAX_CLASS_ID}"
         )
     image = None if isinstance(image, tuple) else image
-    mask_set = sample_masks(sample, image, size, masks, device)
-    result = label_one_image(image, class_map, mask_set, semantic.classes, top_k)
-    result["mask_set"] = mask_set
-    result["class_map"] = class_map
-    result["carried"] = sample_mask_sources(sample, masks)
-    return result
+    mask_set = masks.masks(sample, image, size, device)
+    num_classes = max(top + 1, max(semantic.classes, default=-1) + 1)
+    labels = label_one_image(class_map, mask_set.masks, num_classes, top_k)
+    return SampleOutcome(labels, mask_set, class_map, masks.carried(sample))

@@ -16,11 +16,26 @@ import fiftyone as fo
 import numpy as np
 import torch
 
-from fiftyone_ssa import distributed, runs
-from fiftyone_ssa.batching import check_label_field, guard
 from fiftyone_ssa.core.mask_set import MaskSet
 from fiftyone_ssa.core.vocabulary import check_vocabulary
 from fiftyone_ssa.core.voting import paint_masks, painting_order
+from fiftyone_ssa.fields import (
+    DEFAULT_MASK_BRANCH,
+    DEFAULT_SPACY_MODEL,
+    check_label_field,
+    error_field,
+    segmentation_field,
+)
+from fiftyone_ssa.labelling import distributed, record
+from fiftyone_ssa.labelling.loop import LabellingJob, check_run_options, execute_labelling_run
+from fiftyone_ssa.labelling.record import SSARunSummary
+from fiftyone_ssa.labelling.sources import (
+    MaskSource,
+    field_name,
+    guard,
+    mask_generator_settings,
+    mask_source,
+)
 from fiftyone_ssa.labels import build_detections, class_map_to_numpy, float_or_none
 from fiftyone_ssa.models.engine.models import (
     CAPTION_CROP_SCALE,
@@ -33,17 +48,6 @@ from fiftyone_ssa.models.engine.models import (
     engine_mask_generator_defaults,
     label_masks,
 )
-from fiftyone_ssa.models.engine.nouns import DEFAULT_SPACY_MODEL
-from fiftyone_ssa.models.masks.branches import FieldMaskBranch
-from fiftyone_ssa.models.registry import create_branch, field_name
-from fiftyone_ssa.pipeline import (
-    DEFAULT_MASK_BRANCH,
-    sam_options,
-    sample_mask_sources,
-    sample_masks,
-)
-from fiftyone_ssa.run_loop import LabellingJob, check_run_options, execute_labelling_run
-from fiftyone_ssa.runs import SSARunSummary
 
 __all__ = [
     "CAPTION_CROP_SCALE",
@@ -64,9 +68,9 @@ logger = logging.getLogger(__name__)
 
 def engine_output_types(label_field: str, write_segmentation: bool = False) -> dict[str, type]:
     """The fields ``apply_ssa_engine`` writes -> their label type (``str``: text)."""
-    types = {label_field: fo.Detections, runs.error_field(label_field): str}
+    types = {label_field: fo.Detections, error_field(label_field): str}
     if write_segmentation:
-        types[f"{label_field}_seg"] = fo.Segmentation
+        types[segmentation_field(label_field)] = fo.Segmentation
     return types
 
 
@@ -92,7 +96,7 @@ def validate_engine_request(
         overwrite: see :func:`apply_ssa_engine`.
         skip_existing: see :func:`apply_ssa_engine`.
     """
-    runs.check_target(samples, label_field)
+    record.check_target(samples, label_field)
     mask_field = field_name(mask_branch)
     if mask_field:
         check_label_field(samples, mask_field, fo.Detections, "mask branch")
@@ -112,7 +116,7 @@ def validate_engine_request(
             "vocabulary_mode='restrict' and a vocabulary (--restrict-vocabulary), so "
             "every rank gives each class the same id"
         )
-    runs.check_outputs_free(samples, label_field, outputs, run_key, overwrite, skip_existing)
+    record.check_outputs_free(samples, label_field, outputs, run_key, overwrite, skip_existing)
 
 
 def apply_ssa_engine(
@@ -202,9 +206,9 @@ def apply_ssa_engine(
         "spacy_model": spacy_model,
         "write_segmentation": write_segmentation,
         "models": models,
-        "mask_options": sam_options(mask_branch, mask_generator_options),
+        "mask_options": mask_generator_settings(mask_branch, mask_generator_options),
     }
-    run_key = runs.make_run_key(config)
+    run_key = record.make_run_key(config)
     validate_engine_request(
         samples,
         label_field,
@@ -217,11 +221,11 @@ def apply_ssa_engine(
     )
     device = distributed.run_device(device)
     options = {**engine_mask_generator_defaults(light), **config["mask_options"]}
-    masks = create_branch(mask_branch, kind="mask", device=device, **options)
+    masks = mask_source(mask_branch, device, **options)
     if not isinstance(models, EngineModels):
         options = {"light": light, "device": device, "spacy_model": spacy_model, **(models or {})}
         models = EngineModels.load(**options)
-    mask_root = runs.mask_directory(samples, output_dir)
+    mask_root = record.mask_directory(samples, output_dir)
     settings = {"top_k": top_k, "vocabulary": vocabulary, "vocabulary_mode": vocabulary_mode}
     job = EngineJob(label_field, masks, models, settings, write_segmentation, mask_root)
     return execute_labelling_run(
@@ -269,17 +273,17 @@ class EngineJob(LabellingJob):
         self.settings = settings
         self.write_segmentation = write_segmentation
         self.mask_root = mask_root
-        self.input_fields = [masks.field] if isinstance(masks, FieldMaskBranch) else []
-        self.seg_field = f"{label_field}_seg"
+        self.input_fields = [masks.field] if masks.field else []
+        self.seg_field = segmentation_field(label_field)
         self.targets: _SegmentationTargets | None = None
 
     def output_schema(self) -> dict[str, tuple[type, dict]]:
         lf = self.label_field
-        schema = runs.label_schema(lf, fo.Detections, ENGINE_MASK_ATTRIBUTES)
-        schema[f"{lf}.{runs.RUN_KEY_ATTRIBUTE}"] = (fo.StringField, {})
+        schema = record.label_schema(lf, fo.Detections, ENGINE_MASK_ATTRIBUTES)
+        schema[f"{lf}.{record.RUN_KEY_ATTRIBUTE}"] = (fo.StringField, {})
         if self.write_segmentation:
-            schema.update(runs.label_schema(self.seg_field, fo.Segmentation, {}))
-        schema[runs.error_field(lf)] = (fo.StringField, {})
+            schema.update(record.label_schema(self.seg_field, fo.Segmentation, {}))
+        schema[error_field(lf)] = (fo.StringField, {})
         return schema
 
     def unwritten_outputs(self) -> dict[str, type]:
@@ -321,16 +325,12 @@ class EngineJob(LabellingJob):
             self.targets.save()
 
 
-def _sample_masks(sample, image: np.ndarray, masks, device: torch.device):
-    """The sample's non-empty masks on ``device``: from its field or from the mask branch.
-
-    Returns:
-        The MaskSet, and for a field branch the carried attributes of each of its masks
-        (see ``pipeline.sample_mask_sources``; None for a model branch).
-    """
-    mask_set = sample_masks(sample, image, tuple(image.shape[:2]), masks, device)
+def _sample_masks(sample, image: np.ndarray, masks: MaskSource, device: torch.device):
+    """The sample's non-empty masks on ``device``, and the attributes each carries over from
+    its source detection (None for masks a model generated)."""
+    mask_set = masks.masks(sample, image, tuple(image.shape[:2]), device)
     keep = mask_set.masks.flatten(1).any(dim=1)
-    carried = sample_mask_sources(sample, masks)
+    carried = masks.carried(sample)
     if carried is not None:
         carried = [a for a, k in zip(carried, keep.cpu().tolist()) if k]
     return mask_set.select(keep), carried
@@ -428,12 +428,12 @@ def _sample_values(
         }
         for i in range(len(mask_set))
     ]
-    mask_dir = runs.sample_mask_directory(
+    mask_dir = record.sample_mask_directory(
         mask_root, label_field, sample_id, run_key, sum(area_list)
     )
     detections = build_detections(mask_set.masks, labels.class_names, attributes, mask_dir, carried)
-    detections[runs.RUN_KEY_ATTRIBUTE] = run_key
-    values = {label_field: detections, runs.error_field(label_field): None}
+    detections[record.RUN_KEY_ATTRIBUTE] = run_key
+    values = {label_field: detections, error_field(label_field): None}
     if targets is not None:
         height, width = mask_set.masks.shape[1:]
         ids = torch.tensor(
