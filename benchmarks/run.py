@@ -394,9 +394,11 @@ def bench_database(results, images, labelled, workdir: Path) -> None:
     from fiftyone_ssa.core.mask_set import MaskSet
     from fiftyone_ssa.labelling import record
     from fiftyone_ssa.labelling.engine import EngineJob
+    from fiftyone_ssa.labelling.sources import MaskSource
     from fiftyone_ssa.labelling.writer import SampleWriter
 
-    job = EngineJob("ssa_engine", None, None, {}, False, str(workdir / "masks"))
+    # Only the job's sample values are used: no masks are read and no model runs.
+    job = EngineJob("ssa_engine", MaskSource(), None, {}, False, str(workdir / "masks"))
 
     def values(sample_id, masks, labels):
         return job.sample_values(sample_id, (MaskSet.from_masks(masks), None, labels), "bench")[0]

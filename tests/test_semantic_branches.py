@@ -98,7 +98,7 @@ def test_registry_listing_and_decorator():
         "oneformer-cityscapes-swin-large",
         "clipseg-rd64-refined",
     } <= set(list_branches(kind="semantic"))
-    assert list_branches("sam-*") == ["sam-vit-b", "sam-vit-h", "sam-vit-l"]
+    assert list_branches("sam-vit-*") == ["sam-vit-b", "sam-vit-h", "sam-vit-l"]
 
     def halves(image):
         class_map = np.zeros(image.shape[:2], dtype=np.int64)
