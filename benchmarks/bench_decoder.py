@@ -1,15 +1,18 @@
-"""SAM's mask decoder for point prompts: segment-anything's module vs our PromptBatchDecoder.
+"""SAM's mask decoder for point prompts: the model's own module vs our PromptBatchDecoder.
 
 The decoder is the same in every published SAM (ViT-B, -L and -H differ only in the image
-encoder), so this runs the real-size decoder with random weights on a random 64x64 image
-embedding, for the prompts of one crop in batches as the mask generators send them. Both give the
-same logits (tests/test_sam_prompt_decoder.py); ours skips the upsampling of prompts none of
-whose masks pass the predicted-IoU filter, so it is timed with the filter off (every mask kept)
-and with the IoU head shifted so that about ``--pass-fraction`` of the masks pass.
+encoder), and in every SAM 2.1 / EdgeTAM checkpoint (``--family sam2``: transformers'
+``Sam2MaskDecoder``, which adds high-resolution skip features), so this runs the real-size
+decoder with random weights on random image features, for the prompts of one crop in batches
+as the mask generators send them. Both give the same logits (tests/test_sam_prompt_decoder.py,
+tests/test_sam2_prompt_decoder.py); ours skips the upsampling of prompts none of whose masks
+pass the predicted-IoU filter, so it is timed with the filter off (every mask kept) and with a
+threshold that about ``--pass-fraction`` of the masks pass.
 
-Usage: ``python -m benchmarks.bench_decoder [--device cuda] [--prompts 4096] [--batch 256]
-[--variants fp32,bf16] [--markdown out.md]`` (defaults: 256 prompts in batches of 64 on the
-CPU, 4096 in batches of 256 on CUDA: one crop at the original SSA's 64 points per side).
+Usage: ``python -m benchmarks.bench_decoder [--family sam|sam2] [--device cuda] [--prompts 4096]
+[--batch 256] [--variants fp32,bf16] [--markdown out.md]`` (defaults: 256 prompts in batches of
+64 on the CPU, 4096 in batches of 256 on CUDA: one crop at the original SSA's 64 points per
+side).
 """
 
 from __future__ import annotations
@@ -38,9 +41,25 @@ CONFIG = {
     "iou_head_hidden_dim": 256,
 }
 DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+MODULE_NAMES = {"sam": "segment-anything MaskDecoder", "sam2": "transformers Sam2MaskDecoder"}
+
+
+def _sam2_module_decode(model, features, points, iou_threshold):
+    """A transformers SAM 2 model's own decoding of (B, 2) points: kept logits and IoU."""
+    labels = torch.ones((1, len(points), 1), dtype=torch.int64, device=points.device)
+    out = model(
+        image_embeddings=features,
+        input_points=points[None, :, None, :],
+        input_labels=labels,
+        multimask_output=True,
+    )
+    masks, iou = out.pred_masks[0].flatten(0, 1), out.iou_scores[0].flatten()
+    keep = iou > iou_threshold
+    return masks[keep], iou[keep]
 
 
 def run(
+    family: str = "sam",
     device: str | None = None,
     prompts: int | None = None,
     batch: int | None = None,
@@ -50,6 +69,7 @@ def run(
     """Times both decoders over the same prompts, with the IoU filter off and on.
 
     Args:
+        family: ``sam`` (segment-anything's decoder) or ``sam2`` (transformers' SAM 2).
         device: torch device (default: CUDA when available).
         prompts: point prompts (default 4096 on CUDA, 256 elsewhere).
         batch: prompts per decoder call (default 256 on CUDA, 64 elsewhere).
@@ -65,22 +85,38 @@ def run(
     batch = batch or (256 if cuda else 64)
     if not 0.0 < pass_fraction < 1.0:
         raise ValueError(f"Expected `pass_fraction` in (0, 1), but got {pass_fraction}")
+    if family not in MODULE_NAMES:
+        raise ValueError(f"Expected `family` in {sorted(MODULE_NAMES)}, but got {family!r}")
     torch.manual_seed(0)
-    model = build_sam(CONFIG).to(device)
-    embedding = torch.randn(1, 256, 64, 64, device=device)
     points = torch.rand(prompts, 2, device=device) * 1024
+    if family == "sam":
+        model = build_sam(CONFIG).to(device)
+        embedding = torch.randn(1, 256, 64, 64, device=device)
+        module = module_decode
+    else:
+        from transformers import Sam2Config, Sam2Model
+
+        model = Sam2Model(Sam2Config()).to(device).eval()  # transformers' default: the decoder
+        embedding = [  # of every SAM 2.1 checkpoint
+            torch.randn(1, 32, 256, 256, device=device),
+            torch.randn(1, 64, 128, 128, device=device),
+            torch.randn(1, 256, 64, 64, device=device),
+        ]
+        module = _sam2_module_decode
     ours = PromptBatchDecoder(model)
 
     with torch.inference_mode():  # an IoU threshold that about `pass_fraction` of masks pass
-        _, iou = module_decode(model, embedding, points[:batch], 0.0)
-        model.mask_decoder.iou_prediction_head.layers[-1].bias += 10.0 - iou.mean()
-        _, iou = module_decode(model, embedding, points[:batch], 0.0)
+        _, iou = module(model, embedding, points[:batch], 0.0)
+        if family == "sam":  # random SAM weights predict IoU near 0: spread them
+            model.mask_decoder.iou_prediction_head.layers[-1].bias += 10.0 - iou.mean()
+            _, iou = module(model, embedding, points[:batch], 0.0)
         threshold = float(iou.quantile(1.0 - pass_fraction))
 
     results = Results(
-        f"SAM mask decoder, {prompts} point prompts in batches of {batch}",
+        f"{family.upper()} mask decoder, {prompts} point prompts in batches of {batch}",
         device,
-        "real-size decoder (the same in every SAM) with random weights; 3 masks per prompt",
+        f"real-size decoder (the same in every {family.upper()} checkpoint) with random "
+        "weights; 3 masks per prompt",
     )
     for variant in variants:
         dtype = DTYPES[variant]
@@ -88,7 +124,7 @@ def run(
 
             def reference(points, cut=cut):
                 chunks = points.split(batch)
-                return sum(len(module_decode(model, embedding, c, cut)[0]) for c in chunks)
+                return sum(len(module(model, embedding, c, cut)[0]) for c in chunks)
 
             def fast(points, cut=cut):
                 context = ours.prepare(embedding)
@@ -96,7 +132,7 @@ def run(
 
             seconds = []
             for name, decode in [
-                ("segment-anything MaskDecoder", reference),
+                (MODULE_NAMES[family], reference),
                 ("ours (PromptBatchDecoder)", fast),
             ]:
                 autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
@@ -105,12 +141,13 @@ def run(
                     with results.stage(f"{variant}, {label}: {name}", 1) as row:
                         row.masks = decode(points)
                 seconds.append(row.seconds)
-            row.note = f"{seconds[0] / seconds[1]:.1f}x segment-anything"
+            row.note = f"{seconds[0] / seconds[1]:.1f}x {MODULE_NAMES[family]}"
     return results
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--family", default="sam", choices=sorted(MODULE_NAMES))
     parser.add_argument("--device", default=None)
     parser.add_argument("--prompts", type=int, default=None)
     parser.add_argument("--batch", type=int, default=None)
@@ -119,6 +156,7 @@ def main(argv=None) -> None:
     parser.add_argument("--markdown", default=None, help="append the table to this file")
     args = parser.parse_args(argv)
     results = run(
+        args.family,
         args.device,
         args.prompts,
         args.batch,

@@ -6,6 +6,9 @@ model runs (one warm-up, then ``--repeats`` timed rounds):
 
 - ``ours``: the project's generator (``TransformersSamGenerator`` for SAM 2.1 / EdgeTAM /
   SAM-HQ, ``FastMaskGenerator`` for segment-anything's SAM), at the given settings;
+- ``ours, model's decoder`` (SAM 2.1 / EdgeTAM): the same generator with the model's own mask
+  decoder (``model(image_embeddings=..., input_points=...)``) in place of
+  ``PromptBatchDecoder``, which shows what the batched decoder saves;
 - ``reference``: the model's reference generator at the same settings: transformers'
   ``pipeline("mask-generation")`` for the transformers models, segment-anything's
   ``SamAutomaticMaskGenerator`` for SAM.
@@ -28,6 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fiftyone_ssa.models.masks.prompt_decoder import SAM2_DECODER_MODELS
+from fiftyone_ssa.models.masks.transformers_sam import TransformersSamGenerator
 from fiftyone_ssa.testing import random_init
 
 DEFAULT_MODELS = ("sam2.1-hiera-tiny", "edgetam", "sam-vit-b")
@@ -49,6 +54,13 @@ def _timed(fn, repeats: int) -> tuple[float, object]:
     return (time.perf_counter() - start) / repeats, out
 
 
+class _ModelDecoderGenerator(TransformersSamGenerator):
+    """The generator with the model's own mask decoder, as before ``PromptBatchDecoder``."""
+
+    def _make_decoder(self, model):
+        return model
+
+
 def bench_model(name: str, image: np.ndarray, settings: dict, repeats: int, root: Path) -> dict:
     """s/image of ours and the reference for one preset.
 
@@ -60,7 +72,8 @@ def bench_model(name: str, image: np.ndarray, settings: dict, repeats: int, root
         root: scratch directory for the saved model.
 
     Returns:
-        ``{"model", "ours_s", "reference_s", "ours_masks", "reference_masks", "parameters"}``.
+        ``{"model", "ours_s", "model_decoder_s", "reference_s", "ours_masks",
+        "reference_masks", "parameters"}`` (``model_decoder_s`` None for SAM and SAM-HQ).
     """
     from PIL import Image
 
@@ -93,15 +106,24 @@ def bench_model(name: str, image: np.ndarray, settings: dict, repeats: int, root
         run_ref = lambda: generator(pil, **kwargs)  # noqa: E731
         count_ref = lambda out: len(out["masks"])  # noqa: E731
     ours_s, ours = _timed(lambda: branch.generate(image), repeats)
+    model_decoder_s = None
+    if type(branch.model).__name__ in SAM2_DECODER_MODELS:
+        plain = _ModelDecoderGenerator(branch.model, branch.image_processor, **branch.options)
+        model_decoder_s, _ = _timed(lambda: plain.generate(image), repeats)
     ref_s, ref = _timed(run_ref, repeats)
     return {
         "model": name,
         "parameters": sum(p.numel() for p in branch.model.parameters()),
         "ours_s": ours_s,
+        "model_decoder_s": model_decoder_s,
         "reference_s": ref_s,
         "ours_masks": len(ours),
         "reference_masks": count_ref(ref),
     }
+
+
+def _seconds(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -133,6 +155,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rows.append(row)
             print(
                 f"{name}: ours {row['ours_s']:.2f} s/image ({row['ours_masks']} masks), "
+                f"model's decoder {_seconds(row['model_decoder_s'])}, "
                 f"reference {row['reference_s']:.2f} s/image ({row['reference_masks']} masks)",
                 flush=True,
             )
@@ -141,9 +164,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         f"{args.crop_n_layers}, thresholds off, fp32, {torch.get_num_threads()} threads, "
         f"{args.repeats} timed round(s) after a warm-up",
         "",
-        "| mask branch | parameters | ours s/image | reference s/image | reference | masks "
-        "(ours / reference) |",
-        "|---|---|---|---|---|---|",
+        "| mask branch | parameters | ours s/image | ours, model's decoder s/image | "
+        "reference s/image | reference | masks (ours / reference) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         reference = (
@@ -153,7 +176,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         )
         lines.append(
             f"| {row['model']} | {row['parameters'] / 1e6:.1f}M | {row['ours_s']:.2f} | "
-            f"{row['reference_s']:.2f} | {reference} | {row['ours_masks']} / "
+            f"{_seconds(row['model_decoder_s'])} | {row['reference_s']:.2f} | {reference} | "
+            f"{row['ours_masks']} / "
             f"{row['reference_masks']} |"
         )
     text = "\n".join(lines) + "\n"

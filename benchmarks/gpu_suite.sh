@@ -6,6 +6,7 @@
 # STEPs (default: all, in this order):
 #   tests    pytest -m gpu over the test files that hold gpu tests (no FiftyOne needed)
 #   decoder  SAM's mask decoder: ours vs segment-anything's, fp32 and bf16
+#   decoder2 SAM 2's mask decoder: ours vs transformers' Sam2MaskDecoder, fp32 and bf16
 #   blip     BLIP-large's vision encoder, transformers' eager attention vs ours through SDPA
 #   sam      automatic mask generation at the original's settings (ViT-H), ours vs segment-anything's
 #   voting   voting and painting at SA-1B size, ours vs the reference loop
@@ -18,14 +19,14 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-[ $# -ge 1 ] || { echo "usage: bash benchmarks/gpu_suite.sh OUTDIR [tests|decoder|blip|sam|voting|run ...]" >&2; exit 2; }
+[ $# -ge 1 ] || { echo "usage: bash benchmarks/gpu_suite.sh OUTDIR [tests|decoder|decoder2|blip|sam|voting|run ...]" >&2; exit 2; }
 out=$1
 shift
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(tests decoder blip sam voting run)
+[ ${#steps[@]} -gt 0 ] || steps=(tests decoder decoder2 blip sam voting run)
 for step in "${steps[@]}"; do
-    case $step in tests | decoder | blip | sam | voting | run) ;;
-    *) echo "unknown step '$step': choose from tests decoder blip sam voting run" >&2; exit 2 ;;
+    case $step in tests | decoder | decoder2 | blip | sam | voting | run) ;;
+    *) echo "unknown step '$step': choose from tests decoder decoder2 blip sam voting run" >&2; exit 2 ;;
     esac
 done
 mkdir -p "$out"
@@ -59,6 +60,7 @@ for step in "${steps[@]}"; do
     case $step in
     tests) cmd=("$PY" -m pytest -q -m gpu -p no:cacheprovider $gpu_test_files) ;;
     decoder) cmd=("$PY" -m benchmarks.bench_decoder --device "$device" --variants fp32,bf16 --markdown "$md") ;;
+    decoder2) cmd=("$PY" -m benchmarks.bench_decoder --family sam2 --device "$device" --variants fp32,bf16 --markdown "$md") ;;
     blip) cmd=("$PY" -m benchmarks.bench_blip_attention --model blip-large --device "$device"
         --crops 64 --repeats 3 --markdown "$md") ;;
     sam) cmd=("$PY" -m benchmarks.bench_sam original --device "$device" --variants fp32,bf16 --stages --markdown "$md") ;;

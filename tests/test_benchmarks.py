@@ -2,6 +2,8 @@
 
 import re
 
+import pytest
+
 from benchmarks import bench_blip_attention, bench_voting
 from benchmarks.presets import TINY_OVERRIDES
 from benchmarks.run import StandInCaptionNouns, random_spacy_pipeline, run
@@ -70,18 +72,22 @@ def test_write_benchmark_runs(capsys):
     assert "per-sample save" in out and re.search(r"\d+\.\dx the per-sample save", out)
 
 
-def test_decoder_benchmark_runs_and_filters(capsys):
+@pytest.mark.parametrize(
+    "family, module",
+    [("sam", "segment-anything MaskDecoder"), ("sam2", "transformers Sam2MaskDecoder")],
+)
+def test_decoder_benchmark_runs_and_filters(family, module):
     from benchmarks import bench_decoder
 
-    results = bench_decoder.run("cpu", prompts=8, batch=4, pass_fraction=0.5)
+    results = bench_decoder.run(family, "cpu", prompts=8, batch=4, pass_fraction=0.5)
     masks = {row.stage: row.masks for row in results.rows}
     assert len(masks) == 4
-    assert masks["fp32, filter off: segment-anything MaskDecoder"] == 24
+    assert masks[f"fp32, filter off: {module}"] == 24
     assert masks["fp32, filter off: ours (PromptBatchDecoder)"] == 24
-    filtered = masks["fp32, ~50% pass: segment-anything MaskDecoder"]
+    filtered = masks[f"fp32, ~50% pass: {module}"]
     assert 0 < filtered < 24
     assert masks["fp32, ~50% pass: ours (PromptBatchDecoder)"] == filtered
-    assert re.search(r"\d+\.\dx segment-anything", results.rows[-1].note)
+    assert re.search(rf"\d+\.\dx {module}", results.rows[-1].note)
 
 
 def test_blip_attention_benchmark_runs():

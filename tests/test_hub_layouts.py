@@ -356,3 +356,77 @@ def test_download_fetches_the_class_info_file_and_one_set_of_weights(
     assert not fake_hub.asked_for("pytorch_model.bin")  # safetensors are there: one set only
     assert " yes " in preset_row(run_cli("models", "list").stdout, preset)
     assert weights.missing_preset_files(preset) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# The presets added after the first round (SAM 2.1, EdgeTAM, SAM-HQ, Mask2Former, EoMT):
+# `models list` and `models download` know them as they know the others.
+
+NEW_FAMILIES = ("sam2", "edgetam", "samhq", "mask2former", "eomt")
+NEW_PRESET_REPOS = sorted(
+    p.source
+    for p in weights.PRESETS.values()
+    if fixture_dir(p.source).is_dir()
+    and any(f in p.source.lower().replace("-", "") for f in NEW_FAMILIES)
+)
+
+
+def test_every_hub_preset_has_a_real_layout_fixture():
+    """A preset whose weights come from the hub has its repository's files under fixtures."""
+    hub_presets = [p for p in weights.PRESETS.values() if "://" not in p.source]
+    lacking = [p.name for p in hub_presets if not fixture_dir(p.source).is_dir()]
+    assert not lacking, f"presets without tests/fixtures/hub/<org>--<name>: {lacking}"
+    assert len(NEW_PRESET_REPOS) >= 16  # 4 SAM 2.1, EdgeTAM, 2 SAM-HQ, 5 Mask2Former, 4 EoMT
+
+
+def test_models_list_shows_each_new_preset_present_then_lacking_its_config(models_dir):
+    presets = [install(repo, models_dir) for repo in NEW_PRESET_REPOS]
+    listing = run_cli("models", "list").stdout
+    assert [p for p in presets if " yes " not in preset_row(listing, p)] == []
+    for preset in presets:
+        (models_dir / preset / "config.json").unlink()
+    listing = run_cli("models", "list").stdout
+    rows = {p: preset_row(listing, p) for p in presets}
+    assert [p for p, row in rows.items() if " no: lacks config.json" not in row] == []
+
+
+@pytest.mark.parametrize(
+    "repo",
+    [
+        "facebook/sam2.1-hiera-tiny",
+        "yonigozlan/EdgeTAM-hf",
+        "syscv-community/sam-hq-vit-base",
+        "facebook/mask2former-swin-tiny-ade-semantic",
+        "tue-mps/coco_panoptic_eomt_small_640_2x",
+    ],
+)
+def test_download_of_a_new_preset_takes_one_weight_set_and_loads_offline(
+    repo, tmp_path, fake_hub, models_dir
+):
+    from fiftyone_ssa.models.registry import create_branch
+
+    served = save_hub_layout_model(repo, tmp_path / "served")
+    weight_file = next(served.glob("*.safetensors"), None) or served / "pytorch_model.bin"
+    original = "sam2.1_hiera_tiny.pt" if "sam2" in repo else "original_checkpoint.pth"
+    (served / original).write_bytes(b"an original-framework checkpoint")
+    if weight_file.suffix == ".safetensors":  # both sets on the hub: one is fetched
+        (served / "pytorch_model.bin").write_bytes(b"the same weights, pickled")
+    fake_hub.add(repo, served)
+    env = {
+        "HF_ENDPOINT": fake_hub.url,
+        "HF_HUB_OFFLINE": "0",
+        "TRANSFORMERS_OFFLINE": "0",
+        "HF_HOME": str(tmp_path / "hf-home"),
+        "HF_HUB_DISABLE_XET": "1",
+    }
+    preset = preset_of(repo)
+    result = run_cli("models", "download", preset, env=env)
+    assert result.returncode == 0, result.stderr
+    downloaded = models_dir / preset
+    assert (downloaded / weight_file.name).read_bytes() == weight_file.read_bytes()
+    assert not fake_hub.asked_for(original)
+    if weight_file.suffix == ".safetensors":
+        assert not fake_hub.asked_for("pytorch_model.bin")
+    assert " yes " in preset_row(run_cli("models", "list").stdout, preset)
+    kind = weights.PRESETS[preset].task
+    assert create_branch(preset, kind=kind, device="cpu") is not None  # loads what was fetched

@@ -1,6 +1,7 @@
-"""segment-anything's mask decoder for many point prompts on one image, with less work per prompt.
+"""SAM's mask decoder for many point prompts on one image, with less work per prompt.
 
-``segment_anything.modeling.MaskDecoder`` copies the image embedding once per prompt and runs
+``segment_anything.modeling.MaskDecoder`` (and transformers' SAM 2 / EdgeTAM decoders, which
+have the same two-way transformer) copies the image embedding once per prompt and runs
 every projection of its two-way transformer over all 64x64 image tokens of every copy, then
 upsamples every prompt's embedding, whatever its masks' predicted quality. With a handful of
 prompt tokens (7 for a point prompt) most of that work can be avoided without changing the
@@ -22,12 +23,16 @@ result, only the order of floating-point operations:
 
 :class:`PromptBatchDecoder` gives ``MaskDecoder(..., multimask_output=True)``'s logits and IoU
 predictions for the masks that pass the filter (tests compare it with the module on tiny and
-real-size decoders).
+real-size decoders). It reads the decoder's weights through :class:`DecoderParts`, built for
+segment-anything's ``Sam`` (:func:`segment_anything_parts`) and for transformers' ``Sam2Model``
+/ ``EdgeTamModel`` (:func:`sam2_parts`), whose decoder differs only in names, an object-score
+token before the IoU token, and high-resolution skip features added during upsampling.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -36,7 +41,6 @@ import torch.nn.functional as F
 
 if TYPE_CHECKING:
     from segment_anything.modeling import Sam
-    from segment_anything.modeling.transformer import Attention
 
 
 @dataclass
@@ -53,6 +57,9 @@ class ImageContext:
             positional encoding through the token-to-image key weights (no bias).
         pe_image_queries: per layer after the first, (heads, HW, d) the positional encoding
             through the image-to-token query weights (no bias).
+        skips: SAM 2's high-resolution features in token layout, added during upsampling:
+            (HW, 2, 2, C/4) after the first transposed convolution and (HW, 2, 2, 2, 2, C/8)
+            after the second; None for SAM.
     """
 
     src: torch.Tensor
@@ -62,6 +69,7 @@ class ImageContext:
     first_image_queries: torch.Tensor
     pe_keys: list[torch.Tensor]
     pe_image_queries: list[torch.Tensor]
+    skips: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def _heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -119,12 +127,12 @@ def _scores_against_image(
 
 
 def _tokens_to_image(
-    attn: Attention, queries: torch.Tensor, keys: torch.Tensor, pe_keys: torch.Tensor
+    attn: AttentionParts, queries: torch.Tensor, keys: torch.Tensor, pe_keys: torch.Tensor
 ) -> torch.Tensor:
     """``attn(q=queries, k=keys + pe, v=keys)`` with per-prompt image tokens, never projected.
 
     Args:
-        attn: segment-anything ``Attention`` (C -> internal dim, ``num_heads`` heads).
+        attn: the attention's projections (C -> internal dim, ``num_heads`` heads).
         queries: (B, T, C) prompt tokens (with their positional encoding).
         keys: (B, HW, C) image tokens.
         pe_keys: (heads, HW, d) their positional encoding through the key weights.
@@ -156,12 +164,12 @@ def _shared_image_scores(queries: torch.Tensor, keys: torch.Tensor) -> torch.Ten
 
 
 def _tokens_to_shared_image(
-    attn: Attention, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+    attn: AttentionParts, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
 ) -> torch.Tensor:
     """``attn`` from prompt tokens to image tokens whose keys/values every prompt shares.
 
     Args:
-        attn: segment-anything ``Attention``.
+        attn: the attention's projections.
         queries: (B, T, C) prompt tokens (with their positional encoding).
         keys: (heads, HW, d) projected keys.
         values: (heads, HW, d) projected values.
@@ -177,12 +185,12 @@ def _tokens_to_shared_image(
 
 
 def _image_to_tokens(
-    attn: Attention, scores: torch.Tensor, tokens: torch.Tensor, residual: torch.Tensor
+    attn: AttentionParts, scores: torch.Tensor, tokens: torch.Tensor, residual: torch.Tensor
 ) -> torch.Tensor:
     """``residual`` plus an image-to-token attention's output, from its scaled scores.
 
     Args:
-        attn: segment-anything ``Attention``.
+        attn: the attention's projections.
         scores: (B, heads, T, HW) scaled image-query . token-key products.
         tokens: (B, T, C) prompt tokens (the attention's values, before projection).
         residual: (B, HW, C) or (HW, C) image tokens the output is added to.
@@ -200,29 +208,31 @@ def _image_to_tokens(
 
 
 def _upscaled_masks(
-    upscaling: torch.nn.Sequential,
+    upscaling: Upscaling,
     keys: torch.Tensor,
     hyper: torch.Tensor,
     size: tuple[int, int],
+    skips: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """``hyper @ upscaling(keys)`` computed in token layout.
 
     SAM's upscaling is ConvTranspose2d(k=2, s=2), LayerNorm2d, activation, ConvTranspose2d(k=2,
-    s=2), activation. A stride-2, 2x2 transposed convolution maps each input pixel to its own
-    2x2 output block, so every step is per token: a matrix product to (2, 2, channels) per token,
-    a layer norm over the last axis, and so on; the pixels are put in place once, on the masks.
+    s=2), activation (SAM 2 adds a high-resolution feature map after each transposed
+    convolution). A stride-2, 2x2 transposed convolution maps each input pixel to its own 2x2
+    output block, so every step is per token: a matrix product to (2, 2, channels) per token, a
+    layer norm over the last axis, and so on; the pixels are put in place once, on the masks.
     This skips the channels-first copies and the five passes of LayerNorm2d.
 
     Args:
-        upscaling: the decoder's ``output_upscaling``.
+        upscaling: the decoder's upscaling layers.
         keys: (B, h*w, C) image tokens after the transformer.
         hyper: (B, M, c') hypernetwork outputs, one per mask.
         size: (h, w).
+        skips: :attr:`ImageContext.skips`, or None.
 
     Returns:
         (B, M, 4h, 4w) mask logits.
     """
-    up1, norm, act1, up2, act2 = upscaling
     b = keys.shape[0]
     h, w = size
 
@@ -233,9 +243,15 @@ def _upscaled_masks(
         out = torch.addmm(conv.bias.repeat(4), x.reshape(-1, c_in), weight)
         return out.reshape(*x.shape[:-1], 2, 2, c_out)
 
-    x = per_token(up1, keys)  # (B, HW, 2, 2, C/4)
-    x = act1(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
-    x = act2(per_token(up2, x))  # (B, HW, 2, 2, 2, 2, C/8)
+    norm = upscaling.norm
+    x = per_token(upscaling.up1, keys)  # (B, HW, 2, 2, C/4)
+    if skips is not None:
+        x = x + skips[0]
+    x = upscaling.act1(F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, norm.eps))
+    x = per_token(upscaling.up2, x)  # (B, HW, 2, 2, 2, 2, C/8)
+    if skips is not None:
+        x = x + skips[1]
+    x = upscaling.act2(x)
     masks = x.reshape(b, h * w * 16, x.shape[-1]) @ hyper.transpose(1, 2)  # (B, HW*16, M)
     # token (i, j), first block (a, b), second block (a2, b2) -> pixel (4i+2a+a2, 4j+2b+b2)
     m = hyper.shape[1]
@@ -243,38 +259,255 @@ def _upscaled_masks(
     return masks.reshape(b, m, 4 * h, 4 * w)
 
 
+def _skip_tokens(feat_s1: torch.Tensor, feat_s0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM 2's high-resolution features in the token layout of :func:`_upscaled_masks`.
+
+    Args:
+        feat_s1: (1, C/4, 2h, 2w), added after the first transposed convolution.
+        feat_s0: (1, C/8, 4h, 4w), added after the second.
+
+    Returns:
+        (h*w, 2, 2, C/4) and (h*w, 2, 2, 2, 2, C/8): pixel (2i+a, 2j+b) of ``feat_s1`` at
+        [i*w+j, a, b], pixel (4i+2a+a2, 4j+2b+b2) of ``feat_s0`` at [i*w+j, a, b, a2, b2].
+    """
+    c1, h2, w2 = feat_s1.shape[1:]
+    h, w = h2 // 2, w2 // 2
+    s1 = feat_s1[0].reshape(c1, h, 2, w, 2).permute(1, 3, 2, 4, 0).reshape(h * w, 2, 2, c1)
+    c0 = feat_s0.shape[1]
+    s0 = feat_s0[0].reshape(c0, h, 2, 2, w, 2, 2).permute(1, 4, 2, 5, 3, 6, 0)
+    return s1, s0.reshape(h * w, 2, 2, 2, 2, c0)
+
+
+def _attend(attn: AttentionParts, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """Plain multi-head attention with ``attn``'s projections: (B, T, C) inputs -> (B, T, C)."""
+    q, k, v = (_heads(proj(x), attn.num_heads) for proj, x in zip(attn.projections, (q, k, v)))
+    weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1)
+    return attn.out_proj(_merge_heads(weights @ v))
+
+
+@dataclass(frozen=True)
+class AttentionParts:
+    """One attention of a two-way transformer: ``C -> heads*d`` projections and the output."""
+
+    q_proj: torch.nn.Linear
+    k_proj: torch.nn.Linear
+    v_proj: torch.nn.Linear
+    out_proj: torch.nn.Linear
+    num_heads: int
+
+    @property
+    def projections(self) -> tuple[torch.nn.Linear, torch.nn.Linear, torch.nn.Linear]:
+        return self.q_proj, self.k_proj, self.v_proj
+
+    @classmethod
+    def of(cls, module: torch.nn.Module) -> AttentionParts:
+        """segment-anything's ``Attention`` or transformers' ``Sam2Attention``."""
+        out = getattr(module, "out_proj", None) or module.o_proj
+        heads = getattr(module, "num_heads", None) or module.num_attention_heads
+        return cls(module.q_proj, module.k_proj, module.v_proj, out, int(heads))
+
+
+@dataclass(frozen=True)
+class LayerParts:
+    """One two-way attention block."""
+
+    self_attn: AttentionParts
+    token_to_image: AttentionParts
+    image_to_token: AttentionParts
+    norms: tuple[torch.nn.LayerNorm, ...]  # after self-attention, cross, MLP, image update
+    mlp: torch.nn.Module
+    skip_first_layer_pe: bool
+
+
+@dataclass(frozen=True)
+class Upscaling:
+    """Transposed convolution, layer norm, activation, transposed convolution, activation."""
+
+    up1: torch.nn.ConvTranspose2d
+    norm: torch.nn.Module  # has weight, bias, eps over the channels
+    act1: torch.nn.Module
+    up2: torch.nn.ConvTranspose2d
+    act2: torch.nn.Module
+
+
+@dataclass(frozen=True)
+class DecoderParts:
+    """What :class:`PromptBatchDecoder` reads of a SAM-family mask decoder.
+
+    Attributes:
+        layers: the two-way transformer's blocks.
+        final_attn: the final token-to-image attention; ``final_norm`` its layer norm.
+        output_tokens: (T0, C) the learned tokens put before the prompt tokens.
+        iou_index: the IoU token's position among them.
+        mask_index: the first mask token's position (the single-mask one; the multimask
+            tokens follow it).
+        num_mask_tokens: 1 + the number of multimask outputs.
+        iou_head: (B, C) -> (B, num_mask_tokens) predicted IoU.
+        hypernetworks: per mask token, (B, C) -> (B, C/8).
+        upscaling: the upsampling layers.
+        embed_points: (B, 2) XY foreground points -> (B, T, C) sparse prompt embeddings.
+        no_mask: (C,) the dense embedding of "no mask prompt".
+        dense_pe: () -> (1, C, h, w) the image-wide positional encoding.
+        embedding_size: (h, w) of the image-embedding grid.
+    """
+
+    layers: list[LayerParts]
+    final_attn: AttentionParts
+    final_norm: torch.nn.LayerNorm
+    output_tokens: torch.Tensor
+    iou_index: int
+    mask_index: int
+    num_mask_tokens: int
+    iou_head: torch.nn.Module
+    hypernetworks: list[torch.nn.Module]
+    upscaling: Upscaling
+    embed_points: Callable[[torch.Tensor], torch.Tensor]
+    no_mask: torch.Tensor
+    dense_pe: Callable[[], torch.Tensor]
+    embedding_size: tuple[int, int]
+
+
+def segment_anything_parts(model: Sam) -> DecoderParts:
+    """The decoder of a ``segment_anything.modeling.Sam``.
+
+    Raises:
+        ValueError: the decoder is not segment-anything's own ``MaskDecoder`` (variants such as
+            HQ-SAM compute other things) with a ``TwoWayTransformer``.
+    """
+    from segment_anything.modeling import MaskDecoder, TwoWayTransformer
+
+    decoder, encoder = model.mask_decoder, model.prompt_encoder
+    transformer = getattr(decoder, "transformer", None)
+    if type(decoder) is not MaskDecoder or type(transformer) is not TwoWayTransformer:
+        raise ValueError(
+            "Expected segment-anything's MaskDecoder with a TwoWayTransformer, but got "
+            f"{type(decoder).__name__} with {type(transformer).__name__}"
+        )
+
+    def embed_points(points: torch.Tensor) -> torch.Tensor:
+        labels = torch.ones((len(points), 1), dtype=torch.int, device=points.device)
+        sparse, _ = encoder(points=(points[:, None], labels), boxes=None, masks=None)
+        return sparse
+
+    up1, norm, act1, up2, act2 = decoder.output_upscaling
+    return DecoderParts(
+        layers=[
+            LayerParts(
+                AttentionParts.of(layer.self_attn),
+                AttentionParts.of(layer.cross_attn_token_to_image),
+                AttentionParts.of(layer.cross_attn_image_to_token),
+                (layer.norm1, layer.norm2, layer.norm3, layer.norm4),
+                layer.mlp,
+                layer.skip_first_layer_pe,
+            )
+            for layer in transformer.layers
+        ],
+        final_attn=AttentionParts.of(transformer.final_attn_token_to_image),
+        final_norm=transformer.norm_final_attn,
+        output_tokens=torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight]),
+        iou_index=0,
+        mask_index=1,
+        num_mask_tokens=decoder.num_mask_tokens,
+        iou_head=decoder.iou_prediction_head,
+        hypernetworks=list(decoder.output_hypernetworks_mlps),
+        upscaling=Upscaling(up1, norm, act1, up2, act2),
+        embed_points=embed_points,
+        no_mask=encoder.no_mask_embed.weight[0],
+        dense_pe=encoder.get_dense_pe,
+        embedding_size=tuple(encoder.image_embedding_size),
+    )
+
+
+# transformers' models whose mask decoder is SAM 2's (same modules, same forward).
+SAM2_DECODER_MODELS = ("Sam2Model", "EdgeTamModel", "Sam3TrackerModel")
+
+
+def sam2_parts(model) -> DecoderParts:
+    """The decoder of a transformers ``Sam2Model``, ``EdgeTamModel`` or ``Sam3TrackerModel``.
+
+    Raises:
+        ValueError: another model class.
+    """
+    if type(model).__name__ not in SAM2_DECODER_MODELS:
+        raise ValueError(
+            f"Expected one of {', '.join(SAM2_DECODER_MODELS)}, but got {type(model).__name__}"
+        )
+    decoder, encoder = model.mask_decoder, model.prompt_encoder
+    transformer = decoder.transformer
+
+    def embed_points(points: torch.Tensor) -> torch.Tensor:
+        labels = torch.ones((1, len(points), 1), dtype=torch.int64, device=points.device)
+        sparse, _ = encoder(
+            input_points=points[None, :, None, :],
+            input_labels=labels,
+            input_boxes=None,
+            input_masks=None,
+        )
+        return sparse[0]
+
+    return DecoderParts(
+        layers=[
+            LayerParts(
+                AttentionParts.of(layer.self_attn),
+                AttentionParts.of(layer.cross_attn_token_to_image),
+                AttentionParts.of(layer.cross_attn_image_to_token),
+                (layer.layer_norm1, layer.layer_norm2, layer.layer_norm3, layer.layer_norm4),
+                layer.mlp,
+                layer.skip_first_layer_pe,
+            )
+            for layer in transformer.layers
+        ],
+        final_attn=AttentionParts.of(transformer.final_attn_token_to_image),
+        final_norm=transformer.layer_norm_final_attn,
+        output_tokens=torch.cat(
+            [decoder.obj_score_token.weight, decoder.iou_token.weight, decoder.mask_tokens.weight]
+        ),
+        iou_index=1,
+        mask_index=2,
+        num_mask_tokens=decoder.num_mask_tokens,
+        iou_head=decoder.iou_prediction_head,
+        hypernetworks=list(decoder.output_hypernetworks_mlps),
+        upscaling=Upscaling(
+            decoder.upscale_conv1,
+            decoder.upscale_layer_norm,
+            decoder.activation,
+            decoder.upscale_conv2,
+            decoder.activation,
+        ),
+        embed_points=embed_points,
+        no_mask=encoder.no_mask_embed.weight[0],
+        dense_pe=model.get_image_wide_positional_embeddings,
+        embedding_size=tuple(encoder.image_embedding_size),
+    )
+
+
 class PromptBatchDecoder:
-    """A SAM's mask decoder, run for batches of point prompts on one image.
+    """A SAM-family mask decoder, run for batches of point prompts on one image.
 
     Args:
         model: a ``segment_anything.modeling.Sam`` whose decoder is segment-anything's own
-            ``MaskDecoder`` (not a subclass: variants such as HQ-SAM compute other things) with
-            at least one two-way transformer layer (every published SAM has two).
+            ``MaskDecoder``, or a transformers model of :data:`SAM2_DECODER_MODELS`; its
+            decoder needs at least one two-way transformer layer (every published one has two).
 
     Raises:
         ValueError: for another decoder class or one without transformer layers.
     """
 
-    def __init__(self, model: Sam) -> None:
-        from segment_anything.modeling import MaskDecoder, TwoWayTransformer
-
-        self.prompt_encoder = model.prompt_encoder
-        self.decoder = model.mask_decoder
-        self.transformer = getattr(self.decoder, "transformer", None)
-        if type(self.decoder) is not MaskDecoder or type(self.transformer) is not TwoWayTransformer:
-            raise ValueError(
-                "Expected segment-anything's MaskDecoder with a TwoWayTransformer, but got "
-                f"{type(self.decoder).__name__} with {type(self.transformer).__name__}"
-            )
-        if len(self.transformer.layers) == 0:
+    def __init__(self, model) -> None:
+        if type(model).__name__ in SAM2_DECODER_MODELS:
+            self.parts = sam2_parts(model)
+        else:
+            self.parts = segment_anything_parts(model)
+        if len(self.parts.layers) == 0:
             raise ValueError("Expected a mask decoder with at least one transformer layer")
 
-    def prepare(self, image_embedding: torch.Tensor) -> ImageContext:
+    def prepare(self, features: torch.Tensor | list[torch.Tensor]) -> ImageContext:
         """The per-image part.
 
         Args:
-            image_embedding: (1, C, h, w) the image encoder's output, of the size the prompt
-                encoder was built for.
+            features: SAM: (1, C, h, w) the image encoder's output, of the size the prompt
+                encoder was built for; SAM 2: ``get_image_embeddings``' list (high-resolution
+                (1, C/8, 4h, 4w) and (1, C/4, 2h, 2w) maps, then the (1, C, h, w) embedding).
 
         Returns:
             What :meth:`decode` needs for every batch of this image; call :meth:`decode` under
@@ -283,20 +516,35 @@ class PromptBatchDecoder:
         Raises:
             ValueError: for an embedding of another shape.
         """
-        expected = (1, self.prompt_encoder.embed_dim, *self.prompt_encoder.image_embedding_size)
+        parts = self.parts
+        skips = None
+        if isinstance(features, (list, tuple)):
+            *high_res, image_embedding = features
+            if len(high_res) != 2:
+                raise ValueError(
+                    f"Expected 2 high-resolution feature maps and the image embedding, but got "
+                    f"{len(features)} maps"
+                )
+            skips = _skip_tokens(high_res[1], high_res[0])
+        else:
+            image_embedding = features
+        expected = (1, parts.no_mask.shape[0], *parts.embedding_size)
         if tuple(image_embedding.shape) != expected:
             raise ValueError(
                 f"Expected `image_embedding` to be (1, C, h, w) = {expected}, but got shape "
                 f"{tuple(image_embedding.shape)}"
             )
+        if skips is not None and skips[0].shape[0] != expected[2] * expected[3]:
+            raise ValueError(
+                "Expected high-resolution maps 2x and 4x the image embedding's size, but got "
+                f"{tuple(features[1].shape)} and {tuple(features[0].shape)}"
+            )
         size = tuple(image_embedding.shape[-2:])
-        dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
-        src = (image_embedding + dense).flatten(2)[0].T  # (HW, C)
-        pe = self.prompt_encoder.get_dense_pe().flatten(2)[0].T.to(src.dtype)
-        layers = self.transformer.layers
-        t2i, i2t = layers[0].cross_attn_token_to_image, layers[0].cross_attn_image_to_token
-        later_t2i = [layer.cross_attn_token_to_image for layer in layers[1:]]
-        later_t2i.append(self.transformer.final_attn_token_to_image)
+        src = (image_embedding + parts.no_mask.reshape(1, -1, 1, 1)).flatten(2)[0].T  # (HW, C)
+        pe = parts.dense_pe().flatten(2)[0].T.to(src.dtype)
+        first = parts.layers[0]
+        t2i, i2t = first.token_to_image, first.image_to_token
+        later_t2i = [layer.token_to_image for layer in parts.layers[1:]] + [parts.final_attn]
         return ImageContext(
             src=src,
             size=size,
@@ -305,9 +553,10 @@ class PromptBatchDecoder:
             first_image_queries=_heads(i2t.q_proj(src + pe), i2t.num_heads),
             pe_keys=[_heads(pe @ a.k_proj.weight.T, a.num_heads) for a in later_t2i],
             pe_image_queries=[
-                _heads(pe @ a.q_proj.weight.T, a.num_heads)
-                for a in (layer.cross_attn_image_to_token for layer in layers[1:])
+                _heads(pe @ layer.image_to_token.q_proj.weight.T, layer.image_to_token.num_heads)
+                for layer in parts.layers[1:]
             ],
+            skips=skips,
         )
 
     def decode(
@@ -317,7 +566,7 @@ class PromptBatchDecoder:
 
         Args:
             context: from :meth:`prepare`.
-            point_coords: (B, 2) XY in SAM's input frame (foreground points).
+            point_coords: (B, 2) XY in the model's input frame (foreground points).
             iou_threshold: keep masks whose predicted IoU is above this; <= 0 keeps all (as
                 ``SamAutomaticMaskGenerator``'s ``pred_iou_thresh``).
 
@@ -329,21 +578,19 @@ class PromptBatchDecoder:
             keep: (B*M,) bool, which of the B*M masks were kept (M = 3 multimask outputs for
                 every published SAM).
         """
-        decoder = self.decoder
+        parts = self.parts
         if len(point_coords) == 0:
             side = (4 * context.size[0], 4 * context.size[1])
             empty = context.src.new_zeros((0, *side))
             return empty, empty.new_zeros(0), torch.zeros(0, dtype=torch.bool, device=empty.device)
-        labels = torch.ones((len(point_coords), 1), dtype=torch.int, device=point_coords.device)
-        sparse, _ = self.prompt_encoder(
-            points=(point_coords[:, None], labels), boxes=None, masks=None
-        )
-        output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight])
-        tokens = torch.cat([output_tokens.expand(len(sparse), -1, -1), sparse], dim=1)  # (B, T, C)
+        sparse = parts.embed_points(point_coords)
+        output_tokens = parts.output_tokens.expand(len(sparse), -1, -1)
+        tokens = torch.cat([output_tokens, sparse.to(output_tokens.dtype)], dim=1)  # (B, T, C)
         queries, keys = self._transformer(context, tokens)
 
-        iou = decoder.iou_prediction_head(queries[:, 0])[:, 1:]  # (B, M)
-        mask_tokens = queries[:, 2 : 1 + decoder.num_mask_tokens]  # (B, M, C)
+        iou = parts.iou_head(queries[:, parts.iou_index])[:, 1:]  # (B, M)
+        first = parts.mask_index + 1  # the multimask tokens
+        mask_tokens = queries[:, first : parts.mask_index + parts.num_mask_tokens]  # (B, M, C)
         if iou_threshold <= 0.0:  # no filter: no indexing, no host synchronisation
             keep = torch.ones(iou.numel(), dtype=torch.bool, device=iou.device)
             masks = self._masks(context, keys, mask_tokens)
@@ -362,36 +609,37 @@ class PromptBatchDecoder:
         self, context: ImageContext, keys: torch.Tensor, mask_tokens: torch.Tensor
     ) -> torch.Tensor:
         """(B, M, 4h, 4w) logits from (B, HW, C) image tokens and (B, M, C) mask tokens."""
-        hypernetworks = self.decoder.output_hypernetworks_mlps[1:]
+        hypernetworks = self.parts.hypernetworks[1:]
         hyper = torch.stack(
             [mlp(mask_tokens[:, i]) for i, mlp in enumerate(hypernetworks)], dim=1
         )  # (B, M, C/8)
-        return _upscaled_masks(self.decoder.output_upscaling, keys, hyper, context.size)
+        return _upscaled_masks(self.parts.upscaling, keys, hyper, context.size, context.skips)
 
     def _transformer(
         self, context: ImageContext, tokens: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``TwoWayTransformer.forward``: (B, T, C) tokens and (B, HW, C) image tokens."""
         queries, keys = tokens, None  # None: the shared first-layer image tokens
-        for index, layer in enumerate(self.transformer.layers):
+        for index, layer in enumerate(self.parts.layers):
+            norm1, norm2, norm3, norm4 = layer.norms
             if layer.skip_first_layer_pe:
-                queries = layer.self_attn(q=queries, k=queries, v=queries)
+                queries = _attend(layer.self_attn, queries, queries, queries)
             else:
                 q = queries + tokens
-                queries = queries + layer.self_attn(q=q, k=q, v=queries)
-            queries = layer.norm1(queries)
+                queries = queries + _attend(layer.self_attn, q, q, queries)
+            queries = norm1(queries)
 
             q = queries + tokens
-            t2i = layer.cross_attn_token_to_image
+            t2i = layer.token_to_image
             if keys is None:
                 attn_out = _tokens_to_shared_image(t2i, q, context.first_keys, context.first_values)
             else:
                 attn_out = _tokens_to_image(t2i, q, keys, context.pe_keys[index - 1])
-            queries = layer.norm2(queries + attn_out)
-            queries = layer.norm3(queries + layer.mlp(queries))
+            queries = norm2(queries + attn_out)
+            queries = norm3(queries + layer.mlp(queries))
 
             q = queries + tokens
-            i2t = layer.cross_attn_image_to_token
+            i2t = layer.image_to_token
             if keys is None:
                 k = _heads(i2t.k_proj(q), i2t.num_heads)  # (B, heads, T, d)
                 scores = _shared_image_scores(
@@ -403,12 +651,13 @@ class PromptBatchDecoder:
                 scores = _scores_against_image(
                     i2t.k_proj, i2t.q_proj, i2t.num_heads, q, keys, pe_queries
                 )
-            keys = layer.norm4(_image_to_tokens(i2t, scores, queries, keys))
+            keys = norm4(_image_to_tokens(i2t, scores, queries, keys))
             if torch.is_autocast_enabled(keys.device.type):
                 # CUDA autocast runs layer_norm in float32, and every later use of the image
                 # tokens (matrix products only) would cast all of them again: cast once.
                 keys = keys.to(torch.get_autocast_dtype(keys.device.type))
 
-        final = self.transformer.final_attn_token_to_image
-        attn_out = _tokens_to_image(final, queries + tokens, keys, context.pe_keys[-1])
-        return self.transformer.norm_final_attn(queries + attn_out), keys
+        attn_out = _tokens_to_image(
+            self.parts.final_attn, queries + tokens, keys, context.pe_keys[-1]
+        )
+        return self.parts.final_norm(queries + attn_out), keys

@@ -7,10 +7,13 @@ removal) with the model-dependent steps taken from transformers:
 
 - each crop goes through the model's own image processor (SAM 2 / EdgeTAM: stretched to 1024 x
   1024; SAM-HQ: longest side 1024, padded) and ``get_image_embeddings`` once;
-- the grid's points go in batches through the model's prompt encoder and mask decoder
-  (``model(image_embeddings=..., input_points=..., multimask_output=True)``), in the
+- the grid's points go in batches through the model's prompt encoder and mask decoder, in the
   coordinates the model's processor gives points (``Sam2Processor``: per axis to the square
-  frame; ``SamProcessor``: the longest-side resize);
+  frame; ``SamProcessor``: the longest-side resize). SAM 2 / EdgeTAM decoders run as
+  :class:`~fiftyone_ssa.models.masks.prompt_decoder.PromptBatchDecoder` (the image side of
+  the two-way transformer once per crop, upsampling only for prompts with a mask that passes
+  the IoU filter); SAM-HQ's, which adds an HQ token and the ViT's early features, runs as
+  ``model(image_embeddings=..., input_points=..., multimask_output=True)``;
 - the predicted-IoU filter runs on the decoder's outputs, before any upsampling;
 - the surviving low-resolution logits are upsampled as the image processor's
   ``post_process_masks`` does (SAM 2: bilinear straight to the crop; SAM-HQ: to the padded
@@ -36,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from fiftyone_ssa.models.masks.fast_generator import FastMaskGenerator
+from fiftyone_ssa.models.masks.prompt_decoder import SAM2_DECODER_MODELS, PromptBatchDecoder
 
 # config.json model_type -> the transformers class that runs its image path.
 MODEL_CLASSES = {
@@ -78,12 +82,13 @@ class TransformersSamGenerator(FastMaskGenerator):
     # ------------------------------------------------------------------ model hooks
 
     def _make_decoder(self, model):
+        """SAM 2's decoder as a :class:`PromptBatchDecoder`; SAM-HQ's is the model itself."""
         name = type(model).__name__
         if name not in set(MODEL_CLASSES.values()):
             raise ValueError(
                 f"Expected one of {', '.join(sorted(set(MODEL_CLASSES.values())))}, but got {name}"
             )
-        return model
+        return PromptBatchDecoder(model) if name in SAM2_DECODER_MODELS else model
 
     def _default_mask_threshold(self) -> float:
         return 0.0
@@ -141,6 +146,8 @@ class TransformersSamGenerator(FastMaskGenerator):
         return embeddings, input_size
 
     def _prepare(self, features):
+        if isinstance(self._decoder, PromptBatchDecoder):
+            return super()._prepare(features)
         if isinstance(features, tuple):  # SAM-HQ: the decoder also reads the ViT's blocks
             return {"image_embeddings": features[0], "intermediate_embeddings": features[1]}
         return {"image_embeddings": features}
@@ -150,7 +157,7 @@ class TransformersSamGenerator(FastMaskGenerator):
         return 4 * last.shape[-2], 4 * last.shape[-1]
 
     def _decode(
-        self, context: dict, points: torch.Tensor
+        self, context, points: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The model's multimask outputs for B single foreground points, IoU-filtered.
 
@@ -164,6 +171,8 @@ class TransformersSamGenerator(FastMaskGenerator):
             iou: (K,) float32 their predicted IoU.
             keep: (3B,) bool, which of the B x 3 masks were kept.
         """
+        if isinstance(self._decoder, PromptBatchDecoder):
+            return super()._decode(context, points)
         b = len(points)
         labels = torch.ones((1, b, 1), dtype=torch.int64, device=self.device)
         with self._autocast():
