@@ -275,12 +275,13 @@ class EngineJob(LabellingJob):
         self.mask_root = mask_root
         self.input_fields = [masks.field] if masks.field else []
         self.seg_field = segmentation_field(label_field)
-        self.targets: _SegmentationTargets | None = None
+        self.targets: SegmentationTargets | None = None
 
     def output_schema(self) -> dict[str, tuple[type, dict]]:
         lf = self.label_field
         schema = record.label_schema(lf, fo.Detections, ENGINE_MASK_ATTRIBUTES)
         schema[f"{lf}.{record.RUN_KEY_ATTRIBUTE}"] = (fo.StringField, {})
+        schema.update(record.run_labels_schema(lf))
         if self.write_segmentation:
             schema.update(record.label_schema(self.seg_field, fo.Segmentation, {}))
         schema[error_field(lf)] = (fo.StringField, {})
@@ -292,14 +293,14 @@ class EngineJob(LabellingJob):
     def prepare(self, dataset: fo.Dataset, others_remain: bool) -> None:
         if self.write_segmentation and self.settings["vocabulary_mode"] == "restrict":
             # A fixed class list: ids known before any rank labels anything.
-            targets = _SegmentationTargets(dataset, self.seg_field)
+            targets = SegmentationTargets(dataset, self.seg_field)
             for name in self.settings["vocabulary"]:
                 targets.id_of(name)
             targets.save()
 
     def start(self, dataset: fo.Dataset) -> None:
         if self.write_segmentation:
-            self.targets = _SegmentationTargets(
+            self.targets = SegmentationTargets(
                 dataset, self.seg_field, frozen=distributed.current_ranks().is_distributed
             )
 
@@ -371,7 +372,7 @@ def _label_batch(batch, images, masks, models, settings, skip_failures):
     return [(outcome, seconds) for outcome in outcomes]
 
 
-class _SegmentationTargets:
+class SegmentationTargets:
     """Class name <-> id of ``<label_field>_seg``, extending the dataset's mask targets."""
 
     def __init__(self, dataset: fo.Dataset, field: str, frozen: bool = False):
@@ -402,7 +403,7 @@ def _sample_values(
     label_field,
     mask_set: MaskSet,
     labels: MaskLabels,
-    targets: _SegmentationTargets | None,
+    targets: SegmentationTargets | None,
     mask_root: str,
     run_key: str,
     carried: list[dict] | None = None,
@@ -433,6 +434,7 @@ def _sample_values(
     )
     detections = build_detections(mask_set.masks, labels.class_names, attributes, mask_dir, carried)
     detections[record.RUN_KEY_ATTRIBUTE] = run_key
+    record.record_run_labels(detections)
     values = {label_field: detections, error_field(label_field): None}
     if targets is not None:
         height, width = mask_set.masks.shape[1:]

@@ -18,7 +18,7 @@ from typing import Any
 import fiftyone as fo
 from fiftyone import ViewField as F
 
-from fiftyone_ssa.fields import check_field_name, error_field
+from fiftyone_ssa.fields import RUN_LABELS_ATTRIBUTE, check_field_name, error_field
 
 # ``dataset.info`` key under which each label field's last run configuration is kept.
 RUNS_INFO_KEY = "fiftyone_ssa_runs"
@@ -337,6 +337,23 @@ def label_schema(label_field: str, label_type: type, attributes: dict[str, Any])
         field_type, kwargs = spec if isinstance(spec, tuple) else (spec, {})
         schema[f"{prefix}.{name}"] = (field_type, kwargs)
     return schema
+
+
+def run_labels_schema(detections_field: str) -> dict[str, tuple[type, dict]]:
+    """The :func:`declare_output_fields` entry of the run labels a Detections output keeps."""
+    return {f"{detections_field}.{RUN_LABELS_ATTRIBUTE}": (fo.DictField, {})}
+
+
+def record_run_labels(detections: fo.Detections) -> fo.Detections:
+    """Keeps on ``detections`` the label the run gave each mask: ``{detection id: label}``
+    under ``fields.RUN_LABELS_ATTRIBUTE``, so that a review can tell which masks a person
+    relabelled, deleted or added (``fiftyone_ssa.labelling.apply_review``).
+
+    Returns:
+        ``detections``, changed in place.
+    """
+    detections[RUN_LABELS_ATTRIBUTE] = {det.id: det.label for det in detections.detections}
+    return detections
 
 
 def record_run(dataset: fo.Dataset, label_field: str, run_key: str, config: dict) -> None:

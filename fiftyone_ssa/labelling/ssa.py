@@ -269,6 +269,7 @@ class SSAJob(LabellingJob):
             lf, fo.Segmentation, {record.RUN_KEY_ATTRIBUTE: fo.StringField}
         )
         schema.update(record.label_schema(f"{lf}_masks", fo.Detections, MASK_ATTRIBUTES))
+        schema.update(record.run_labels_schema(f"{lf}_masks"))
         if self.write_branch:
             schema.update(record.label_schema(f"{lf}_branch", fo.Segmentation, {}))
         schema[fields.error_field(lf)] = (fo.StringField, {})
@@ -319,8 +320,8 @@ class SSAJob(LabellingJob):
         painted = class_map_to_numpy(outcome.labels.painted)
         values = {
             lf: fo.Segmentation(mask=painted, **{record.RUN_KEY_ATTRIBUTE: run_key}),
-            fields.masks_field(lf): build_detections(
-                mask_set.masks, names, attributes, mask_dir, outcome.carried
+            fields.masks_field(lf): record.record_run_labels(
+                build_detections(mask_set.masks, names, attributes, mask_dir, outcome.carried)
             ),
             fields.error_field(lf): None,
         }

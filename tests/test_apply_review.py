@@ -1,0 +1,215 @@
+"""Reviews of SSA's masks folded back into its labels (``apply_review``), on the real database.
+
+Corrections go through the App server's own sample routes (JSON patches, see
+``tests/app_patch.py``); the repainted Segmentation is compared with an independent
+repainting (a plain loop over the masks, largest first).
+"""
+
+from __future__ import annotations
+
+import fiftyone as fo
+import numpy as np
+import pytest
+
+from fiftyone_ssa import apply_ssa
+from fiftyone_ssa.labelling.apply_review import apply_review
+from fiftyone_ssa.labels import detection_full_mask
+from tests.app_patch import AppClient, add, delete, relabel
+from tests.scenes import SCENE_CLASSES
+
+BRANCHES = {"semantic_branch": "field:coarse", "mask_branch": "field:instances"}
+NAME_TO_ID = {name: i for i, name in SCENE_CLASSES.items()}
+
+
+@pytest.fixture
+def app():
+    return AppClient()
+
+
+@pytest.fixture
+def labelled(scene_dataset):
+    """Three scenes labelled by SSA from field branches (coarse map, true instances)."""
+    ds = scene_dataset(n=3, noise=0.05, factor=8)
+    apply_ssa(ds, **BRANCHES)
+    return ds
+
+
+def raw(ds, sample_id):
+    """The sample's document as stored (BSON values: masks are the stored bytes)."""
+    from bson import ObjectId
+
+    return ds._sample_collection.find_one({"_id": ObjectId(sample_id)})
+
+
+def raw_detections(ds, sample_id, field="ssa_masks"):
+    return {str(d["_id"]): d for d in raw(ds, sample_id)[field]["detections"]}
+
+
+def reference_repaint(base: np.ndarray, detections, name_to_id: dict) -> np.ndarray:
+    """SSA's painting rule, written plainly: masks largest first (ties in list order), each
+    painted over the map, smaller ones last."""
+    h, w = base.shape
+    masks = [
+        (detection_full_mask(d, w, h), name_to_id[d.label])
+        for d in detections
+        if d.mask is not None
+    ]
+    order = sorted(range(len(masks)), key=lambda i: -int(masks[i][0].sum()))
+    out = base.copy()
+    for i in order:
+        out[masks[i][0]] = masks[i][1]
+    return out
+
+
+def other_label(label: str) -> str:
+    return next(n for n in SCENE_CLASSES.values() if n not in (label, "background"))
+
+
+def test_ssa_records_the_label_of_every_mask_it_writes(labelled):
+    for sample in labelled:
+        dets = sample.ssa_masks.detections
+        assert sample.ssa_masks.run_labels == {d.id: d.label for d in dets}
+        # and the rule above, on the masks as written, gives SSA's own map
+        expected = reference_repaint(sample.ssa_branch.mask, dets, NAME_TO_ID)
+        np.testing.assert_array_equal(sample.ssa.mask, expected)
+
+
+def test_nothing_changed_nothing_written(labelled):
+    before = {s.id: raw(labelled, s.id) for s in labelled}
+    summary = apply_review(labelled)
+    assert summary.samples_unchanged == 3 and summary.samples_reviewed == 0
+    assert {s.id: raw(labelled, s.id) for s in labelled} == before
+
+
+def test_relabel_delete_add_through_the_app(labelled, app):
+    sample, *others = list(labelled)
+    untouched = {s.id: raw(labelled, s.id) for s in others}
+    dets = sample.ssa_masks.detections
+    old_label = dets[0].label
+    new_label = other_label(old_label)
+    deleted_id, deleted_label = dets[1].id, dets[1].label
+    h, w = sample.ssa.mask.shape
+    box = np.zeros((h, w), dtype=bool)
+    box[h // 4 : h // 2, w // 4 : w // 2] = True  # overlaps several masks
+    added = fo.Detection(
+        label="sign",
+        bounding_box=[(w // 4) / w, (h // 4) / h, (w // 2 - w // 4) / w, (h // 2 - h // 4) / h],
+        mask=box[h // 4 : h // 2, w // 4 : w // 2],
+    )
+    app.patch_sample(
+        sample,
+        [
+            relabel("ssa_masks", 0, new_label),
+            delete("ssa_masks", 1),
+            add("ssa_masks", added),
+        ],
+    )
+    run_map = sample.ssa.mask.copy()
+    edited = raw_detections(labelled, sample.id)  # as the App left them
+
+    summary = apply_review(labelled)
+
+    assert (summary.samples_reviewed, summary.samples_updated) == (1, 1)
+    assert (summary.relabelled, summary.deleted, summary.added) == (1, 1, 1)
+    sample.reload()
+    dets = sample.ssa_masks.detections
+    # the map: the run's rule over the corrected masks, on the branch map
+    expected = reference_repaint(sample.ssa_branch.mask, dets, NAME_TO_ID)
+    np.testing.assert_array_equal(sample.ssa.mask, expected)
+    assert not np.array_equal(sample.ssa.mask, run_map)
+    assert (sample.ssa.mask[box] == NAME_TO_ID["sign"]).any()
+    np.testing.assert_array_equal(sample.ssa_before_review.mask, run_map)
+    assert sample.ssa.run_key == others[0].ssa.run_key  # still the run's label
+    # the marks
+    assert (dets[0].reviewed, dets[0].label_before_review) == (True, old_label)
+    assert dets[-1].reviewed is True and dets[-1].label_before_review is None
+    assert deleted_id not in {d.id for d in dets}
+    assert sample.ssa_masks.run_labels[deleted_id] == deleted_label  # the record stays
+    assert sample.ssa_masks.reviewed_at is not None
+    # every mask nobody changed: its stored document, byte for byte
+    after = raw_detections(labelled, sample.id)
+    changed = {dets[0].id, dets[-1].id}
+    for det_id, doc in edited.items():
+        if det_id not in changed:
+            assert after[det_id] == doc
+            assert "reviewed" not in doc
+    # other samples: untouched
+    assert {s.id: raw(labelled, s.id) for s in others} == untouched
+
+    # applying again changes nothing
+    again = raw(labelled, sample.id)
+    summary = apply_review(labelled)
+    assert (summary.samples_reviewed, summary.samples_updated) == (1, 0)
+    assert raw(labelled, sample.id) == again
+
+
+def test_a_deleted_masks_pixels_get_the_branch_class(labelled, app):
+    sample = labelled.first()
+    dets = sample.ssa_masks.detections
+    h, w = sample.ssa.mask.shape
+    # the mask covering the most pixels that no other mask covers
+    full = [detection_full_mask(d, w, h) for d in dets]
+    alone = [
+        m & ~np.any([f for j, f in enumerate(full) if j != i], axis=0) for i, m in enumerate(full)
+    ]
+    branch, run_map = sample.ssa_branch.mask, sample.ssa.mask
+    k = int(np.argmax([(run_map[a] != branch[a]).sum() for a in alone]))
+    assert (run_map[alone[k]] != branch[alone[k]]).any()  # the deletion shows
+    app.patch_sample(sample, [delete("ssa_masks", k)])
+    apply_review(labelled)
+    sample.reload()
+    np.testing.assert_array_equal(sample.ssa.mask[alone[k]], sample.ssa_branch.mask[alone[k]])
+
+
+def test_an_edit_in_a_patches_view_and_a_new_class(labelled, app):
+    sample = labelled.first()
+    det = sample.ssa_masks.detections[2]
+    app.patch_label(
+        sample,
+        "ssa_masks.detections",
+        det.id,
+        [{"op": "replace", "path": "/label", "value": "unicorn"}],
+    )
+    summary = apply_review(labelled)
+    assert summary.relabelled == 1 and not summary.failures
+    sample.reload()
+    unicorn = {v: k for k, v in labelled.mask_targets["ssa"].items()}["unicorn"]
+    assert unicorn == max(SCENE_CLASSES) + 1
+    assert labelled.mask_targets["ssa_before_review"] == labelled.mask_targets["ssa"]
+    expected = reference_repaint(
+        sample.ssa_branch.mask, sample.ssa_masks.detections, {**NAME_TO_ID, "unicorn": unicorn}
+    )
+    np.testing.assert_array_equal(sample.ssa.mask, expected)
+    assert sample.ssa_masks.detections[2].label_before_review == det.label
+
+
+def test_without_a_branch_map_relabels_apply_and_deletions_are_refused(scene_dataset, app):
+    ds = scene_dataset(n=2)
+    apply_ssa(ds, **BRANCHES, write_branch=False)
+    first, second = list(ds)
+    app.patch_sample(
+        first, [relabel("ssa_masks", 0, other_label(first.ssa_masks.detections[0].label))]
+    )
+    app.patch_sample(second, [delete("ssa_masks", 0)])
+    run_map = second.ssa.mask.copy()
+    summary = apply_review(ds)
+    assert summary.samples_updated == 1
+    assert [p for p, _ in summary.failures] == [second.filepath]
+    assert "no branch map" in summary.failures[0][1]
+    first.reload(), second.reload()
+    np.testing.assert_array_equal(second.ssa.mask, run_map)
+    # the relabelled mask painted over the map as the run painted it
+    d = first.ssa_masks.detections[0]
+    h, w = first.ssa.mask.shape
+    full = detection_full_mask(d, w, h)
+    assert not np.array_equal(first.ssa.mask, first.ssa_before_review.mask)
+    assert (first.ssa.mask[full] == NAME_TO_ID[d.label]).any()
+
+
+def test_wrong_use(labelled):
+    with pytest.raises(ValueError, match="does not exist"):
+        apply_review(labelled, "nope")
+    with pytest.raises(ValueError, match="holds Segmentation, expected Detections"):
+        apply_review(labelled, "ssa")
+    with pytest.raises(ValueError, match="patches"):
+        apply_review(labelled.to_patches("ssa_masks"))
