@@ -213,3 +213,52 @@ def test_wrong_use(labelled):
         apply_review(labelled, "ssa")
     with pytest.raises(ValueError, match="patches"):
         apply_review(labelled.to_patches("ssa_masks"))
+
+
+def _review_first(ds, app) -> tuple:
+    """Relabels the first sample's first mask in the App and applies it; returns the sample
+    and its reviewed document."""
+    sample = ds.first()
+    label = sample.ssa_masks.detections[0].label
+    app.patch_sample(sample, [relabel("ssa_masks", 0, other_label(label))])
+    apply_review(ds)
+    return sample, raw(ds, sample.id)
+
+
+def _labels_of(ds, sample_id):
+    doc = raw(ds, sample_id)
+    return {k: doc.get(k) for k in ("ssa", "ssa_masks", "ssa_branch", "ssa_before_review")}
+
+
+def test_a_rerun_keeps_reviewed_samples(labelled, app):
+    sample, reviewed = _review_first(labelled, app)
+    others = [s.id for s in labelled if s.id != sample.id]
+    # the same run: nothing to do
+    summary = apply_ssa(labelled, **BRANCHES)
+    assert summary.num_labelled == 0
+    # the same run, labelling everything again: the reviewed sample is kept
+    others_before = {i: raw(labelled, i)["ssa_masks"]["run_labels"] for i in others}
+    summary = apply_ssa(labelled, **BRANCHES, resume=False)
+    assert (summary.num_labelled, summary.kept_reviewed) == (2, 1)
+    assert "1 kept (reviewed)" in str(summary)
+    assert _labels_of(labelled, sample.id) == {
+        k: reviewed.get(k) for k in _labels_of(labelled, sample.id)
+    }
+    for i in others:  # relabelled: new detections, new ids
+        assert raw(labelled, i)["ssa_masks"]["run_labels"] != others_before[i]
+    # another run key with overwrite: still kept
+    summary = apply_ssa(labelled, **BRANCHES, top_k=2, overwrite=True)
+    assert (summary.num_labelled, summary.kept_reviewed) == (2, 1)
+    assert raw(labelled, sample.id)["ssa_masks"] == reviewed["ssa_masks"]
+
+
+def test_discard_reviews_relabels_them(labelled, app):
+    sample, reviewed = _review_first(labelled, app)
+    summary = apply_ssa(labelled, **BRANCHES, resume=False, discard_reviews=True)
+    assert (summary.num_labelled, summary.kept_reviewed) == (3, 0)
+    sample.reload()
+    assert sample.ssa_before_review is None  # the copy of the reviewed map went with it
+    assert not sample.ssa_masks.has_field("reviewed_at")
+    assert not any(d.has_field("reviewed") for d in sample.ssa_masks.detections)
+    expected = reference_repaint(sample.ssa_branch.mask, sample.ssa_masks.detections, NAME_TO_ID)
+    np.testing.assert_array_equal(sample.ssa.mask, expected)

@@ -22,6 +22,7 @@ from fiftyone_ssa.core.voting import paint_masks, painting_order
 from fiftyone_ssa.fields import (
     DEFAULT_MASK_BRANCH,
     DEFAULT_SPACY_MODEL,
+    before_review_field,
     check_label_field,
     error_field,
     segmentation_field,
@@ -140,6 +141,7 @@ def apply_ssa_engine(
     progress_callback: Callable[[int, int], None] | None = None,
     models: EngineModels | dict | None = None,
     resume: bool = True,
+    discard_reviews: bool = False,
     **mask_generator_options,
 ) -> SSARunSummary:
     """Runs SSA-engine over a collection: a class name and top-k proposals for every mask.
@@ -181,7 +183,10 @@ def apply_ssa_engine(
             (``ade``, ``coco``, ``captioner``, ``clip``, ``clipseg``, ...: presets, Hugging Face
             ids or paths) loaded after the request is validated; by default the (light) presets.
         resume: skip the samples an identical earlier run (same run key) already labelled;
-            False labels them again.
+            False labels them again. Either way, samples whose masks a person reviewed
+            (:func:`~fiftyone_ssa.labelling.apply_review.apply_review`) are kept as reviewed,
+            also with ``overwrite=True``.
+        discard_reviews: relabel reviewed samples too, losing their corrections.
         **mask_generator_options: SAM settings overriding SSA-engine's (points_per_side=32,
             crop_n_layers=0, pred_iou_thresh=0.86, stability_score_thresh=0.92, ...).
 
@@ -240,6 +245,7 @@ def apply_ssa_engine(
         skip_failures=skip_failures,
         progress=progress,
         progress_callback=progress_callback,
+        discard_reviews=discard_reviews,
     )
 
 
@@ -268,6 +274,7 @@ class EngineJob(LabellingJob):
         mask_root: str,
     ):
         self.label_field = label_field
+        self.review_field = label_field
         self.masks = masks
         self.models = models
         self.settings = settings
@@ -288,7 +295,11 @@ class EngineJob(LabellingJob):
         return schema
 
     def unwritten_outputs(self) -> dict[str, type]:
-        return {} if self.write_segmentation else {self.seg_field: fo.Segmentation}
+        # A relabelled sample's copy of a reviewed map describes labels that are gone.
+        unwritten = {before_review_field(self.seg_field): fo.Segmentation}
+        if not self.write_segmentation:
+            unwritten[self.seg_field] = fo.Segmentation
+        return unwritten
 
     def prepare(self, dataset: fo.Dataset, others_remain: bool) -> None:
         if self.write_segmentation and self.settings["vocabulary_mode"] == "restrict":

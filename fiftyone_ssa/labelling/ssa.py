@@ -124,6 +124,7 @@ def apply_ssa(
     progress: bool | Callable | None = None,
     progress_callback: Callable[[int, int], None] | None = None,
     resume: bool = True,
+    discard_reviews: bool = False,
     **mask_generator_options,
 ) -> SSARunSummary:
     """Runs SSA close-set over a collection and writes its label fields.
@@ -167,7 +168,10 @@ def apply_ssa(
         progress_callback: called with (done, total) after each sample (used by operators).
         resume: skip the samples an identical earlier run (same run key: label field,
             branches and their options) already labelled, e.g. after a crash; False labels
-            them again.
+            them again. Either way, samples whose masks a person reviewed
+            (:func:`~fiftyone_ssa.labelling.apply_review.apply_review`) are kept as reviewed,
+            also with ``overwrite=True``.
+        discard_reviews: relabel reviewed samples too, losing their corrections.
         **mask_generator_options: SAM automatic mask generation settings overriding SSA's
             defaults (points_per_side=64, pred_iou_thresh=0.86, ...).
 
@@ -220,6 +224,7 @@ def apply_ssa(
         skip_failures=skip_failures,
         progress=progress,
         progress_callback=progress_callback,
+        discard_reviews=discard_reviews,
     )
 
 
@@ -247,6 +252,7 @@ class SSAJob(LabellingJob):
         mask_root: str,
     ):
         self.label_field = label_field
+        self.review_field = fields.masks_field(label_field)
         self.semantic = semantic
         self.masks = masks
         self.device = device
@@ -276,7 +282,11 @@ class SSAJob(LabellingJob):
         return schema
 
     def unwritten_outputs(self) -> dict[str, type]:
-        return {} if self.write_branch else {f"{self.label_field}_branch": fo.Segmentation}
+        # A relabelled sample's copy of a reviewed map describes labels that are gone.
+        unwritten = {fields.before_review_field(self.label_field): fo.Segmentation}
+        if not self.write_branch:
+            unwritten[fields.branch_field(self.label_field)] = fo.Segmentation
+        return unwritten
 
     def prepare(self, dataset: fo.Dataset, others_remain: bool) -> None:
         self.others_remain = others_remain
