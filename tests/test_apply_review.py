@@ -7,6 +7,8 @@ repainting (a plain loop over the masks, largest first).
 
 from __future__ import annotations
 
+from collections import Counter
+
 import fiftyone as fo
 import numpy as np
 import pytest
@@ -262,3 +264,81 @@ def test_discard_reviews_relabels_them(labelled, app):
     assert not any(d.has_field("reviewed") for d in sample.ssa_masks.detections)
     expected = reference_repaint(sample.ssa_branch.mask, sample.ssa_masks.detections, NAME_TO_ID)
     np.testing.assert_array_equal(sample.ssa.mask, expected)
+
+
+def _gt_majority(sample, det) -> str:
+    h, w = sample.ground_truth.mask.shape
+    values = sample.ground_truth.mask[detection_full_mask(det, w, h)]
+    return SCENE_CLASSES[int(np.bincount(values).argmax())]
+
+
+def test_review_report_on_a_constructed_review(scene_dataset, app, capsys):
+    from fiftyone_ssa.cli import main
+    from fiftyone_ssa.evaluation.review_report import ADDED, DELETED, review_report
+    from tests.scenes import miou
+
+    ds = scene_dataset(n=3, noise=0.3, factor=16, seed=3)
+    apply_ssa(ds, **BRANCHES)
+    first, second, third = list(ds)
+    run_classes = Counter(label for s in ds for label in s.ssa_masks.run_labels.values())
+    # first: a wrong mask relabelled to its true class, one deleted, one added (applied)
+    dets = first.ssa_masks.detections
+    wrong = next((i for i, d in enumerate(dets) if _gt_majority(first, d) != d.label), 0)
+    right = _gt_majority(first, dets[wrong])
+    if right == dets[wrong].label:
+        right = other_label(right)
+    gone = 1 if wrong != 1 else 2
+    relabelled_from, deleted_class = dets[wrong].label, dets[gone].label
+    added = fo.Detection(
+        label="sign", bounding_box=[0.0, 0.0, 0.25, 0.25], mask=np.ones((24, 32), dtype=bool)
+    )
+    app.patch_sample(
+        first,
+        [relabel("ssa_masks", wrong, right), delete("ssa_masks", gone), add("ssa_masks", added)],
+    )
+    apply_review(ds.select(first.id))
+    # second: relabelled in the App, not applied yet
+    pending_from = second.ssa_masks.detections[0].label
+    app.patch_sample(second, [relabel("ssa_masks", 0, "tree" if pending_from != "tree" else "car")])
+
+    report = review_report(ds, gt_field="ground_truth")
+
+    assert (report.samples_labelled, report.samples_reviewed, report.samples_pending) == (3, 1, 1)
+    assert {c: r.masks for c, r in report.classes.items() if r.masks} == dict(run_classes)
+    expected = Counter(
+        {(relabelled_from, right): 1, (deleted_class, DELETED): 1, (ADDED, "sign"): 1}
+    )
+    expected[(pending_from, "tree" if pending_from != "tree" else "car")] += 1
+    assert report.corrections == expected
+    relabelled = Counter({relabelled_from: 1}) + Counter({pending_from: 1})
+    assert {c: r.relabelled for c, r in report.classes.items() if r.relabelled} == dict(relabelled)
+    assert {c: r.deleted for c, r in report.classes.items() if r.deleted} == {deleted_class: 1}
+    assert {c: r.added for c, r in report.classes.items() if r.added} == {"sign": 1}
+    reviewed = relabelled + Counter({deleted_class: 1})
+    assert {c: r.reviewed for c, r in report.classes.items() if r.reviewed} == dict(reviewed)
+    # mIoU on the one reviewed sample, against an independent computation
+    first.reload()
+    n = len(SCENE_CLASSES)
+    before = miou(first.ssa_before_review.mask.ravel(), first.ground_truth.mask.ravel(), n)
+    after = miou(first.ssa.mask.ravel(), first.ground_truth.mask.ravel(), n)
+    assert report.samples_evaluated == 1
+    assert report.miou_before.miou == pytest.approx(before)
+    assert report.miou_after.miou == pytest.approx(after)
+    assert before != pytest.approx(after)
+    assert report.to_dict()["miou_after"] == pytest.approx(after)
+
+    # the CLI prints the same report
+    with pytest.raises(SystemExit) as exit_info:
+        main(["review", "report", ds.name, "--gt", "ground_truth"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    assert "1 of 3 labelled samples reviewed" in text
+    assert "1 sample(s) hold corrections not applied yet" in text
+    assert f"{relabelled_from}" in text and DELETED in text
+    assert f"{100 * before:.2f}" in text and f"{100 * after:.2f}" in text
+    # and applies the pending one
+    with pytest.raises(SystemExit) as exit_info:
+        main(["review", "apply", ds.name])
+    assert exit_info.value.code == 0
+    assert "2 reviewed samples" in capsys.readouterr().out
+    assert review_report(ds).samples_pending == 0
