@@ -277,20 +277,33 @@ def test_review_report_on_a_constructed_review(scene_dataset, app, capsys):
     from fiftyone_ssa.evaluation.review_report import ADDED, DELETED, review_report
     from tests.scenes import miou
 
-    ds = scene_dataset(n=3, noise=0.3, factor=16, seed=3)
-    apply_ssa(ds, **BRANCHES)
-    first, second, third = list(ds)
+    ds = scene_dataset(n=3, noise=0.05, factor=8, seed=3)
+    for sample in ds:  # a branch that takes every car for a tree: SSA's cars are trees
+        wrong_map = np.where(sample.coarse.mask == 2, 3, sample.coarse.mask)
+        sample["wrong"] = fo.Segmentation(mask=wrong_map)
+        sample.save()
+    ds.mask_targets["wrong"] = SCENE_CLASSES
+    ds.save()
+    apply_ssa(ds, semantic_branch="field:wrong", mask_branch="field:instances")
+    cars = [
+        [i for i, d in enumerate(s.ssa_masks.detections) if _gt_majority(s, d) == "car"] for s in ds
+    ]
+    k = next(k for k, found in enumerate(cars) if found)
+    samples = list(ds)
+    first, second = samples[k], samples[(k + 1) % 3]
     run_classes = Counter(label for s in ds for label in s.ssa_masks.run_labels.values())
-    # first: a wrong mask relabelled to its true class, one deleted, one added (applied)
+    # first: a car labelled tree relabelled car, the smallest mask of another class deleted
+    # (the branch is mostly right there), a second car mask added over the car (applied)
     dets = first.ssa_masks.detections
-    wrong = next((i for i, d in enumerate(dets) if _gt_majority(first, d) != d.label), 0)
-    right = _gt_majority(first, dets[wrong])
-    if right == dets[wrong].label:
-        right = other_label(right)
-    gone = 1 if wrong != 1 else 2
+    wrong, right = cars[k][0], "car"
+    assert dets[wrong].label == "tree"
+    gone = min(
+        (i for i, d in enumerate(dets) if i != wrong and _gt_majority(first, d) != "car"),
+        key=lambda i: dets[i].area,
+    )
     relabelled_from, deleted_class = dets[wrong].label, dets[gone].label
     added = fo.Detection(
-        label="sign", bounding_box=[0.0, 0.0, 0.25, 0.25], mask=np.ones((24, 32), dtype=bool)
+        label="car", bounding_box=dets[wrong].bounding_box, mask=dets[wrong].mask.copy()
     )
     app.patch_sample(
         first,
@@ -306,14 +319,14 @@ def test_review_report_on_a_constructed_review(scene_dataset, app, capsys):
     assert (report.samples_labelled, report.samples_reviewed, report.samples_pending) == (3, 1, 1)
     assert {c: r.masks for c, r in report.classes.items() if r.masks} == dict(run_classes)
     expected = Counter(
-        {(relabelled_from, right): 1, (deleted_class, DELETED): 1, (ADDED, "sign"): 1}
+        {(relabelled_from, right): 1, (deleted_class, DELETED): 1, (ADDED, "car"): 1}
     )
     expected[(pending_from, "tree" if pending_from != "tree" else "car")] += 1
     assert report.corrections == expected
     relabelled = Counter({relabelled_from: 1}) + Counter({pending_from: 1})
     assert {c: r.relabelled for c, r in report.classes.items() if r.relabelled} == dict(relabelled)
     assert {c: r.deleted for c, r in report.classes.items() if r.deleted} == {deleted_class: 1}
-    assert {c: r.added for c, r in report.classes.items() if r.added} == {"sign": 1}
+    assert {c: r.added for c, r in report.classes.items() if r.added} == {"car": 1}
     reviewed = relabelled + Counter({deleted_class: 1})
     assert {c: r.reviewed for c, r in report.classes.items() if r.reviewed} == dict(reviewed)
     # mIoU on the one reviewed sample, against an independent computation
@@ -324,7 +337,7 @@ def test_review_report_on_a_constructed_review(scene_dataset, app, capsys):
     assert report.samples_evaluated == 1
     assert report.miou_before.miou == pytest.approx(before)
     assert report.miou_after.miou == pytest.approx(after)
-    assert before != pytest.approx(after)
+    assert after > before  # the correction shows
     assert report.to_dict()["miou_after"] == pytest.approx(after)
 
     # the CLI prints the same report
