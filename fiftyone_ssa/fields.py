@@ -127,6 +127,22 @@ def before_review_field(segmentation: str) -> str:
     return f"{segmentation}_before_review"
 
 
+def source_samples(samples):
+    """The samples a patches view shows (the review queue is one), else ``samples`` itself.
+
+    Raises:
+        ValueError: a frames or clips view.
+    """
+    if samples._is_patches:
+        return samples._root_dataset.select(samples.distinct("sample_id"))
+    if samples._is_generated:
+        raise ValueError(
+            "Expected a dataset, a view of its samples or a patches view, but got a frames or "
+            "clips view"
+        )
+    return samples
+
+
 def review_fields(samples, detections_field: str) -> tuple[str | None, str | None]:
     """The Segmentation painted from a run's Detections field, and the map it was painted on.
 

@@ -172,8 +172,11 @@ def test_an_edit_in_a_patches_view_and_a_new_class(labelled, app):
         det.id,
         [{"op": "replace", "path": "/label", "value": "unicorn"}],
     )
-    summary = apply_review(labelled)
+    # applied from a patches view (as the review queue is) showing that mask
+    queue = labelled.to_patches("ssa_masks").match(fo.ViewField("ssa_masks.label") == "unicorn")
+    summary = apply_review(queue)
     assert summary.relabelled == 1 and not summary.failures
+    assert summary.samples_unchanged == 0  # the other samples are not in the queue
     sample.reload()
     unicorn = {v: k for k, v in labelled.mask_targets["ssa"].items()}["unicorn"]
     assert unicorn == max(SCENE_CLASSES) + 1
@@ -213,8 +216,6 @@ def test_wrong_use(labelled):
         apply_review(labelled, "nope")
     with pytest.raises(ValueError, match="holds Segmentation, expected Detections"):
         apply_review(labelled, "ssa")
-    with pytest.raises(ValueError, match="patches"):
-        apply_review(labelled.to_patches("ssa_masks"))
 
 
 def _review_first(ds, app) -> tuple:

@@ -25,6 +25,7 @@ from fiftyone_ssa.fields import (
     before_review_field,
     check_field_in_view,
     review_fields,
+    source_samples,
 )
 
 __all__ = ["ClassReview", "ReviewReport", "review_report"]
@@ -185,7 +186,7 @@ def review_report(
     counts samples whose corrections ``apply_review`` has not folded in yet.
 
     Args:
-        samples: a FiftyOne dataset or view.
+        samples: a FiftyOne dataset or view, or a patches view (its samples are reported).
         label_field: the Detections field SSA (``<field>_masks``) or SSA-engine wrote.
         gt_field: a ground-truth Segmentation field, or None (no mIoU).
         ignore_index: see :func:`~fiftyone_ssa.evaluation.miou.evaluate_miou`.
@@ -194,6 +195,7 @@ def review_report(
     Raises:
         ValueError: ``label_field`` holds no run's masks, or ``gt_field`` is missing.
     """
+    samples = source_samples(samples)
     schema = check_field_in_view(samples, label_field, "review field")
     if f"{label_field}.{RUN_LABELS_ATTRIBUTE}" not in schema:
         raise ValueError(

@@ -52,6 +52,7 @@ from fiftyone_ssa.fields import (
     check_label_field,
     masks_field,
     review_fields,
+    source_samples,
 )
 from fiftyone_ssa.labelling import colors, record
 from fiftyone_ssa.labelling.engine import SegmentationTargets
@@ -200,7 +201,8 @@ def apply_review(
     next free id), added to the mask targets.
 
     Args:
-        samples: a FiftyOne dataset or view.
+        samples: a FiftyOne dataset or view, or a patches view of ``label_field`` (e.g. the
+            review queue): the samples it shows are reviewed.
         label_field: the Detections field SSA (``<field>_masks``) or SSA-engine wrote.
         progress: FiftyOne's progress argument.
 
@@ -208,13 +210,9 @@ def apply_review(
         A :class:`ReviewSummary`.
 
     Raises:
-        ValueError: ``label_field`` is not a Detections field, or is a patches/frames view.
+        ValueError: ``label_field`` is not a Detections field, or a frames/clips view.
     """
-    if samples._is_generated:
-        raise ValueError(
-            "Expected a dataset or a view of its samples, but got a patches, frames or clips "
-            "view; pass its source collection (e.g. view._root_dataset)"
-        )
+    samples = source_samples(samples)
     check_label_field(samples, label_field, fo.Detections, "review")
     dataset = samples._dataset
     segmentation, base_field = review_fields(samples, label_field)
