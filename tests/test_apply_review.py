@@ -356,3 +356,35 @@ def test_review_report_on_a_constructed_review(scene_dataset, app, capsys):
     assert exit_info.value.code == 0
     assert "2 reviewed samples" in capsys.readouterr().out
     assert review_report(ds).samples_pending == 0
+
+
+def test_a_reshaped_mask_is_marked_and_repainted(labelled, app):
+    import json
+
+    from bson import json_util
+    from fiftyone.server.utils import json as server_json
+
+    sample = labelled.first()
+    dets = sample.ssa_masks.detections
+    k = int(np.argmax([d.area for d in dets]))
+    reshaped = fo.Detection.from_dict(dets[k].to_dict())  # the same detection, same id
+    mask = reshaped.mask.copy()
+    mask[: mask.shape[0] // 2] = False  # its top half cut away
+    reshaped.mask = mask
+    value = json.loads(json_util.dumps(server_json.serialize(reshaped)))
+    app.patch_sample(
+        sample, [{"op": "replace", "path": f"/ssa_masks/detections/{k}", "value": value}]
+    )
+    assert sample.ssa_masks.detections[k].id == dets[k].id
+    summary = apply_review(labelled)
+    assert (summary.reshaped, summary.relabelled, summary.samples_unchanged) == (1, 0, 2)
+    sample.reload()
+    det = sample.ssa_masks.detections[k]
+    assert (det.reviewed, det.label_before_review, det.label) == (
+        True,
+        dets[k].label,
+        dets[k].label,
+    )
+    expected = reference_repaint(sample.ssa_branch.mask, sample.ssa_masks.detections, NAME_TO_ID)
+    np.testing.assert_array_equal(sample.ssa.mask, expected)
+    assert not np.array_equal(sample.ssa.mask, sample.ssa_before_review.mask)
