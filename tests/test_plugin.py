@@ -1043,3 +1043,9 @@ def test_apply_review_and_review_report_operators(scene_dataset):
     assert {"classes", "corrections", "miou_before", "per_class_iou"} <= set(
         outputs["type"]["properties"]
     )
+    # a run from the App with other settings over every sample keeps the reviewed one
+    params = {**FIELD_BRANCHES, "semantic_field": "noisy", "if_exists": "overwrite"}
+    result = execute("run_ssa", ds, params=params)
+    assert (result.result["num_labelled"], result.result["num_kept_reviewed"]) == (1, 1)
+    sample.reload()
+    assert sample.ssa_masks.detections[0].reviewed is True
