@@ -212,6 +212,9 @@ def test_without_a_branch_map_relabels_apply_and_deletions_are_refused(scene_dat
 
 
 def test_wrong_use(labelled):
+    import fiftyone_ssa
+
+    assert fiftyone_ssa.apply_review is apply_review  # the package's public name
     with pytest.raises(ValueError, match="does not exist"):
         apply_review(labelled, "nope")
     with pytest.raises(ValueError, match="holds Segmentation, expected Detections"):

@@ -183,7 +183,9 @@ def review_report(
     ground truth, on the reviewed samples that have it (mmsegmentation's definition,
     :func:`~fiftyone_ssa.evaluation.miou.evaluate_miou`; nothing is saved). Relabels and
     deletions are counted from the labels as they are, applied or not; ``samples_pending``
-    counts samples whose corrections ``apply_review`` has not folded in yet.
+    counts samples whose corrections ``apply_review`` has not folded in yet: unmarked
+    relabelled or added masks, deletions on a sample never applied (a marked mask relabelled
+    again after its application is not seen; applying again is always safe).
 
     Args:
         samples: a FiftyOne dataset or view, or a patches view (its samples are reported).
