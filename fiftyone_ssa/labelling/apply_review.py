@@ -27,7 +27,6 @@ alone unless it is asked to discard reviews (``discard_reviews=True``).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -59,8 +58,6 @@ from fiftyone_ssa.labelling.engine import SegmentationTargets
 from fiftyone_ssa.labels import class_map_to_numpy, detection_full_mask, segmentation_to_tensor
 
 __all__ = ["ReviewSummary", "SampleChanges", "apply_review", "sample_changes"]
-
-logger = logging.getLogger(__name__)
 
 _CPU = torch.device("cpu")
 
@@ -137,11 +134,7 @@ def sample_changes(detections: fo.Detections, full_masks: list | None = None) ->
     Raises:
         ValueError: the label has no ``run_labels`` (not written by a run of this version).
     """
-    recorded = (
-        detections.get_field(RUN_LABELS_ATTRIBUTE)
-        if detections.has_field(RUN_LABELS_ATTRIBUTE)
-        else None
-    )
+    recorded = _attribute(detections, RUN_LABELS_ATTRIBUTE)
     if recorded is None:
         raise ValueError(
             f"the masks carry no {RUN_LABELS_ATTRIBUTE!r} (labelled before reviews were "
