@@ -391,3 +391,22 @@ def test_a_reshaped_mask_is_marked_and_repainted(labelled, app):
     expected = reference_repaint(sample.ssa_branch.mask, sample.ssa_masks.detections, NAME_TO_ID)
     np.testing.assert_array_equal(sample.ssa.mask, expected)
     assert not np.array_equal(sample.ssa.mask, sample.ssa_before_review.mask)
+
+
+def test_the_cli_keeps_reviews_unless_told_to_discard_them(labelled, app, capsys):
+    from fiftyone_ssa.cli import main
+
+    sample, reviewed = _review_first(labelled, app)
+    command = ["run", labelled.name, "--semantic-branch", "field:coarse"]
+    command += ["--mask-branch", "field:instances", "--no-resume"]
+    with pytest.raises(SystemExit) as exit_info:
+        main(command)
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "2 samples labelled" in out and "1 kept (reviewed)" in out
+    assert raw(labelled, sample.id)["ssa_masks"] == reviewed["ssa_masks"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--discard-reviews"])
+    assert exit_info.value.code == 0
+    assert "3 samples labelled" in capsys.readouterr().out
+    assert "reviewed_at" not in raw(labelled, sample.id)["ssa_masks"]
