@@ -14,6 +14,8 @@ _EXPORTS = {
     "apply_ssa_engine": "fiftyone_ssa.labelling.engine",
     "evaluate_miou": "fiftyone_ssa.evaluation.miou",
     "compare_miou": "fiftyone_ssa.evaluation.compare",
+    "apply_review": "fiftyone_ssa.labelling.apply_review",
+    "review_report": "fiftyone_ssa.evaluation.review_report",
     "import_sa1b": "fiftyone_ssa.sa1b",
     "export_sa1b": "fiftyone_ssa.sa1b",
     "list_branches": "fiftyone_ssa.models.registry",

@@ -108,3 +108,65 @@ def evaluation_keys(eval_key: str | None, pred_fields: Sequence[str]) -> dict[st
     if len(set(keys.values())) != len(keys):
         raise ValueError(f"Expected distinct evaluation keys, but got {keys}")
     return keys
+
+
+# Review (``fiftyone_ssa.labelling.apply_review``): what a run and a review record on the
+# Detections field a person corrects.
+# On the Detections label (the container): {detection id: label} of every mask the run wrote,
+# written by the run itself, so that a review can tell relabelled, deleted and added masks.
+RUN_LABELS_ATTRIBUTE = "run_labels"
+# On the Detections label: when a review was last applied to the sample (a reviewed sample).
+REVIEWED_AT_ATTRIBUTE = "reviewed_at"
+# On each corrected detection: True, and the label the run gave it (None for an added mask).
+REVIEWED_ATTRIBUTE = "reviewed"
+LABEL_BEFORE_REVIEW_ATTRIBUTE = "label_before_review"
+
+
+def before_review_field(segmentation: str) -> str:
+    """The copy of a Segmentation as the run painted it, kept on reviewed samples."""
+    return f"{segmentation}_before_review"
+
+
+def source_samples(samples):
+    """The samples a patches view shows (the review queue is one), else ``samples`` itself.
+
+    Raises:
+        ValueError: a frames or clips view.
+    """
+    if samples._is_patches:
+        return samples._root_dataset.select(samples.distinct("sample_id"))
+    if samples._is_generated:
+        raise ValueError(
+            "Expected a dataset, a view of its samples or a patches view, but got a frames or "
+            "clips view"
+        )
+    return samples
+
+
+def review_fields(samples, detections_field: str) -> tuple[str | None, str | None]:
+    """The Segmentation painted from a run's Detections field, and the map it was painted on.
+
+    SSA (``<label_field>_masks``): the Segmentation ``<label_field>``, painted on the branch
+    map ``<label_field>_branch`` (None when the collection has no such field). SSA-engine
+    (``<label_field>``): ``<label_field>_seg``, painted on zeros (None: the base is zeros), or
+    (None, None) when the run wrote no Segmentation.
+
+    Args:
+        samples: a FiftyOne dataset or view.
+        detections_field: the run's Detections field.
+
+    Returns:
+        (Segmentation field or None, base field or None).
+    """
+    schema = samples._dataset.get_field_schema()
+    stem = detections_field.removesuffix("_masks")
+    if stem != detections_field and _holds(schema, stem, "Segmentation"):
+        base = branch_field(stem)
+        return stem, base if _holds(schema, base, "Segmentation") else None
+    painted = segmentation_field(detections_field)
+    return (painted, None) if _holds(schema, painted, "Segmentation") else (None, None)
+
+
+def _holds(schema: dict, name: str, label_type: str) -> bool:
+    doc_type = getattr(schema.get(name), "document_type", None)
+    return doc_type is not None and doc_type.__name__ == label_type

@@ -887,3 +887,35 @@ def test_read_vocabulary_tells_names_from_files(tmp_path, monkeypatch):
     bom = tmp_path / "bom.txt"
     bom.write_bytes("zebra\r\ncafé\r\n".encode("utf-8-sig"))
     assert read_vocabulary([str(bom)]) == ["zebra", "café"]
+
+
+def test_a_review_of_engine_masks_repaints_its_map_and_survives_a_rerun(
+    engine_dataset, tiny_engine_models
+):
+    from fiftyone_ssa.labelling.apply_review import apply_review
+    from fiftyone_ssa.labelling.engine import apply_ssa_engine
+    from tests.app_patch import AppClient, delete, relabel
+    from tests.test_apply_review import raw, reference_repaint
+
+    common = {"mask_branch": "field:gt", "models": tiny_engine_models, "write_segmentation": True}
+    apply_ssa_engine(engine_dataset, **common)
+    sample = engine_dataset.last()  # the one with the most masks
+    unchanged = raw(engine_dataset, engine_dataset.first().id)
+    AppClient().patch_sample(sample, [relabel("ssa_engine", 0, "unicorn"), delete("ssa_engine", 1)])
+    summary = apply_review(engine_dataset, "ssa_engine")
+    assert (summary.samples_reviewed, summary.relabelled, summary.deleted) == (1, 1, 1)
+    assert summary.segmentation_field == "ssa_engine_seg"
+    sample.reload()
+    ids = {name: int(i) for i, name in engine_dataset.mask_targets["ssa_engine_seg"].items()}
+    assert ids["unicorn"] == max(ids.values())
+    base = np.zeros_like(sample.ssa_engine_seg.mask)  # the engine paints on zeros
+    expected = reference_repaint(base, sample.ssa_engine.detections, ids)
+    np.testing.assert_array_equal(sample.ssa_engine_seg.mask, expected)
+    assert sample.ssa_engine.detections[0].label_before_review != "unicorn"
+    assert raw(engine_dataset, engine_dataset.first().id) == unchanged
+    reviewed = raw(engine_dataset, sample.id)
+    summary = apply_ssa_engine(engine_dataset, resume=False, **common)
+    assert (summary.num_labelled, summary.kept_reviewed) == (2, 1)
+    after = raw(engine_dataset, sample.id)
+    assert after["ssa_engine"] == reviewed["ssa_engine"]
+    assert after["ssa_engine_seg"] == reviewed["ssa_engine_seg"]

@@ -39,7 +39,16 @@ from tests.scenes import SCENE_CLASSES, coarsen, make_scene, miou
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = "@fiftyone-ssa/ssa"
-OPERATORS = ["run_ssa", "run_ssa_engine", "evaluate_miou", "miou", "import_sa1b", "export_sa1b"]
+OPERATORS = [
+    "run_ssa",
+    "run_ssa_engine",
+    "evaluate_miou",
+    "miou",
+    "import_sa1b",
+    "export_sa1b",
+    "apply_review",
+    "review_report",
+]
 FIELD_BRANCHES = {
     "semantic_source": "field",
     "semantic_field": "coarse",
@@ -983,3 +992,60 @@ def test_forms_serialize_for_the_app(scene_dataset, name):
         if prop is not None:
             assert json.loads(json.dumps(prop.to_json()))["type"]
     assert json.dumps(operator.to_json())
+
+
+# --------------------------------------------------------------------------------------------
+# Reviews
+
+
+def test_apply_review_and_review_report_operators(scene_dataset):
+    from tests.app_patch import AppClient, delete, relabel
+
+    ds = scene_dataset(n=2)
+    shown = form("apply_review", ds, {})
+    assert "No Detections field here holds masks" in invalid(shown)["field_error"]
+    apply_ssa(ds, semantic_branch="field:coarse", mask_branch="field:instances")
+    sample = ds.first()
+    old = sample.ssa_masks.detections[0].label
+    new = next(n for n in SCENE_CLASSES.values() if n not in (old, "background"))
+    gone = sample.ssa_masks.detections[1].label
+    AppClient().patch_sample(sample, [relabel("ssa_masks", 0, new), delete("ssa_masks", 1)])
+    before = sample.ssa.mask.copy()
+
+    assert not invalid(form("apply_review", ds, {}))
+    result = execute("apply_review", ds, params={"label_field": "ssa_masks"})
+    assert result.error is None, result.error
+    counts = {k: result.result[k] for k in ("samples_reviewed", "relabelled", "deleted")}
+    assert counts == {"samples_reviewed": 1, "relabelled": 1, "deleted": 1}
+    assert triggered(result) == ["reload_dataset", "set_color_scheme"]
+    sample.reload()
+    assert sample.ssa_masks.detections[0].reviewed is True
+    assert not np.array_equal(sample.ssa.mask, before)
+
+    shown = form("review_report", ds, {})
+    assert not invalid(shown) and "gt_field" in shown
+    result = execute("review_report", ds, params={"gt_field": "ground_truth"})
+    assert result.error is None, result.error
+    report = result.result
+    assert (report["samples_labelled"], report["samples_reviewed"]) == (2, 1)
+    pairs = {(r["ssa_label"], r["reviewed_label"]) for r in report["corrections"]}
+    assert pairs == {(old, new), (gone, "(deleted)")}
+    gt, n = sample.ground_truth.mask.ravel(), len(SCENE_CLASSES)
+    assert report["miou_before"] == pytest.approx(miou(before.ravel(), gt, n))
+    assert report["miou_after"] == pytest.approx(miou(sample.ssa.mask.ravel(), gt, n))
+    assert "mIoU on the 1 reviewed sample(s)" in report["text"]
+    # the App receives the report's view as JSON
+    ctx = ExecutionContext(
+        request_params={"dataset_name": ds.name, "view": [], "params": {}, "results": report},
+        operator_uri=uri("review_report"),
+    )
+    outputs = foo.get_operator(uri("review_report")).resolve_output(ctx).to_json()
+    assert {"classes", "corrections", "miou_before", "per_class_iou"} <= set(
+        outputs["type"]["properties"]
+    )
+    # a run from the App with other settings over every sample keeps the reviewed one
+    params = {**FIELD_BRANCHES, "semantic_field": "noisy", "if_exists": "overwrite"}
+    result = execute("run_ssa", ds, params=params)
+    assert (result.result["num_labelled"], result.result["num_kept_reviewed"]) == (1, 1)
+    sample.reload()
+    assert sample.ssa_masks.detections[0].reviewed is True

@@ -89,6 +89,12 @@ def add_run_arguments(
         help="label again the samples an identical earlier run (same run key) already labelled",
     )
     parser.add_argument(
+        "--discard-reviews",
+        action="store_true",
+        help="relabel samples whose masks a person reviewed (`fiftyone-ssa review apply`), "
+        "losing the corrections; without it they are kept, also with --overwrite",
+    )
+    parser.add_argument(
         "--fail-fast",
         action="store_true",
         help="stop at the first failing sample instead of recording it",

@@ -154,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
             num_workers=args.num_workers,
             skip_existing=args.skip_existing,
             resume=not args.no_resume,
+            discard_reviews=args.discard_reviews,
             overwrite=args.overwrite,
             skip_failures=not args.fail_fast,
             write_segmentation=args.write_segmentation,

@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
             num_workers=args.num_workers,
             skip_existing=args.skip_existing,
             resume=not args.no_resume,
+            discard_reviews=args.discard_reviews,
             overwrite=args.overwrite,
             write_branch=not args.no_branch_field,
             top_k=args.top_k,

@@ -22,6 +22,7 @@ from fiftyone_ssa.core.voting import paint_masks, painting_order
 from fiftyone_ssa.fields import (
     DEFAULT_MASK_BRANCH,
     DEFAULT_SPACY_MODEL,
+    before_review_field,
     check_label_field,
     error_field,
     segmentation_field,
@@ -140,6 +141,7 @@ def apply_ssa_engine(
     progress_callback: Callable[[int, int], None] | None = None,
     models: EngineModels | dict | None = None,
     resume: bool = True,
+    discard_reviews: bool = False,
     **mask_generator_options,
 ) -> SSARunSummary:
     """Runs SSA-engine over a collection: a class name and top-k proposals for every mask.
@@ -181,7 +183,10 @@ def apply_ssa_engine(
             (``ade``, ``coco``, ``captioner``, ``clip``, ``clipseg``, ...: presets, Hugging Face
             ids or paths) loaded after the request is validated; by default the (light) presets.
         resume: skip the samples an identical earlier run (same run key) already labelled;
-            False labels them again.
+            False labels them again. Either way, samples whose masks a person reviewed
+            (:func:`~fiftyone_ssa.labelling.apply_review.apply_review`) are kept as reviewed,
+            also with ``overwrite=True``.
+        discard_reviews: relabel reviewed samples too, losing their corrections.
         **mask_generator_options: SAM settings overriding SSA-engine's (points_per_side=32,
             crop_n_layers=0, pred_iou_thresh=0.86, stability_score_thresh=0.92, ...).
 
@@ -240,6 +245,7 @@ def apply_ssa_engine(
         skip_failures=skip_failures,
         progress=progress,
         progress_callback=progress_callback,
+        discard_reviews=discard_reviews,
     )
 
 
@@ -268,6 +274,7 @@ class EngineJob(LabellingJob):
         mask_root: str,
     ):
         self.label_field = label_field
+        self.review_field = label_field
         self.masks = masks
         self.models = models
         self.settings = settings
@@ -275,31 +282,36 @@ class EngineJob(LabellingJob):
         self.mask_root = mask_root
         self.input_fields = [masks.field] if masks.field else []
         self.seg_field = segmentation_field(label_field)
-        self.targets: _SegmentationTargets | None = None
+        self.targets: SegmentationTargets | None = None
 
     def output_schema(self) -> dict[str, tuple[type, dict]]:
         lf = self.label_field
         schema = record.label_schema(lf, fo.Detections, ENGINE_MASK_ATTRIBUTES)
         schema[f"{lf}.{record.RUN_KEY_ATTRIBUTE}"] = (fo.StringField, {})
+        schema.update(record.run_labels_schema(lf))
         if self.write_segmentation:
             schema.update(record.label_schema(self.seg_field, fo.Segmentation, {}))
         schema[error_field(lf)] = (fo.StringField, {})
         return schema
 
     def unwritten_outputs(self) -> dict[str, type]:
-        return {} if self.write_segmentation else {self.seg_field: fo.Segmentation}
+        # A relabelled sample's copy of a reviewed map describes labels that are gone.
+        unwritten = {before_review_field(self.seg_field): fo.Segmentation}
+        if not self.write_segmentation:
+            unwritten[self.seg_field] = fo.Segmentation
+        return unwritten
 
     def prepare(self, dataset: fo.Dataset, others_remain: bool) -> None:
         if self.write_segmentation and self.settings["vocabulary_mode"] == "restrict":
             # A fixed class list: ids known before any rank labels anything.
-            targets = _SegmentationTargets(dataset, self.seg_field)
+            targets = SegmentationTargets(dataset, self.seg_field)
             for name in self.settings["vocabulary"]:
                 targets.id_of(name)
             targets.save()
 
     def start(self, dataset: fo.Dataset) -> None:
         if self.write_segmentation:
-            self.targets = _SegmentationTargets(
+            self.targets = SegmentationTargets(
                 dataset, self.seg_field, frozen=distributed.current_ranks().is_distributed
             )
 
@@ -371,7 +383,7 @@ def _label_batch(batch, images, masks, models, settings, skip_failures):
     return [(outcome, seconds) for outcome in outcomes]
 
 
-class _SegmentationTargets:
+class SegmentationTargets:
     """Class name <-> id of ``<label_field>_seg``, extending the dataset's mask targets."""
 
     def __init__(self, dataset: fo.Dataset, field: str, frozen: bool = False):
@@ -402,7 +414,7 @@ def _sample_values(
     label_field,
     mask_set: MaskSet,
     labels: MaskLabels,
-    targets: _SegmentationTargets | None,
+    targets: SegmentationTargets | None,
     mask_root: str,
     run_key: str,
     carried: list[dict] | None = None,
@@ -433,6 +445,7 @@ def _sample_values(
     )
     detections = build_detections(mask_set.masks, labels.class_names, attributes, mask_dir, carried)
     detections[record.RUN_KEY_ATTRIBUTE] = run_key
+    record.record_run_labels(detections)
     values = {label_field: detections, error_field(label_field): None}
     if targets is not None:
         height, width = mask_set.masks.shape[1:]

@@ -42,11 +42,14 @@ class LabellingJob:
         label_field: the main output field; it carries the run key.
         input_fields: fields the job reads from each sample (besides its file path).
         needs_image: whether the job needs the decoded pixels (else only the image size).
+        review_field: the Detections output a person reviews (``apply_review``); samples
+            whose review was applied are not relabelled unless reviews are discarded.
     """
 
     label_field: str
     input_fields: list[str] = []
     needs_image: bool = True
+    review_field: str | None = None
 
     def output_schema(self) -> dict[str, tuple[type, dict]]:
         """The fields and label attributes to declare (see ``record.declare_output_fields``)."""
@@ -128,6 +131,7 @@ def execute_labelling_run(
     skip_failures: bool = True,
     progress: bool | Callable | None = None,
     progress_callback: Callable[[int, int], None] | None = None,
+    discard_reviews: bool = False,
 ) -> SSARunSummary:
     """Runs ``job`` over the samples (this rank's shard of them under torchrun).
 
@@ -144,6 +148,8 @@ def execute_labelling_run(
         progress: FiftyOne's progress argument (shown by rank 0 only).
         progress_callback: called with (done, total) after each sample is labelled (its
             write may still be queued).
+        discard_reviews: also relabel samples whose review was applied (their corrections
+            are lost); by default they are kept whatever ``resume`` and ``overwrite`` say.
 
     Returns:
         The run's summary; under torchrun, rank 0 gets every rank's counts and failures
@@ -156,10 +162,19 @@ def execute_labelling_run(
 
     plan = None
     wrote_fields = False
+    review_field = None if discard_reviews else job.review_field
     if ranks.is_main:
         try:
-            pending = record.pending_samples(samples, label_field, run_key, skip_existing, resume)
+            pending = record.pending_samples(
+                samples, label_field, run_key, skip_existing, resume, review_field
+            )
             pending_ids = pending.values("_id")
+            kept = 0
+            if review_field is not None:
+                unkept = record.pending_samples(
+                    samples, label_field, run_key, skip_existing, resume
+                )
+                kept = unkept.count() - len(pending_ids)
             wrote_fields = bool(pending_ids)
             others_remain = record.foreign_labels(
                 dataset, label_field, run_key, excluding=pending_ids
@@ -171,19 +186,21 @@ def execute_labelling_run(
             ranges = None
             if ranks.is_distributed:
                 ranges = distributed.split_evenly(sorted(pending_ids), ranks.world_size)
-            plan = (ranges, len(samples) - len(pending_ids))
+            plan = (ranges, len(samples) - len(pending_ids) - kept, kept)
         except ValueError as error:  # refused before any write: every rank raises it
             plan = error
     plan = distributed.broadcast_from_main(plan)
     if isinstance(plan, ValueError):
         raise plan
-    ranges, skipped = plan
+    ranges, skipped, kept = plan
     if ranks.is_distributed:
         dataset.reload()
     job.start(dataset)
 
     # Built again after the reload: the other ranks' schema now has the output fields.
-    mine = record.pending_samples(samples, label_field, run_key, skip_existing, resume)
+    mine = record.pending_samples(
+        samples, label_field, run_key, skip_existing, resume, review_field
+    )
     if ranges is not None:
         bounds = ranges[ranks.rank]
         mine = (
@@ -191,7 +208,9 @@ def execute_labelling_run(
             if bounds
             else mine.limit(0)
         )
-    summary = SSARunSummary(label_field, skipped_existing=skipped, run_key=run_key)
+    summary = SSARunSummary(
+        label_field, skipped_existing=skipped, run_key=run_key, kept_reviewed=kept
+    )
     _label_samples(
         dataset,
         mine,

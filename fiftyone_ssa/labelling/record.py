@@ -18,7 +18,12 @@ from typing import Any
 import fiftyone as fo
 from fiftyone import ViewField as F
 
-from fiftyone_ssa.fields import check_field_name, error_field
+from fiftyone_ssa.fields import (
+    REVIEWED_AT_ATTRIBUTE,
+    RUN_LABELS_ATTRIBUTE,
+    check_field_name,
+    error_field,
+)
 
 # ``dataset.info`` key under which each label field's last run configuration is kept.
 RUNS_INFO_KEY = "fiftyone_ssa_runs"
@@ -50,6 +55,8 @@ class SSARunSummary:
         skipped_existing: samples left alone because they were already labelled.
         run_key: the run's key.
         unlisted_labelled: labelled samples counted but not listed in ``samples``.
+        kept_reviewed: samples the run would have relabelled but left alone because a
+            person's review was applied to them (``discard_reviews=False``).
     """
 
     label_field: str
@@ -57,6 +64,7 @@ class SSARunSummary:
     skipped_existing: int = 0
     run_key: str = ""
     unlisted_labelled: int = 0
+    kept_reviewed: int = 0
 
     @property
     def failures(self) -> list[SampleSummary]:
@@ -69,12 +77,19 @@ class SSARunSummary:
     def compact(self) -> SSARunSummary:
         """The same counts with only the failures listed (what ranks send each other)."""
         return SSARunSummary(
-            self.label_field, self.failures, self.skipped_existing, self.run_key, self.num_labelled
+            self.label_field,
+            self.failures,
+            self.skipped_existing,
+            self.run_key,
+            self.num_labelled,
+            self.kept_reviewed,
         )
 
     def merge(self, others: list[SSARunSummary]) -> SSARunSummary:
         """One summary of several ranks' runs (their samples, in rank order)."""
-        merged = SSARunSummary(self.label_field, [], self.skipped_existing, self.run_key)
+        merged = SSARunSummary(
+            self.label_field, [], self.skipped_existing, self.run_key, 0, self.kept_reviewed
+        )
         for summary in [self, *others]:
             merged.samples.extend(summary.samples)
             merged.unlisted_labelled += summary.unlisted_labelled
@@ -85,6 +100,8 @@ class SSARunSummary:
             f"{self.num_labelled} samples labelled into '{self.label_field}', "
             f"{len(self.failures)} failed, {self.skipped_existing} skipped (already labelled)"
         )
+        if self.kept_reviewed:
+            text += f", {self.kept_reviewed} kept (reviewed)"
         if self.run_key:
             text += f" [run key {self.run_key}]"
         for failure in self.failures[:20]:
@@ -278,7 +295,14 @@ def foreign_labels(
     return bool(others.limit(1).count())
 
 
-def pending_samples(samples, label_field: str, run_key: str, skip_existing: bool, resume: bool):
+def pending_samples(
+    samples,
+    label_field: str,
+    run_key: str,
+    skip_existing: bool,
+    resume: bool,
+    review_field: str | None = None,
+):
     """The samples a run still has to label.
 
     Args:
@@ -287,8 +311,12 @@ def pending_samples(samples, label_field: str, run_key: str, skip_existing: bool
         run_key: this run's key.
         skip_existing: skip samples with any ``label_field`` label.
         resume: skip samples this very run (same run key) already labelled.
+        review_field: skip samples whose masks in this Detections field were reviewed
+            (``<review_field>.reviewed_at``, see ``apply_review``); None relabels them.
     """
     dataset = samples._dataset
+    if review_field is not None:
+        samples = samples.exclude(reviewed_samples(dataset, review_field))
     if label_field not in dataset.get_field_schema():
         return samples
     # Matched on the dataset (every group slice): a view may hide the field (select_fields,
@@ -301,6 +329,13 @@ def pending_samples(samples, label_field: str, run_key: str, skip_existing: bool
         return samples
     done_ids = done.values("id")
     return samples.exclude(done_ids) if done_ids else samples
+
+
+def reviewed_samples(dataset: fo.Dataset, review_field: str) -> list:
+    """The ids of the samples (every group slice) whose review of ``review_field`` was applied."""
+    if review_field not in dataset.get_field_schema():
+        return []
+    return every_sample(dataset).exists(f"{review_field}.{REVIEWED_AT_ATTRIBUTE}").values("id")
 
 
 def declare_output_fields(dataset: fo.Dataset, schema: dict[str, tuple[type, dict]]) -> None:
@@ -337,6 +372,23 @@ def label_schema(label_field: str, label_type: type, attributes: dict[str, Any])
         field_type, kwargs = spec if isinstance(spec, tuple) else (spec, {})
         schema[f"{prefix}.{name}"] = (field_type, kwargs)
     return schema
+
+
+def run_labels_schema(detections_field: str) -> dict[str, tuple[type, dict]]:
+    """The :func:`declare_output_fields` entry of the run labels a Detections output keeps."""
+    return {f"{detections_field}.{RUN_LABELS_ATTRIBUTE}": (fo.DictField, {})}
+
+
+def record_run_labels(detections: fo.Detections) -> fo.Detections:
+    """Keeps on ``detections`` the label the run gave each mask: ``{detection id: label}``
+    under ``fields.RUN_LABELS_ATTRIBUTE``, so that a review can tell which masks a person
+    relabelled, deleted or added (``fiftyone_ssa.labelling.apply_review``).
+
+    Returns:
+        ``detections``, changed in place.
+    """
+    detections[RUN_LABELS_ATTRIBUTE] = {det.id: det.label for det in detections.detections}
+    return detections
 
 
 def record_run(dataset: fo.Dataset, label_field: str, run_key: str, config: dict) -> None:

@@ -124,6 +124,7 @@ def apply_ssa(
     progress: bool | Callable | None = None,
     progress_callback: Callable[[int, int], None] | None = None,
     resume: bool = True,
+    discard_reviews: bool = False,
     **mask_generator_options,
 ) -> SSARunSummary:
     """Runs SSA close-set over a collection and writes its label fields.
@@ -167,7 +168,10 @@ def apply_ssa(
         progress_callback: called with (done, total) after each sample (used by operators).
         resume: skip the samples an identical earlier run (same run key: label field,
             branches and their options) already labelled, e.g. after a crash; False labels
-            them again.
+            them again. Either way, samples whose masks a person reviewed
+            (:func:`~fiftyone_ssa.labelling.apply_review.apply_review`) are kept as reviewed,
+            also with ``overwrite=True``.
+        discard_reviews: relabel reviewed samples too, losing their corrections.
         **mask_generator_options: SAM automatic mask generation settings overriding SSA's
             defaults (points_per_side=64, pred_iou_thresh=0.86, ...).
 
@@ -220,6 +224,7 @@ def apply_ssa(
         skip_failures=skip_failures,
         progress=progress,
         progress_callback=progress_callback,
+        discard_reviews=discard_reviews,
     )
 
 
@@ -247,6 +252,7 @@ class SSAJob(LabellingJob):
         mask_root: str,
     ):
         self.label_field = label_field
+        self.review_field = fields.masks_field(label_field)
         self.semantic = semantic
         self.masks = masks
         self.device = device
@@ -269,13 +275,18 @@ class SSAJob(LabellingJob):
             lf, fo.Segmentation, {record.RUN_KEY_ATTRIBUTE: fo.StringField}
         )
         schema.update(record.label_schema(f"{lf}_masks", fo.Detections, MASK_ATTRIBUTES))
+        schema.update(record.run_labels_schema(f"{lf}_masks"))
         if self.write_branch:
             schema.update(record.label_schema(f"{lf}_branch", fo.Segmentation, {}))
         schema[fields.error_field(lf)] = (fo.StringField, {})
         return schema
 
     def unwritten_outputs(self) -> dict[str, type]:
-        return {} if self.write_branch else {f"{self.label_field}_branch": fo.Segmentation}
+        # A relabelled sample's copy of a reviewed map describes labels that are gone.
+        unwritten = {fields.before_review_field(self.label_field): fo.Segmentation}
+        if not self.write_branch:
+            unwritten[fields.branch_field(self.label_field)] = fo.Segmentation
+        return unwritten
 
     def prepare(self, dataset: fo.Dataset, others_remain: bool) -> None:
         self.others_remain = others_remain
@@ -319,8 +330,8 @@ class SSAJob(LabellingJob):
         painted = class_map_to_numpy(outcome.labels.painted)
         values = {
             lf: fo.Segmentation(mask=painted, **{record.RUN_KEY_ATTRIBUTE: run_key}),
-            fields.masks_field(lf): build_detections(
-                mask_set.masks, names, attributes, mask_dir, outcome.carried
+            fields.masks_field(lf): record.record_run_labels(
+                build_detections(mask_set.masks, names, attributes, mask_dir, outcome.carried)
             ),
             fields.error_field(lf): None,
         }

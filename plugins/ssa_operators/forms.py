@@ -379,6 +379,7 @@ def run_summary_result(summary) -> dict:
         "num_labelled": summary.num_labelled,
         "num_failed": len(summary.failures),
         "num_skipped": summary.skipped_existing,
+        "num_kept_reviewed": summary.kept_reviewed,
         "failures": [f"{s.filepath}: {s.error}" for s in summary.failures[:20]],
     }
 
@@ -396,6 +397,8 @@ def run_summary_output(title: str, results: dict | None) -> types.Property:
     outputs.int("num_labelled", label="Samples labelled")
     outputs.int("num_failed", label="Samples failed")
     outputs.int("num_skipped", label="Samples skipped (already labelled)")
+    if (results or {}).get("num_kept_reviewed"):
+        outputs.int("num_kept_reviewed", label="Samples kept (reviewed)")
     if (results or {}).get("failures"):
         outputs.list("failures", types.String(), label="First failures")
     return types.Property(outputs, view=types.View(label=title))
