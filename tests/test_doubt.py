@@ -47,17 +47,24 @@ def naive_signals(masks: np.ndarray, class_map: np.ndarray, num_classes: int):
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("through_runs", [True, False])
-def test_signals_match_naive_reference(seed, through_runs):
+@pytest.mark.parametrize("dtype", [np.int64, np.uint8, np.uint16])
+def test_signals_match_naive_reference(seed, through_runs, dtype):
     rng = np.random.default_rng(seed)
     n, h, w, c = int(rng.integers(2, 30)), int(rng.integers(5, 50)), int(rng.integers(5, 50)), 6
     masks, class_map = random_case(rng, n, h, w, c)
     masks[0] = False  # an empty mask paints nothing
     masks[1] = masks[1] | masks[-1]  # mask 1 holds the last mask; it paints only the rest
-    vote, _, owner = vote_and_paint(
+    class_map = class_map.astype(dtype)
+    vote, painted, owner = vote_and_paint(
         torch.from_numpy(class_map), torch.from_numpy(masks), c, through_runs
     )
-    ref_labels, ref_margin, ref_dis = naive_signals(masks, class_map, c)
+    ref_labels, ref_margin, ref_dis = naive_signals(masks, class_map.astype(np.int64), c)
     np.testing.assert_array_equal(vote.labels.numpy(), ref_labels)
+    ref_painted = class_map.copy()
+    for i in sorted(range(len(masks)), key=lambda i: -masks[i].sum()):
+        ref_painted[masks[i]] = ref_labels[i]
+    assert painted.dtype == torch.from_numpy(class_map).dtype
+    np.testing.assert_array_equal(painted.numpy(), ref_painted)
     margin = vote_margins(vote.votes)
     dis = branch_disagreement(owner, torch.from_numpy(class_map), vote.labels)
     np.testing.assert_allclose(margin.numpy(), ref_margin, rtol=1e-6)
@@ -153,3 +160,17 @@ def test_doubts_are_in_unit_range_and_ordered():
     score = review_score(engine, ENGINE_WEIGHTS)
     assert score.tolist() == sorted(score.tolist(), reverse=True)
     assert float(score[0]) == pytest.approx(1.0 - 0.3 / 3)
+
+
+def test_review_score_benchmark_runs_at_a_tiny_size(capsys):
+    from benchmarks import bench_review_score
+
+    result = bench_review_score.main(["--images", "4", "--size", "60x80", "--seed", "1"])
+    out = capsys.readouterr().out
+    assert f"{result['masks']} masks, {result['wrong']} wrong" in out
+    assert result["masks"] > 10 and 0 <= result["confidently_wrong"] <= result["wrong"]
+    assert set(result["ranking"]) >= {"review_score", "1 - vote margin", "branch_disagreement"}
+    for precision, recall in result["ranking"].values():
+        assert 0.0 <= precision <= 1.0 and 0.0 <= recall <= 1.0
+    # header, rule, the random row, one row per ranking
+    assert out.count("\n| ") == 3 + len(result["ranking"])

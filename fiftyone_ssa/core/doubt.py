@@ -101,15 +101,18 @@ def branch_disagreement(
         )
     n = labels.shape[0]
     flat_owner = owner.reshape(-1).long()
-    covered = flat_owner > 0
-    index = flat_owner[covered] - 1
-    if index.numel() and int(index.max()) >= n:
-        raise ValueError(f"Expected `owner` values in [0, {n}], but got {int(index.max()) + 1}")
-    branch = class_map.reshape(-1)[covered].long()
-    differs = (branch != labels.to(owner.device).long()[index]).long()
-    painted = torch.bincount(index, minlength=n)
-    against = torch.bincount(index, weights=differs.double(), minlength=n)
-    share = against / painted.clamp(min=1)
+    if flat_owner.numel() and (int(flat_owner.min()) < 0 or int(flat_owner.max()) > n):
+        raise ValueError(
+            f"Expected `owner` values in [0, {n}], but got [{int(flat_owner.min())}, "
+            f"{int(flat_owner.max())}]"
+        )
+    # label_of[k]: the class of mask k - 1; -1 for "no mask", which no class id equals.
+    label_of = torch.cat([labels.new_full((1,), -1), labels]).to(owner.device).long()
+    differs = class_map.reshape(-1).long() != label_of[flat_owner]
+    # One count of (owner, differs) pairs: column 0 agrees, column 1 differs.
+    counts = torch.bincount(flat_owner * 2 + differs, minlength=2 * (n + 1)).view(n + 1, 2)[1:]
+    painted = counts.sum(dim=1)
+    share = counts[:, 1].float() / painted.clamp(min=1).float()
     return torch.where(painted > 0, share, float("nan")).float()
 
 

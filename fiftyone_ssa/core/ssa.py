@@ -13,8 +13,14 @@ from fiftyone_ssa.core.doubt import (
     ssa_doubts,
     vote_margins,
 )
-from fiftyone_ssa.core.rle_voting import dense_masks_to_runs, paint_runs, vote_and_paint_rles
-from fiftyone_ssa.core.voting import VoteResult, paint_masks, painting_order, vote_mask_classes
+from fiftyone_ssa.core.rle_voting import dense_masks_to_runs, paint_runs, vote_rle_classes
+from fiftyone_ssa.core.voting import (
+    VoteResult,
+    as_supported_ids,
+    paint_masks,
+    painting_order,
+    vote_mask_classes,
+)
 
 
 @dataclass
@@ -121,12 +127,15 @@ def vote_and_paint(
     if through_runs:
         # The runs describe the transposed masks (see dense_masks_to_runs).
         runs = dense_masks_to_runs(masks)
-        vote, painted_t = vote_and_paint_rles(runs, class_map.t(), num_classes)
+        vote = vote_rle_classes(runs, class_map.t(), num_classes)
         blank = torch.zeros(class_map.t().shape, dtype=torch.int64, device=class_map.device)
         owner = paint_runs(blank, runs, numbers, painting_order(vote.areas)).t()
-        return vote, painted_t.t().contiguous(), owner
-    vote = vote_mask_classes(masks, class_map, num_classes)
-    order = painting_order(vote.areas)
-    painted = paint_masks(class_map, masks, vote.labels, order)
-    blank = torch.zeros(class_map.shape, dtype=torch.int64, device=class_map.device)
-    return vote, painted, paint_masks(blank, masks, numbers, order)
+    else:
+        vote = vote_mask_classes(masks, class_map, num_classes)
+        blank = torch.zeros(class_map.shape, dtype=torch.int64, device=class_map.device)
+        owner = paint_masks(blank, masks, numbers, painting_order(vote.areas))
+    # Each pixel shows the class of its topmost mask, or keeps the branch's where none is.
+    ids = as_supported_ids(class_map)
+    label_of = torch.cat([vote.labels.new_zeros(1), vote.labels]).to(ids.device, ids.dtype)
+    painted = torch.where(owner > 0, label_of[owner], ids).to(class_map.dtype).contiguous()
+    return vote, painted, owner
