@@ -108,3 +108,14 @@ def evaluation_keys(eval_key: str | None, pred_fields: Sequence[str]) -> dict[st
     if len(set(keys.values())) != len(keys):
         raise ValueError(f"Expected distinct evaluation keys, but got {keys}")
     return keys
+
+
+# Review queue (labelling/review_queue.py): the most doubtful masks by ``review_score``.
+DEFAULT_REVIEW_FIELD = masks_field(DEFAULT_SSA_FIELD)
+DEFAULT_REVIEW_SIZE = 50
+REVIEW_BY = ("masks", "samples")
+
+
+def review_view_name(label_field: str, by: str = "masks") -> str:
+    """The default name of the saved review view of ``label_field`` (one per ``by``)."""
+    return f"review-{label_field}" if by == "masks" else f"review-{label_field}-samples"

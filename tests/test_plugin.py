@@ -39,7 +39,15 @@ from tests.scenes import SCENE_CLASSES, coarsen, make_scene, miou
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = "@fiftyone-ssa/ssa"
-OPERATORS = ["run_ssa", "run_ssa_engine", "evaluate_miou", "miou", "import_sa1b", "export_sa1b"]
+OPERATORS = [
+    "run_ssa",
+    "run_ssa_engine",
+    "evaluate_miou",
+    "miou",
+    "import_sa1b",
+    "export_sa1b",
+    "build_review_queue",
+]
 FIELD_BRANCHES = {
     "semantic_source": "field",
     "semantic_field": "coarse",

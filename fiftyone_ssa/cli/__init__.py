@@ -17,7 +17,7 @@ _MODELS_DIR_HELP = (
 )
 
 # Subcommand modules, in the order ``--help`` lists them.
-_COMMAND_MODULES = ["run", "engine", "eval", "sa1b", "models", "demo"]
+_COMMAND_MODULES = ["run", "engine", "eval", "review", "sa1b", "models", "demo"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,16 +5,25 @@ lists plugins, so it only defines operators: ``fiftyone_ssa``, torch and the mod
 imported inside ``execute``, and nothing global is changed.
 
 Operators (``@fiftyone-ssa/ssa/<name>``): ``run_ssa``, ``run_ssa_engine``, ``evaluate_miou``,
-``import_sa1b``, ``export_sa1b``, and the ``miou`` metric for FiftyOne's segmentation
+``import_sa1b``, ``export_sa1b``, ``build_review_queue``, and the ``miou`` metric for FiftyOne's segmentation
 evaluations.
 """
 
 from .evaluate import EvaluateMIoU, MIoUMetric
+from .review_queue import BuildReviewQueue
 from .run_engine import RunSSAEngine
 from .run_ssa import RunSSA
 from .sa1b import ExportSA1B, ImportSA1B
 
-OPERATORS = (RunSSA, RunSSAEngine, EvaluateMIoU, MIoUMetric, ImportSA1B, ExportSA1B)
+OPERATORS = (
+    RunSSA,
+    RunSSAEngine,
+    EvaluateMIoU,
+    MIoUMetric,
+    ImportSA1B,
+    ExportSA1B,
+    BuildReviewQueue,
+)
 
 
 def register(plugin) -> None:
