@@ -13,10 +13,10 @@ import fiftyone.operators as foo
 import pytest
 from fiftyone.operators.executor import ExecutionError
 
-from fiftyone_ssa import apply_ssa
+from fiftyone_ssa import apply_ssa, review_queue
 from fiftyone_ssa.cli import main
 from fiftyone_ssa.core.doubt import SSA_WEIGHTS
-from fiftyone_ssa.labelling.review_queue import review_queue
+from tests.test_engine import engine_dataset  # noqa: F401 (a fixture)
 from tests.test_plugin import execute, plugins_dir, uri  # noqa: F401 (a fixture)
 
 BRANCHES = {"semantic_branch": "field:coarse", "mask_branch": "field:instances"}
@@ -189,3 +189,32 @@ def test_operator_form_needs_a_scored_field(scene_dataset, plugins_dir):  # noqa
 
 def test_scores_are_numbers(labelled):
     assert not any(math.isnan(r[0]) for r in all_masks(labelled))
+
+
+def test_engine_masks_carry_their_doubt_and_queue(engine_dataset, tiny_engine_models):  # noqa: F811
+    from fiftyone_ssa.core.doubt import ENGINE_WEIGHTS
+    from fiftyone_ssa.labelling.engine import apply_ssa_engine
+
+    apply_ssa_engine(engine_dataset, mask_branch="field:gt", top_k=2, models=tiny_engine_models)
+    schema = engine_dataset.get_field_schema(flat=True)
+    for name in ("clip_probability", "clip_margin", "review_score"):
+        assert isinstance(schema[f"ssa_engine.detections.{name}"], fo.FloatField)
+    assert isinstance(schema["ssa_engine.detections.clip_agrees"], fo.BooleanField)
+    w = ENGINE_WEIGHTS
+    for sample in engine_dataset:
+        for det in sample.ssa_engine.detections:
+            assert det.clip_agrees == (det.label == det.class_proposals[0])
+            assert 0.0 <= det.clip_probability <= 1.0
+            assert -1.0 <= det.clip_margin <= det.clip_probability
+            # CLIP's top-1 has the largest probability: a margin >= 0, any other one <= 0
+            assert (det.clip_margin >= 0) if det.clip_agrees else (det.clip_margin <= 0)
+            expected = (
+                w["clip_margin"] * (1 - max(det.clip_margin, 0.0))
+                + w["clipseg_share"] * (1 - det.confidence)
+                + w["clip_agrees"] * (0.0 if det.clip_agrees else 1.0)
+            ) / (w["clip_margin"] + w["clipseg_share"] + w["clip_agrees"])
+            assert det.review_score == pytest.approx(expected, abs=1e-5)
+    expected = all_masks(engine_dataset, "ssa_engine")[:4]
+    view = review_queue(engine_dataset, label_field="ssa_engine", n=4)
+    assert view.name == "review-ssa_engine"
+    assert [p.ssa_engine.id for p in view] == [r[2] for r in expected]
