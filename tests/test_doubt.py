@@ -55,7 +55,7 @@ def test_signals_match_naive_reference(seed, through_runs, dtype):
     masks[0] = False  # an empty mask paints nothing
     masks[1] = masks[1] | masks[-1]  # mask 1 holds the last mask; it paints only the rest
     class_map = class_map.astype(dtype)
-    vote, painted, owner = vote_and_paint(
+    vote, painted, dis = vote_and_paint(
         torch.from_numpy(class_map), torch.from_numpy(masks), c, through_runs
     )
     ref_labels, ref_margin, ref_dis = naive_signals(masks, class_map.astype(np.int64), c)
@@ -66,7 +66,6 @@ def test_signals_match_naive_reference(seed, through_runs, dtype):
     assert painted.dtype == torch.from_numpy(class_map).dtype
     np.testing.assert_array_equal(painted.numpy(), ref_painted)
     margin = vote_margins(vote.votes)
-    dis = branch_disagreement(owner, torch.from_numpy(class_map), vote.labels)
     np.testing.assert_allclose(margin.numpy(), ref_margin, rtol=1e-6)
     np.testing.assert_allclose(dis.numpy(), ref_dis, rtol=1e-6)
     assert math.isnan(float(dis[0])) and float(margin[0]) == 0.0
@@ -174,3 +173,18 @@ def test_review_score_benchmark_runs_at_a_tiny_size(capsys):
         assert 0.0 <= precision <= 1.0 and 0.0 <= recall <= 1.0
     # header, rule, the random row, one row per ranking
     assert out.count("\n| ") == 3 + len(result["ranking"])
+
+
+def test_branch_disagreement_counts_painted_pixels_only():
+    owner = torch.tensor([[1, 1, 2], [0, 2, 2]])
+    class_map = torch.tensor([[3, 4, 4], [4, 4, 1]])
+    painted = torch.tensor([[3, 3, 4], [4, 4, 4]])  # mask 1 is class 3, mask 2 class 4
+    dis = branch_disagreement(owner, class_map, painted, 3)
+    assert dis[:2].tolist() == pytest.approx([0.5, 1 / 3]) and math.isnan(dis[2])
+    # any layout, as long as the three maps share it
+    same = branch_disagreement(owner.t(), class_map.t(), painted.t(), 3)
+    assert same[:2].tolist() == dis[:2].tolist()
+    with pytest.raises(ValueError, match="`owner` values in"):
+        branch_disagreement(owner, class_map, painted, 1)
+    with pytest.raises(ValueError, match="of one"):
+        branch_disagreement(owner, class_map, painted[:1], 3)

@@ -76,7 +76,7 @@ def vote_margins(votes: torch.Tensor) -> torch.Tensor:
 
 
 def branch_disagreement(
-    owner: torch.Tensor, class_map: torch.Tensor, labels: torch.Tensor
+    owner: torch.Tensor, class_map: torch.Tensor, painted: torch.Tensor, num_masks: int
 ) -> torch.Tensor:
     """Per mask, the share of the pixels it paints whose branch class is another class.
 
@@ -84,36 +84,39 @@ def branch_disagreement(
     its class decides in SSA's output. Its vote counts all its pixels, so a large mask whose
     majority lies under smaller masks can paint its class over pixels the branch gives
     another class: this measures exactly that. For a mask no other mask overlaps it equals
-    1 - vote share.
+    1 - vote share. The three maps may be in any layout (e.g. all transposed) as long as they
+    share it.
 
     Args:
         owner: (H, W) int64, 1 + the index of the topmost mask at each pixel, 0 where none.
         class_map: (H, W) integer class ids of the semantic branch.
-        labels: (N,) int64 class of each mask.
+        painted: (H, W) SSA's output: each mask's class where it is the topmost mask, the
+            branch's class elsewhere.
+        num_masks: N.
 
     Returns:
         (N,) float32 in [0, 1]; NaN for a mask that paints no pixel (fully under smaller ones).
     """
-    if owner.shape != class_map.shape or owner.dim() != 2:
+    if not owner.shape == class_map.shape == painted.shape or owner.dim() != 2:
         raise ValueError(
-            f"Expected `owner` and `class_map` of one (H, W) shape, but got "
-            f"{tuple(owner.shape)} and {tuple(class_map.shape)}"
+            f"Expected `owner`, `class_map` and `painted` of one (H, W) shape, but got "
+            f"{tuple(owner.shape)}, {tuple(class_map.shape)} and {tuple(painted.shape)}"
         )
-    n = labels.shape[0]
-    flat_owner = owner.reshape(-1).long()
+    n = num_masks
+    flat_owner = owner.reshape(-1)
     if flat_owner.numel() and (int(flat_owner.min()) < 0 or int(flat_owner.max()) > n):
         raise ValueError(
             f"Expected `owner` values in [0, {n}], but got [{int(flat_owner.min())}, "
             f"{int(flat_owner.max())}]"
         )
-    # label_of[k]: the class of mask k - 1; -1 for "no mask", which no class id equals.
-    label_of = torch.cat([labels.new_full((1,), -1), labels]).to(owner.device).long()
-    differs = class_map.reshape(-1).long() != label_of[flat_owner]
+    # Where no mask is, the output keeps the branch's class: those pixels never differ.
+    differs = (painted.reshape(-1) != class_map.reshape(-1)).long()
     # One count of (owner, differs) pairs: column 0 agrees, column 1 differs.
-    counts = torch.bincount(flat_owner * 2 + differs, minlength=2 * (n + 1)).view(n + 1, 2)[1:]
-    painted = counts.sum(dim=1)
-    share = counts[:, 1].float() / painted.clamp(min=1).float()
-    return torch.where(painted > 0, share, float("nan")).float()
+    counts = torch.bincount(flat_owner.long() * 2 + differs, minlength=2 * (n + 1))
+    counts = counts.view(n + 1, 2)[1:]
+    painted_pixels = counts.sum(dim=1)
+    share = counts[:, 1].float() / painted_pixels.clamp(min=1).float()
+    return torch.where(painted_pixels > 0, share, float("nan")).float()
 
 
 def clip_margins(

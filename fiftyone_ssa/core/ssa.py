@@ -90,7 +90,7 @@ def label_one_image(
         num_classes = int(class_map.max()) + 1 if class_map.numel() else 1
     # Same results; through the masks' runs it is about 13x faster on the CPU
     # (benchmarks/RESULTS.md, 1500x2250 with 100 masks).
-    vote, painted, owner = vote_and_paint(
+    vote, painted, disagreement = vote_and_paint(
         class_map, masks, num_classes, through_runs=masks.device.type == "cpu"
     )
     return ImageLabels(
@@ -98,14 +98,14 @@ def label_one_image(
         vote=vote,
         proposals=vote.proposals(top_k),
         margin=vote_margins(vote.votes),
-        branch_disagreement=branch_disagreement(owner, class_map, vote.labels),
+        branch_disagreement=disagreement,
     )
 
 
 def vote_and_paint(
     class_map: torch.Tensor, masks: torch.Tensor, num_classes: int, through_runs: bool
 ) -> tuple[VoteResult, torch.Tensor, torch.Tensor]:
-    """SSA's vote and painting, and which mask paints each pixel.
+    """SSA's vote and painting, and each mask's branch disagreement.
 
     Args:
         class_map: (H, W) integer class ids of the semantic branch.
@@ -115,27 +115,33 @@ def vote_and_paint(
             than on the dense masks (``core.voting``); the results are the same.
 
     Returns:
-        ``(vote, painted, owner)``: the vote; the (H, W) painted map (the branch's dtype);
-        (H, W) int64, 1 + the index of the topmost mask at each pixel, 0 where none.
+        ``(vote, painted, disagreement)``: the vote; the (H, W) painted map (the branch's
+        dtype, contiguous); (N,) float32 :func:`~fiftyone_ssa.core.doubt.branch_disagreement`.
     """
     if masks.dim() != 3 or class_map.dim() != 2 or masks.shape[1:] != class_map.shape:
         raise ValueError(
             f"Expected masks (N, H, W) and a class map (H, W) of the same size, but got "
             f"{tuple(masks.shape)} and {tuple(class_map.shape)}"
         )
-    numbers = torch.arange(1, masks.shape[0] + 1, device=masks.device)
+    n = masks.shape[0]
+    numbers = torch.arange(1, n + 1, device=masks.device)
     if through_runs:
-        # The runs describe the transposed masks (see dense_masks_to_runs).
+        # The runs describe the transposed masks (see dense_masks_to_runs): everything is
+        # computed on the transposed maps, and the painted map transposed back at the end.
         runs = dense_masks_to_runs(masks)
-        vote = vote_rle_classes(runs, class_map.t(), num_classes)
-        blank = torch.zeros(class_map.t().shape, dtype=torch.int64, device=class_map.device)
-        owner = paint_runs(blank, runs, numbers, painting_order(vote.areas)).t()
+        ids = as_supported_ids(class_map.t().contiguous())
+        vote = vote_rle_classes(runs, ids, num_classes)
+        blank = torch.zeros(ids.shape, dtype=torch.int64, device=ids.device)
+        owner = paint_runs(blank, runs, numbers, painting_order(vote.areas))
     else:
+        ids = as_supported_ids(class_map)
         vote = vote_mask_classes(masks, class_map, num_classes)
-        blank = torch.zeros(class_map.shape, dtype=torch.int64, device=class_map.device)
+        blank = torch.zeros(ids.shape, dtype=torch.int64, device=ids.device)
         owner = paint_masks(blank, masks, numbers, painting_order(vote.areas))
     # Each pixel shows the class of its topmost mask, or keeps the branch's where none is.
-    ids = as_supported_ids(class_map)
     label_of = torch.cat([vote.labels.new_zeros(1), vote.labels]).to(ids.device, ids.dtype)
-    painted = torch.where(owner > 0, label_of[owner], ids).to(class_map.dtype).contiguous()
-    return vote, painted, owner
+    painted = torch.where(owner > 0, label_of[owner], ids)
+    disagreement = branch_disagreement(owner, ids, painted, n)
+    if through_runs:
+        painted = painted.t()
+    return vote, painted.to(class_map.dtype).contiguous(), disagreement
