@@ -21,6 +21,7 @@ _EXPORTS = {
     "list_branches": "fiftyone_ssa.models.registry",
     "create_branch": "fiftyone_ssa.models.registry",
     "register_branch": "fiftyone_ssa.models.registry",
+    "review_queue": "fiftyone_ssa.labelling.review_queue",
 }
 
 __all__ = sorted(_EXPORTS)

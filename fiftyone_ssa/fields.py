@@ -170,3 +170,14 @@ def review_fields(samples, detections_field: str) -> tuple[str | None, str | Non
 def _holds(schema: dict, name: str, label_type: str) -> bool:
     doc_type = getattr(schema.get(name), "document_type", None)
     return doc_type is not None and doc_type.__name__ == label_type
+
+
+# Review queue (labelling/review_queue.py): the most doubtful masks by ``review_score``.
+DEFAULT_REVIEW_FIELD = masks_field(DEFAULT_SSA_FIELD)
+DEFAULT_REVIEW_SIZE = 50
+REVIEW_BY = ("masks", "samples")
+
+
+def review_view_name(label_field: str, by: str = "masks") -> str:
+    """The default name of the saved review view of ``label_field`` (one per ``by``)."""
+    return f"review-{label_field}" if by == "masks" else f"review-{label_field}-samples"

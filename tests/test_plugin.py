@@ -48,6 +48,7 @@ OPERATORS = [
     "export_sa1b",
     "apply_review",
     "review_report",
+    "build_review_queue",
 ]
 FIELD_BRANCHES = {
     "semantic_source": "field",

@@ -1,10 +1,16 @@
-"""``fiftyone-ssa review``: fold a person's corrections of a run's masks back in, and report them."""
+"""``fiftyone-ssa review ACTION``: reviewing SSA's labels.
+
+``queue``: save the view of the masks most likely wrong (highest ``review_score``); ``apply``:
+fold a person's corrections of a run's masks back in; ``report``: what the review changed.
+Each action is one ``_add_<action>_parser(actions)`` registering its parser and its ``run``.
+"""
 
 from __future__ import annotations
 
 import argparse
 
 from fiftyone_ssa.cli.common import add_target_arguments
+from fiftyone_ssa.fields import DEFAULT_REVIEW_FIELD, DEFAULT_REVIEW_SIZE, REVIEW_BY
 
 _FIELD_HELP = (
     "the Detections field the run wrote: SSA's <label_field>_masks, SSA-engine's "
@@ -14,11 +20,60 @@ _FIELD_HELP = (
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "review", help="apply a person's corrections of the masks, report what they changed"
+        "review",
+        help="review labels: the queue of doubtful masks, applying corrections, the report",
     )
-    sub = parser.add_subparsers(dest="review_command", metavar="ACTION")
+    actions = parser.add_subparsers(dest="review_command", metavar="ACTION")
+    _add_queue_parser(actions)
+    _add_apply_parser(actions)
+    _add_report_parser(actions)
+    parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
-    apply = sub.add_parser(
+
+def _add_queue_parser(actions: argparse._SubParsersAction) -> None:
+    parser = actions.add_parser(
+        "queue",
+        help="save a view of the masks most likely wrong",
+        description=(
+            "Saves on the dataset a view of the N masks of a Detections field that SSA or "
+            "SSA-engine wrote with the highest review_score (most likely wrong first; masks "
+            "marked reviewed are left out), as patches (--by masks) or as the samples holding "
+            "them (--by samples). The App lists it in its view bar. Prints the view's name "
+            "and how many patches or samples it holds."
+        ),
+    )
+    parser.add_argument("dataset", help="name of a FiftyOne dataset")
+    parser.add_argument("--label-field", default=DEFAULT_REVIEW_FIELD, help=_FIELD_HELP)
+    parser.add_argument(
+        "-n",
+        "--n",
+        type=int,
+        default=DEFAULT_REVIEW_SIZE,
+        help=f"how many masks (default: {DEFAULT_REVIEW_SIZE})",
+    )
+    parser.add_argument(
+        "--class",
+        dest="classes",
+        action="append",
+        metavar="CLASS",
+        help="only masks of this class (repeat for several)",
+    )
+    parser.add_argument(
+        "--by", choices=REVIEW_BY, default="masks", help="patches (masks) or samples"
+    )
+    parser.add_argument(
+        "--name", default=None, help="the saved view's name (default: review-<field>[-samples])"
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a saved view of that name even if it is not a review queue",
+    )
+    parser.set_defaults(func=run_queue)
+
+
+def _add_apply_parser(actions: argparse._SubParsersAction) -> None:
+    apply = actions.add_parser(
         "apply",
         help="mark corrected masks and repaint the Segmentation from them",
         description=(
@@ -31,10 +86,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     add_target_arguments(apply)
-    apply.add_argument("--label-field", default="ssa_masks", help=_FIELD_HELP)
+    apply.add_argument("--label-field", default=DEFAULT_REVIEW_FIELD, help=_FIELD_HELP)
     apply.set_defaults(func=run_apply)
 
-    report = sub.add_parser(
+
+def _add_report_parser(actions: argparse._SubParsersAction) -> None:
+    report = actions.add_parser(
         "report",
         help="what the review changed per class, and mIoU before and after",
         description=(
@@ -44,7 +101,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     add_target_arguments(report)
-    report.add_argument("--label-field", default="ssa_masks", help=_FIELD_HELP)
+    report.add_argument("--label-field", default=DEFAULT_REVIEW_FIELD, help=_FIELD_HELP)
     report.add_argument("--gt", default=None, metavar="FIELD", help="ground-truth Segmentation")
     report.add_argument(
         "--ignore-index",
@@ -58,7 +115,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="ADE20K raw annotations: ground truth 0 ignored, other values minus one",
     )
     report.set_defaults(func=run_report)
-    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+
+
+def run_queue(args: argparse.Namespace) -> int:
+    from fiftyone_ssa.cli.common import load_samples
+    from fiftyone_ssa.labelling.review_queue import review_queue
+
+    dataset = load_samples(args.dataset)
+    view = review_queue(
+        dataset,
+        label_field=args.label_field,
+        n=args.n,
+        classes=args.classes,
+        by=args.by,
+        name=args.name,
+        overwrite=args.overwrite,
+    )
+    what = "masks" if args.by == "masks" else "samples"
+    print(f"saved view {view.name!r} on dataset {dataset.name!r}: {len(view)} {what}")
+    return 0
 
 
 def run_apply(args: argparse.Namespace) -> int:

@@ -18,6 +18,7 @@ from typing import Any
 from fiftyone_ssa.evaluation.miou import MIoUResults, evaluate_miou
 from fiftyone_ssa.evaluation.report import _format_table, format_comparison_table, percent
 from fiftyone_ssa.fields import (
+    DEFAULT_REVIEW_FIELD,
     LABEL_BEFORE_REVIEW_ATTRIBUTE,
     REVIEWED_AT_ATTRIBUTE,
     REVIEWED_ATTRIBUTE,
@@ -169,7 +170,7 @@ def _number(value: float | None) -> float | None:
 
 def review_report(
     samples,
-    label_field: str = "ssa_masks",
+    label_field: str = DEFAULT_REVIEW_FIELD,
     gt_field: str | None = None,
     ignore_index: int = 255,
     reduce_zero_label: bool = False,

@@ -42,6 +42,7 @@ from pymongo import UpdateOne
 
 from fiftyone_ssa.core.voting import paint_masks, painting_order
 from fiftyone_ssa.fields import (
+    DEFAULT_REVIEW_FIELD,
     LABEL_BEFORE_REVIEW_ATTRIBUTE,
     REVIEWED_AT_ATTRIBUTE,
     REVIEWED_ATTRIBUTE,
@@ -177,7 +178,7 @@ class _Target:
 
 def apply_review(
     samples,
-    label_field: str = "ssa_masks",
+    label_field: str = DEFAULT_REVIEW_FIELD,
     progress: bool | Callable | None = None,
 ) -> ReviewSummary:
     """Applies a person's corrections of a run's masks: marks them and repaints the map.

@@ -16,6 +16,7 @@ import fiftyone as fo
 import numpy as np
 import torch
 
+from fiftyone_ssa.core.doubt import ENGINE_WEIGHTS, engine_doubts, review_score
 from fiftyone_ssa.core.mask_set import MaskSet
 from fiftyone_ssa.core.vocabulary import check_vocabulary
 from fiftyone_ssa.core.voting import paint_masks, painting_order
@@ -148,8 +149,9 @@ def apply_ssa_engine(
 
     Writes ``<label_field>`` (``fo.Detections``, one per mask: ``label`` = class name,
     ``confidence`` = share of the mask's pixels CLIPSeg gives that name, ``class_proposals``,
-    ``caption``, ``ade_name``, ``coco_name``, ``predicted_iou``, ``stability_score``, ``area``)
-    and, with ``write_segmentation=True``, ``<label_field>_seg`` (``fo.Segmentation`` painted
+    ``caption``, ``ade_name``, ``coco_name``, ``predicted_iou``, ``stability_score``, ``area``,
+    the doubt signals ``clip_probability``, ``clip_margin``, ``clip_agrees`` and their
+    ``review_score``; README, "Reviewing labels") and, with ``write_segmentation=True``, ``<label_field>_seg`` (``fo.Segmentation`` painted
     from the labelled masks, largest first; ``mask_targets`` from the names found, 0 where no
     mask is). Each sample is written in one update.
 
@@ -258,6 +260,10 @@ ENGINE_MASK_ATTRIBUTES = {
     "predicted_iou": fo.FloatField,
     "stability_score": fo.FloatField,
     "area": fo.IntField,
+    "clip_probability": fo.FloatField,
+    "clip_margin": fo.FloatField,
+    "clip_agrees": fo.BooleanField,
+    "review_score": fo.FloatField,
 }
 
 
@@ -409,6 +415,18 @@ class SegmentationTargets:
             self.changed = False
 
 
+def engine_review_scores(labels: MaskLabels, mask_set: MaskSet) -> torch.Tensor:
+    """(N,) float32 ``review_score`` of SSA-engine's masks (``core.doubt``), on the CPU."""
+    doubts = engine_doubts(
+        torch.tensor(labels.clip_margin, dtype=torch.float32),
+        torch.tensor(labels.confidence, dtype=torch.float32),
+        torch.tensor(labels.clip_agrees, dtype=torch.bool),
+        mask_set.predicted_iou.cpu(),
+        mask_set.stability_score.cpu(),
+    )
+    return review_score(doubts, ENGINE_WEIGHTS)
+
+
 def _sample_values(
     sample_id,
     label_field,
@@ -427,6 +445,7 @@ def _sample_values(
     area_list = areas.cpu().tolist()
     ious = mask_set.predicted_iou.cpu().tolist()
     stabilities = mask_set.stability_score.cpu().tolist()
+    scores = engine_review_scores(labels, mask_set).tolist()
     attributes = [
         {
             "confidence": labels.confidence[i],
@@ -437,6 +456,10 @@ def _sample_values(
             "predicted_iou": float_or_none(ious[i]),
             "stability_score": float_or_none(stabilities[i]),
             "area": int(area_list[i]),
+            "clip_probability": float_or_none(labels.clip_probability[i]),
+            "clip_margin": float_or_none(labels.clip_margin[i]),
+            "clip_agrees": labels.clip_agrees[i],
+            "review_score": float_or_none(scores[i]),
         }
         for i in range(len(mask_set))
     ]

@@ -56,6 +56,9 @@ MASK_ATTRIBUTES = {
     "predicted_iou": fo.FloatField,
     "stability_score": fo.FloatField,
     "area": fo.IntField,
+    "vote_margin": fo.FloatField,
+    "branch_disagreement": fo.FloatField,
+    "review_score": fo.FloatField,
 }
 
 
@@ -135,7 +138,9 @@ def apply_ssa(
 
     Writes ``<label_field>`` (``fo.Segmentation``, mask targets from the branch's classes),
     ``<label_field>_masks`` (``fo.Detections``, one per mask: ``label``, ``confidence`` = vote
-    share, ``class_proposals``, ``predicted_iou``, ``stability_score``, ``area``) and, unless
+    share, ``class_proposals``, ``predicted_iou``, ``stability_score``, ``area``, the doubt
+    signals ``vote_margin`` and ``branch_disagreement`` and their ``review_score``; README,
+    "Reviewing labels") and, unless
     ``write_branch=False``, ``<label_field>_branch`` (the semantic branch alone). Each sample is
     written in one update, so an interrupted run leaves samples fully labelled or untouched,
     and ``<label_field>.run_key`` records the run that wrote it: re-running the same call
@@ -312,6 +317,13 @@ class SSAJob(LabellingJob):
         areas = vote.areas.cpu().tolist()
         ious = mask_set.predicted_iou.cpu().tolist()
         stabilities = mask_set.stability_score.cpu().tolist()
+        margins = outcome.labels.margin.cpu().tolist()
+        disagreement = outcome.labels.branch_disagreement.cpu().tolist()
+        scores = (
+            outcome.labels.review_score(mask_set.predicted_iou, mask_set.stability_score)
+            .cpu()
+            .tolist()
+        )
         attributes = [
             {
                 "confidence": confidence[i],
@@ -319,6 +331,9 @@ class SSAJob(LabellingJob):
                 "predicted_iou": float_or_none(ious[i]),
                 "stability_score": float_or_none(stabilities[i]),
                 "area": int(areas[i]),
+                "vote_margin": margins[i],
+                "branch_disagreement": float_or_none(disagreement[i]),
+                "review_score": float_or_none(scores[i]),
             }
             for i in range(len(labels))
         ]

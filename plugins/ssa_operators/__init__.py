@@ -5,12 +5,13 @@ lists plugins, so it only defines operators: ``fiftyone_ssa``, torch and the mod
 imported inside ``execute``, and nothing global is changed.
 
 Operators (``@fiftyone-ssa/ssa/<name>``): ``run_ssa``, ``run_ssa_engine``, ``evaluate_miou``,
-``import_sa1b``, ``export_sa1b``, ``apply_review``, ``review_report``, and the ``miou`` metric for FiftyOne's segmentation
-evaluations.
+``import_sa1b``, ``export_sa1b``, ``build_review_queue``, ``apply_review``, ``review_report``,
+and the ``miou`` metric for FiftyOne's segmentation evaluations.
 """
 
 from .apply_review import ApplyReview, ReviewReport
 from .evaluate import EvaluateMIoU, MIoUMetric
+from .review_queue import BuildReviewQueue
 from .run_engine import RunSSAEngine
 from .run_ssa import RunSSA
 from .sa1b import ExportSA1B, ImportSA1B
@@ -24,6 +25,7 @@ OPERATORS = (
     ExportSA1B,
     ApplyReview,
     ReviewReport,
+    BuildReviewQueue,
 )
 
 

@@ -22,7 +22,7 @@ from .forms import (
 )
 from .library import ProgressReporter, import_library
 
-DEFAULT_REVIEW_FIELD = "ssa_masks"
+DEFAULT_REVIEW_FIELD = import_library("fiftyone_ssa.fields").DEFAULT_REVIEW_FIELD
 # The report's tables: key -> (heading, kind).
 CLASS_COLUMNS = {
     "class": ("Class", "str"),

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from fiftyone_ssa.core.crops import mask_boxes_xywh, scale_boxes
+from fiftyone_ssa.core.doubt import clip_margins
 from fiftyone_ssa.core.vocabulary import build_candidates, check_vocabulary, refine_coco_name
 from fiftyone_ssa.core.voting import vote_mask_classes
 from fiftyone_ssa.fields import DEFAULT_SPACY_MODEL
@@ -186,6 +187,10 @@ class MaskLabels:
         ade_names: top-1 ADE20K names.
         coco_names: top-1 COCO names, refined.
         candidates: the candidate lists CLIP ranked.
+        clip_probability: CLIP's probability of the chosen name over the mask's candidates.
+        clip_margin: that probability minus the best other candidate's, in [-1, 1]
+            (negative when CLIP prefers another name).
+        clip_agrees: whether CLIPSeg's pick is CLIP's top-1.
     """
 
     class_names: list[str]
@@ -196,6 +201,9 @@ class MaskLabels:
     ade_names: list[str]
     coco_names: list[str]
     candidates: list[list[str]]
+    clip_probability: list[float]
+    clip_margin: list[float]
+    clip_agrees: list[bool]
 
 
 def _top1_names(
@@ -273,8 +281,14 @@ def label_masks(
         build_candidates([a, c], phrases, vocabulary, vocabulary_mode) or [a or "object"]
         for a, c, phrases in zip(flat_ade, flat_coco, nouns)
     ]
-    proposals, scores = models.clip.top_k(tensors, clip_boxes, candidates, top_k)
+    # At least two ranked names, so the chosen name's margin to the runner-up is known.
+    ranked, ranked_scores = models.clip.top_k(tensors, clip_boxes, candidates, max(top_k, 2))
+    proposals = [names[:top_k] for names in ranked]
+    scores = [probs[:top_k] for probs in ranked_scores]
     decisions = models.clipseg.decide(tensors, large_boxes, masks_on_device, proposals)
+    chosen = [d.name for d in decisions]
+    clip_probability, clip_margin = clip_margins(chosen, ranked, ranked_scores)
+    clip_agrees = [bool(names) and name == names[0] for name, names in zip(chosen, ranked)]
     results, start = [], 0
     for i, image_masks in enumerate(masks_on_device):
         stop = start + int(image_masks.shape[0])
@@ -289,6 +303,9 @@ def label_masks(
                 ade_names=ade_names[i],
                 coco_names=coco_names[i],
                 candidates=candidates[part],
+                clip_probability=clip_probability[part].tolist(),
+                clip_margin=clip_margin[part].tolist(),
+                clip_agrees=clip_agrees[part],
             )
         )
         start = stop
