@@ -238,6 +238,7 @@ _SAM_FAMILY = {
     "sam2": ("Sam2VideoConfig", "Sam2VideoModel"),
     "edgetam": ("EdgeTamConfig", "EdgeTamModel"),
     "samhq": ("SamHQConfig", "SamHQModel"),
+    "sam3": ("Sam3VideoConfig", "Sam3VideoModel"),  # facebook/sam3: detector + tracker
 }
 
 
@@ -279,6 +280,15 @@ def _save_processor(config: dict, directory: Path) -> None:
         from transformers import SamImageProcessor
 
         SamImageProcessor(**settings).save_pretrained(directory)
+    elif family == "sam3":
+        from transformers import Sam3ImageProcessor, Sam3Processor
+
+        Sam3Processor(
+            image_processor=Sam3ImageProcessor(**settings["image_processor"]),
+            tokenizer=write_clip_tokenizer(directory),
+            target_size=settings["target_size"],
+            point_pad_value=settings["point_pad_value"],
+        ).save_pretrained(directory)
     elif family == "blip":
         from transformers import BlipImageProcessor, BlipProcessor
 
