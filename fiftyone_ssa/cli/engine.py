@@ -79,6 +79,17 @@ def add_parser(subparsers) -> None:
         help="CLIPSeg model (default: clipseg-rd64-refined, clipseg-rd16 with --light)",
     )
     parser.add_argument(
+        "--decider",
+        choices=["clipseg", "sam3"],
+        default="clipseg",
+        help="what picks each mask's class among its proposals: CLIPSeg on the 1.6x crop (the "
+        "original's) or SAM 3, the proposal whose concept covers most of the mask "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--sam3-model", help="SAM 3 model for --decider sam3 (default: the sam3 preset)"
+    )
+    parser.add_argument(
         "--write-segmentation",
         action="store_true",
         help="also write <label-field>_seg painted from the labelled masks",
@@ -137,6 +148,7 @@ def run(args: argparse.Namespace) -> int:
         "clip": args.clip_model,
         "clip_architecture": args.clip_architecture,
         "clipseg": args.clipseg_model,
+        "sam3": args.sam3_model,
     }
     samples = load_samples(args.dataset, args.view_tag, args.limit)
     return run_on_ranks(
@@ -159,6 +171,7 @@ def run(args: argparse.Namespace) -> int:
             write_segmentation=args.write_segmentation,
             progress=True,
             models={k: v for k, v in models.items() if v is not None},
+            decider=args.decider,
             **parse_mask_options(args.mask_option),
         )
     )

@@ -32,12 +32,15 @@ import numpy as np
 import torch
 
 from fiftyone_ssa.core.upsample import upsample_argmax
-from fiftyone_ssa.models.semantic.branches import CHANNELS_LAST, _PretrainedBranch
+from fiftyone_ssa.models.semantic.branches import _PretrainedBranch
 
 BACKGROUND = "background"
 
 # Concepts run through the detector together, sharing one image's features.
 DEFAULT_CONCEPT_BATCH = 16
+
+# Text features kept per model (an open vocabulary would otherwise grow without bound).
+MAX_CACHED_NAMES = 4096
 
 
 def concept_classes(classes: Sequence[str] | Mapping[int, str]) -> dict[int, str]:
@@ -82,6 +85,12 @@ def concept_classes(classes: Sequence[str] | Mapping[int, str]) -> dict[int, str
     return {0: background, **dict(sorted(named.items()))}
 
 
+def check_threshold(threshold: float) -> None:
+    """ValueError unless ``threshold`` is a probability a concept can exceed: [0, 1)."""
+    if not 0.0 <= threshold < 1.0:
+        raise ValueError(f"Expected `threshold` in [0, 1), but got {threshold}")
+
+
 def merge_concept_scores(
     probabilities: torch.Tensor, threshold: float, size: tuple[int, int]
 ) -> torch.Tensor:
@@ -101,6 +110,105 @@ def merge_concept_scores(
     shifted = probabilities.float() - threshold
     scores = torch.cat([torch.zeros_like(shifted[:1]), shifted])
     return upsample_argmax(scores, size)
+
+
+class Sam3Concepts:
+    """SAM 3's per-concept semantic probabilities: images encoded once, names encoded once.
+
+    Shared by the semantic branch (a fixed class list) and SSA-engine's SAM 3 decider (each
+    image's proposals).
+
+    Args:
+        processor: a ``Sam3Processor``.
+        model: a ``Sam3Model`` on ``device``.
+        device: where the model runs.
+        dtype: autocast dtype (float32: none).
+        concept_batch: concepts run through the detector at once.
+    """
+
+    def __init__(self, processor, model, device: torch.device, dtype, concept_batch: int):
+        if concept_batch < 1:
+            raise ValueError(f"Expected `concept_batch` to be >= 1, but got {concept_batch}")
+        self.processor, self.model = processor, model
+        self.device, self.dtype = device, dtype
+        self.concept_batch = int(concept_batch)
+        self._texts: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, self.dtype, enabled=self.dtype != torch.float32)
+
+    @torch.no_grad()
+    def text_features(self, names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """SAM 3's text features of names, each distinct name encoded once.
+
+        Returns:
+            ((T, L, D) features, (T, L) attention mask) on the device.
+        """
+        missing = list(dict.fromkeys(n for n in names if n not in self._texts))
+        if len(self._texts) + len(missing) > MAX_CACHED_NAMES:
+            self._texts.clear()
+            missing = list(dict.fromkeys(names))
+        if missing:
+            tokens = self.processor(text=missing, return_tensors="pt")
+            input_ids = tokens["input_ids"].to(self.device)
+            mask = tokens["attention_mask"].to(self.device)
+            with self._autocast():
+                features = self.model.get_text_features(input_ids=input_ids, attention_mask=mask)
+            self._texts.update(zip(missing, zip(features.pooler_output, mask)))
+        features, mask = zip(*(self._texts[n] for n in names))
+        return torch.stack(features), torch.stack(mask)
+
+    @torch.no_grad()
+    def encode_image(self, image: np.ndarray | torch.Tensor) -> Any:
+        """SAM 3's vision features of one image ((H, W, 3) uint8 array or (3, H, W) uint8
+        tensor), through the processor's resize and normalisation."""
+        layout = "channels_first" if torch.is_tensor(image) else "channels_last"
+        pixels = self.processor.image_processor(
+            images=[image], return_tensors="pt", input_data_format=layout
+        )["pixel_values"].to(self.device)
+        with self._autocast():
+            return self.model.get_vision_features(pixel_values=pixels)
+
+    @torch.no_grad()
+    def probabilities(self, vision: Any, names: Sequence[str]) -> torch.Tensor:
+        """Every name's probabilities on one encoded image, before the resize to the image.
+
+        Args:
+            vision: :meth:`encode_image`'s output.
+            names: T concept names.
+
+        Returns:
+            (T, h, w) float32 (h = w = 288 for SAM 3): the processor's
+            ``post_process_semantic_segmentation`` scores, one concept per name.
+        """
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        features, mask = self.text_features(names)
+        scores = []
+        for first in range(0, len(names), self.concept_batch):
+            last = min(first + self.concept_batch, len(names))
+            count = last - first
+            embeds = type(vision)(
+                **{
+                    key: tuple(t.expand(count, *t.shape[1:]) for t in value)
+                    if isinstance(value, tuple)
+                    else value.expand(count, *value.shape[1:])
+                    for key, value in vision.items()
+                    if value is not None
+                }
+            )
+            with self._autocast():
+                outputs = self.model(
+                    vision_embeds=embeds,
+                    text_embeds=BaseModelOutputWithPooling(pooler_output=features[first:last]),
+                    attention_mask=mask[first:last],
+                )
+            outputs.semantic_seg = outputs.semantic_seg.float()
+            results = self.processor.post_process_semantic_segmentation(
+                outputs, target_sizes=None, return_segmentation_scores=True
+            )
+            scores.extend(result.segmentation_scores[0] for result in results)
+        return torch.stack(scores)
 
 
 class Sam3ConceptSemanticBranch(_PretrainedBranch):
@@ -129,78 +237,23 @@ class Sam3ConceptSemanticBranch(_PretrainedBranch):
         from transformers import Sam3Model, Sam3Processor
 
         resolved = concept_classes(classes)
-        if not 0.0 <= threshold < 1.0:
-            raise ValueError(f"Expected `threshold` in [0, 1), but got {threshold}")
+        check_threshold(threshold)
         if concept_batch < 1:
             raise ValueError(f"Expected `concept_batch` to be >= 1, but got {concept_batch}")
         self._load(path, device, half, Sam3Processor, Sam3Model)
         self.classes = resolved
         self.threshold = float(threshold)
-        self.concept_batch = int(concept_batch)
+        self.concepts = Sam3Concepts(
+            self.processor, self.model, self.device, self.dtype, concept_batch
+        )
+        self.names = list(resolved.values())[1:]
+        self.concepts.text_features(self.names)  # once, before any image
         self.concept_ids = torch.tensor([0, *list(resolved)[1:]], device=self.device)
-        self.text_features, self.text_mask = self._encode_concepts(list(resolved.values())[1:])
 
-    @torch.no_grad()
-    def _encode_concepts(self, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """SAM 3's text features of the concepts: ((T, L, D) features, (T, L) mask)."""
-        tokens = self.processor(text=names, return_tensors="pt")
-        input_ids = tokens["input_ids"].to(self.device)
-        mask = tokens["attention_mask"].to(self.device)
-        with torch.autocast(self.device.type, self.dtype, enabled=self.dtype != torch.float32):
-            features = self.model.get_text_features(input_ids=input_ids, attention_mask=mask)
-        return features.pooler_output, mask
-
-    def _outputs(self, vision: Any, first: int, last: int):
-        """The model's outputs for concepts ``first:last`` on one image's features."""
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-        count = last - first
-        embeds = type(vision)(
-            **{
-                key: tuple(t.expand(count, *t.shape[1:]) for t in value)
-                if isinstance(value, tuple)
-                else value.expand(count, *value.shape[1:])
-                for key, value in vision.items()
-                if value is not None
-            }
-        )
-        text = BaseModelOutputWithPooling(pooler_output=self.text_features[first:last])
-        with torch.autocast(self.device.type, self.dtype, enabled=self.dtype != torch.float32):
-            outputs = self.model(
-                vision_embeds=embeds,
-                text_embeds=text,
-                attention_mask=self.text_mask[first:last],
-            )
-        outputs.semantic_seg = outputs.semantic_seg.float()
-        return outputs
-
-    @torch.no_grad()
     def concept_probabilities(self, image: np.ndarray) -> torch.Tensor:
-        """Every concept's probabilities on one image, before the resize to the image.
-
-        Args:
-            image: (H, W, 3) uint8 RGB.
-
-        Returns:
-            (C, h, w) float32 (h = w = 288 for SAM 3): the processor's
-            ``post_process_semantic_segmentation`` scores, concept i of the i-th class after
-            the background.
-        """
-        pixels = self.processor.image_processor(
-            images=[image], return_tensors="pt", **CHANNELS_LAST
-        )
-        pixels = pixels["pixel_values"].to(self.device)
-        with torch.autocast(self.device.type, self.dtype, enabled=self.dtype != torch.float32):
-            vision = self.model.get_vision_features(pixel_values=pixels)
-        scores = []
-        for first in range(0, len(self.text_features), self.concept_batch):
-            last = min(first + self.concept_batch, len(self.text_features))
-            outputs = self._outputs(vision, first, last)
-            results = self.processor.post_process_semantic_segmentation(
-                outputs, target_sizes=None, return_segmentation_scores=True
-            )
-            scores.extend(result.segmentation_scores[0] for result in results)
-        return torch.stack(scores)
+        """Every class's probabilities on one (H, W, 3) uint8 image: (C, h, w) float32, class
+        i + 1 in row i (see :meth:`Sam3Concepts.probabilities`)."""
+        return self.concepts.probabilities(self.concepts.encode_image(image), self.names)
 
     def predict(self, images):
         maps = []
