@@ -44,6 +44,8 @@ class Preset:
         architecture: SAM encoder architecture or open_clip model name.
         gated: the hub repository is gated: its licence must be accepted on the hub, and the
             download made logged in (``hf auth login``), before the files can be fetched.
+        files_of: another preset whose directory holds this one's files (one repository, two
+            models: ``sam3-tracker`` reads ``sam3``'s ``facebook/sam3``), fetched once.
     """
 
     name: str
@@ -54,6 +56,7 @@ class Preset:
     filename: str = ""
     architecture: str = ""
     gated: bool = False
+    files_of: str = ""
 
 
 def _sam(name: str, arch: str, filename: str, size: str) -> Preset:
@@ -133,6 +136,15 @@ PRESETS: dict[str, Preset] = {
         _sam("sam-vit-l", "vit_l", "sam_vit_l_0b3195.pth", "ViT-L, 308M parameters"),
         _sam("sam-vit-h", "vit_h", "sam_vit_h_4b8939.pth", "ViT-H, 636M parameters"),
         *[_hf(name, repo, "mask", what) for name, (repo, what) in _TRANSFORMERS_SAM.items()],
+        Preset(
+            "sam3-tracker",
+            "hf",
+            "facebook/sam3",
+            "mask",
+            "SAM 3's tracker (SAM 2-like prompts; the sam3 preset's files, gated)",
+            gated=True,
+            files_of="sam3",
+        ),
         *[
             _hf(f"segformer-{b}-ade20k", repo, "semantic", f"Segformer-{b.upper()} ADE20K")
             for b, repo in _SEGFORMER_ADE.items()
@@ -258,7 +270,7 @@ def looks_like_hf_id(name: str) -> bool:
 def local_dir(name: str) -> Path:
     """The directory a preset or Hugging Face id is stored in (it may not exist)."""
     if name in PRESETS:
-        return get_models_dir() / name
+        return get_models_dir() / (PRESETS[name].files_of or name)
     if looks_like_hf_id(name):
         return get_models_dir() / "hf" / name.replace("/", "--")
     raise ValueError(f"Expected a preset name or a Hugging Face id, but got {name!r}")

@@ -40,8 +40,13 @@ def list_model_configs() -> list[str]:
 def random_model_presets() -> list[str]:
     """Every preset :func:`save_random_model` can build (configs, SAM sizes, CLIP models)."""
     kinds = ("sam", "open_clip")
-    extra = [name for name, preset in weights.PRESETS.items() if preset.kind in kinds]
-    return sorted({*list_model_configs(), *extra})
+    kept = list_model_configs()
+    extra = [
+        name
+        for name, preset in weights.PRESETS.items()
+        if preset.kind in kinds or preset.files_of in kept  # another preset's files
+    ]
+    return sorted({*kept, *extra})
 
 
 def load_model_config(name: str) -> dict[str, Any]:
@@ -155,8 +160,8 @@ def resolve_model_config(name: str, overrides: dict | None = None) -> dict[str, 
         if preset.source.endswith(".openai"):
             model["quick_gelu"] = True  # OpenAI's weights were trained with QuickGELU
         config = {"preset": name, "family": "open_clip", "model": model, "processor": {}}
-    else:
-        config = load_model_config(name)
+    else:  # a preset reading another's files (sam3-tracker: sam3's) is built as that one
+        config = load_model_config(preset.files_of if preset and preset.files_of else name)
     return _merge(config, overrides or {})
 
 
