@@ -95,6 +95,22 @@ def add_run_arguments(
     )
 
 
+def names_in_file(path: str | os.PathLike) -> list[str]:
+    """The names in a UTF-8 text file, one per line; ``#`` starts a comment, blank lines are
+    skipped, a byte-order mark (as Windows editors write) is dropped.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    names = []
+    with open(path, encoding="utf-8-sig") as handle:
+        for line in handle.read().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                names.append(line)
+    return names
+
+
 def add_class_arguments(parser: argparse.ArgumentParser) -> None:
     """The class list of an open-vocabulary semantic branch (CLIPSeg, SAM 3): one of three."""
     group = parser.add_mutually_exclusive_group()
@@ -108,8 +124,7 @@ def add_class_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--classes-file",
         metavar="FILE",
-        help="a text file of class names, one per line (blank lines and lines starting with # "
-        "skipped)",
+        help="a UTF-8 text file of class names, one per line (# starts a comment)",
     )
     group.add_argument(
         "--classes-from-field",
@@ -131,11 +146,9 @@ def read_classes(args: argparse.Namespace, samples=None) -> list[str] | dict[int
         return [n for n in names if n]
     if args.classes_file:
         try:
-            lines = open(args.classes_file, encoding="utf-8-sig").read().splitlines()
+            names = names_in_file(args.classes_file)
         except OSError as err:
             raise ValueError(f"cannot read --classes-file {args.classes_file}: {err}") from None
-        names = [line.strip() for line in lines]
-        names = [n for n in names if n and not n.startswith("#")]
         if not names:
             raise ValueError(f"--classes-file {args.classes_file} holds no class name")
         return names

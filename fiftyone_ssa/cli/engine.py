@@ -9,6 +9,7 @@ from fiftyone_ssa.cli.common import (
     add_run_arguments,
     add_target_arguments,
     load_samples,
+    names_in_file,
     parse_mask_options,
     run_on_ranks,
 )
@@ -126,10 +127,7 @@ def read_vocabulary(values: list[str] | None) -> list[str]:
             what = "a directory" if path.is_dir() else "no such file"
             raise ValueError(f"--vocabulary {value!r}: {what}, expected a file of names")
         if path.is_file():
-            for line in path.read_text(encoding="utf-8-sig").splitlines():
-                line = line.split("#", 1)[0].strip()
-                if line:
-                    names.append(line)
+            names.extend(names_in_file(path))
         else:
             names.append(value)
     return names
