@@ -113,12 +113,33 @@ def test_engine_run_selects_the_sam3_decider(tiny_engine_dirs, sam3_dir, make_da
         dataset, mask_branch="field:gt", top_k=3, models=models, decider="sam3", progress=False
     )
     assert summary.num_labelled == 2 and not summary.failures
+    dataset.reload()
+    assert dataset.info["fiftyone_ssa_runs"]["ssa_engine"]["config"]["decider"] == "sam3"
     for sample in dataset:
         for detection in sample.ssa_engine.detections:
             assert detection.label in detection.class_proposals
             assert 0.0 <= detection.confidence <= 1.0
     with pytest.raises(ValueError, match="decider"):
         apply_ssa_engine(dataset, mask_branch="field:gt", decider="clip", label_field="other")
+
+
+def test_the_default_decider_stays_out_of_the_run_key(tiny_engine_models, make_dataset, tmp_path):
+    """``decider`` enters a run's configuration (and key) only when it is not CLIPSeg: runs
+    from before the choice existed keep their keys (resume, skip)."""
+    import fiftyone as fo
+    from PIL import Image
+
+    from fiftyone_ssa.labelling.engine import apply_ssa_engine
+    from fiftyone_ssa.labels import build_detections
+
+    dataset = make_dataset()
+    image, masks = random_scene(np.random.default_rng(4), 32, 40, 2)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    gt = build_detections(masks, ["thing"] * len(masks), [{} for _ in masks])
+    dataset.add_sample(fo.Sample(filepath=str(tmp_path / "a.png"), gt=gt))
+    apply_ssa_engine(dataset, mask_branch="field:gt", models=tiny_engine_models, progress=False)
+    dataset.reload()
+    assert "decider" not in dataset.info["fiftyone_ssa_runs"]["ssa_engine"]["config"]
 
 
 def test_cli_engine_takes_the_decider():

@@ -215,9 +215,10 @@ def apply_ssa_engine(
         "spacy_model": spacy_model,
         "write_segmentation": write_segmentation,
         "models": models,
-        "decider": decider,
         "mask_options": mask_generator_settings(mask_branch, mask_generator_options),
     }
+    if decider != "clipseg":  # runs from before the choice existed keep their run key
+        config["decider"] = decider
     run_key = record.make_run_key(config)
     validate_engine_request(
         samples,

@@ -27,7 +27,7 @@ import torch
 from fiftyone_ssa.core.crops import mask_boxes_xywh
 from fiftyone_ssa.core.upsample import bilinear_weights
 from fiftyone_ssa.models.engine.clipseg_decider import Decision
-from fiftyone_ssa.models.pretrained import load_pretrained_on_device
+from fiftyone_ssa.models.pretrained import default_device, load_pretrained
 from fiftyone_ssa.models.semantic.sam3_concepts import (
     DEFAULT_CONCEPT_BATCH,
     Sam3Concepts,
@@ -41,7 +41,7 @@ class Sam3Decider:
     Args:
         path: a local directory in ``facebook/sam3``'s layout.
         device: torch device; CUDA when available by default.
-        half: run in float16 on CUDA.
+        half: run in bfloat16 (autocast) on CUDA.
         threshold: a concept covers a pixel where its probability is above this.
         concept_batch: names run through the detector at once.
     """
@@ -59,9 +59,11 @@ class Sam3Decider:
         check_threshold(threshold)
         self.path = Path(path)
         self.name = str(path)
-        self.processor, self.model, self.device, self.dtype = load_pretrained_on_device(
-            self.path, Sam3Processor, Sam3Model, "SAM 3", device, half
-        )
+        self.device = torch.device(device) if device else default_device()
+        self.processor, self.model = load_pretrained(self.path, Sam3Processor, Sam3Model, "SAM 3")
+        self.model.to(self.device).eval()
+        # As the semantic branch: float32 weights, bfloat16 autocast on CUDA (SAM 3's own).
+        self.dtype = torch.bfloat16 if (half and self.device.type == "cuda") else torch.float32
         self.threshold = float(threshold)
         self.concepts = Sam3Concepts(
             self.processor, self.model, self.device, self.dtype, concept_batch
