@@ -237,3 +237,32 @@ def test_cli_reads_classes_from_a_list_a_file_and_a_field(tmp_path, scene_datase
         read_classes(parser.parse_args(["--classes-file", str(path)]))
     with pytest.raises(SystemExit):
         parser.parse_args(["--classes", "cat", "--classes-file", str(path)])
+
+
+def test_models_download_fetches_what_both_sam3_presets_need(tmp_path, fake_hub, models_dir):
+    """One download fills the directory sam3 and sam3-tracker share; Meta's own sam3.pt is not
+    fetched; a repository the hub refuses (gated, no licence accepted) gets a message saying
+    what to do."""
+    env = {
+        "HF_ENDPOINT": fake_hub.url,
+        "HF_HUB_OFFLINE": "0",
+        "TRANSFORMERS_OFFLINE": "0",
+        "HF_HOME": str(tmp_path / "hf-home"),
+        "HF_HUB_DISABLE_XET": "1",
+    }
+    refused = run_cli("models", "download", "sam3", env=env)
+    assert refused.returncode != 0
+    assert "facebook/sam3 is gated: accept its licence at https://huggingface.co/facebook/sam3" in (
+        refused.stderr
+    )
+    served = save_hub_layout_model(REPO, tmp_path / "served")
+    (served / "sam3.pt").write_bytes(b"Meta's original checkpoint")
+    fake_hub.add(REPO, served)
+    result = run_cli("models", "download", "sam3-tracker", env=env)
+    assert result.returncode == 0, result.stderr
+    assert not fake_hub.asked_for("sam3.pt")
+    assert sorted(p.name for p in (models_dir / "sam3").iterdir() if p.is_file()) == sorted(
+        p.name for p in served.iterdir() if p.name != "sam3.pt"
+    )
+    listing = run_cli("models", "list").stdout
+    assert " yes " in preset_row(listing, "sam3") and " yes " in preset_row(listing, "sam3-tracker")
