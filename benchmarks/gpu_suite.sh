@@ -11,6 +11,7 @@
 #   sam      automatic mask generation at the original's settings (ViT-H), ours vs segment-anything's
 #   voting   voting and painting at SA-1B size, ours vs the reference loop
 #   run      every stage at the original preset, SSA-engine with the default models, vs the reference
+#   deciders SSA-engine's deciders on the same masks: SAM 3 vs CLIPSeg (real sizes, random weights)
 # Each STEP writes OUTDIR/STEP.log (its whole output) and, for benchmarks, OUTDIR/STEP.md (tables).
 # Wheels in $SSA_WHEELS (default .whl; made by benchmarks/gpu_wheels.sh) are installed first into
 # /tmp/ssa-site, for machines without the engine's packages; the machine's own packages stay.
@@ -19,14 +20,14 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-[ $# -ge 1 ] || { echo "usage: bash benchmarks/gpu_suite.sh OUTDIR [tests|decoder|decoder2|blip|sam|voting|run ...]" >&2; exit 2; }
+[ $# -ge 1 ] || { echo "usage: bash benchmarks/gpu_suite.sh OUTDIR [tests|decoder|decoder2|blip|sam|voting|run|deciders ...]" >&2; exit 2; }
 out=$1
 shift
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(tests decoder decoder2 blip sam voting run)
+[ ${#steps[@]} -gt 0 ] || steps=(tests decoder decoder2 blip sam voting run deciders)
 for step in "${steps[@]}"; do
-    case $step in tests | decoder | decoder2 | blip | sam | voting | run) ;;
-    *) echo "unknown step '$step': choose from tests decoder decoder2 blip sam voting run" >&2; exit 2 ;;
+    case $step in tests | decoder | decoder2 | blip | sam | voting | run | deciders) ;;
+    *) echo "unknown step '$step': choose from tests decoder decoder2 blip sam voting run deciders" >&2; exit 2 ;;
     esac
 done
 mkdir -p "$out"
@@ -67,6 +68,8 @@ for step in "${steps[@]}"; do
     voting) cmd=("$PY" -m benchmarks.bench_voting --device "$device") ;;
     run) cmd=("$PY" -m benchmarks.run --preset original --device "$device"
         --stages decode,sam,semantic,voting,engine --markdown "$md") ;;
+    deciders) cmd=("$PY" -m benchmarks.bench_deciders --device "$device" --masks 64 --repeats 2
+        --markdown "$md") ;;
     esac
     echo "== $step: ${cmd[*]}"
     start=$SECONDS

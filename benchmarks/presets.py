@@ -56,6 +56,78 @@ TINY_OVERRIDES: dict[str, dict] = {
             "image_processor": {"size": {"shortest_edge": 64, "longest_edge": 128}, "num_text": 18}
         },
     },
+    # SAM 3: the processor's 1008 frame, 14-pixel patches, 24-patch windows and 288 x 288 masks
+    # kept; widths, depths and queries shrunk in the detector and the tracker.
+    "sam3": {
+        "model": {
+            "detector_config": {
+                "vision_config": {
+                    "backbone_config": {
+                        "hidden_size": 16,
+                        "intermediate_size": 32,
+                        "num_hidden_layers": 2,
+                        "num_attention_heads": 1,
+                        "global_attn_indexes": [1],
+                    },
+                    "fpn_hidden_size": 32,
+                },
+                "text_config": {
+                    "hidden_size": 16,
+                    "intermediate_size": 32,
+                    "num_hidden_layers": 1,
+                    "num_attention_heads": 2,
+                    "projection_dim": 16,
+                },
+                "geometry_encoder_config": {
+                    "hidden_size": 32,
+                    "num_layers": 1,
+                    "num_attention_heads": 2,
+                    "intermediate_size": 32,
+                },
+                "detr_encoder_config": {
+                    "hidden_size": 32,
+                    "num_layers": 1,
+                    "num_attention_heads": 2,
+                    "intermediate_size": 32,
+                },
+                "detr_decoder_config": {
+                    "hidden_size": 32,
+                    "num_layers": 1,
+                    "num_queries": 8,
+                    "num_attention_heads": 2,
+                    "intermediate_size": 32,
+                },
+                "mask_decoder_config": {"hidden_size": 32, "num_attention_heads": 2},
+            },
+            "tracker_config": {
+                "vision_config": {
+                    "backbone_config": {
+                        "hidden_size": 16,
+                        "intermediate_size": 32,
+                        "num_hidden_layers": 2,
+                        "num_attention_heads": 1,
+                        "global_attn_indexes": [1],
+                    },
+                    "fpn_hidden_size": 32,
+                },
+                "prompt_encoder_config": {"hidden_size": 32},
+                "mask_decoder_config": {
+                    "hidden_size": 32,
+                    "mlp_dim": 64,
+                    "num_attention_heads": 2,
+                    "iou_head_hidden_dim": 32,
+                },
+                "memory_attention_hidden_size": 32,
+                "memory_attention_num_layers": 1,
+                "memory_attention_feed_forward_hidden_size": 64,
+                "memory_encoder_hidden_size": 32,
+                "memory_encoder_output_channels": 16,
+                "mask_downsampler_embed_dim": 32,
+                "memory_fuser_embed_dim": 32,
+                "memory_fuser_intermediate_dim": 64,
+            },
+        },
+    },
     "clipseg": {
         "model": {
             "text_config": {**_TINY_TEXT, "num_attention_heads": 2},

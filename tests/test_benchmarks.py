@@ -96,3 +96,15 @@ def test_blip_attention_benchmark_runs():
     )
     assert [r.stage for r in results.rows] == ["eager attention, run 1", "sdpa attention, run 1"]
     assert re.search(r"SDPA \d+\.\d\dx eager .* difference \d\.\d\de-\d\d", results.notes[0])
+
+
+def test_decider_benchmark_runs(tmp_path):
+    from benchmarks import bench_deciders
+
+    results = bench_deciders.run(
+        size=(40, 56), n_masks=3, top_k=2, n_names=4, device="cpu", cache=tmp_path, tiny=True
+    )
+    assert [r.stage for r in results.rows] == ["CLIPSeg rd64-refined, run 1", "SAM 3, run 1"]
+    assert re.search(r"SAM 3 \(Sam3Decider.*\d+\.\d\dx CLIPSeg's time", results.notes[1])
+    with pytest.raises(ValueError, match="top_k"):
+        bench_deciders.decider_inputs((40, 56), 3, top_k=5, n_names=4)

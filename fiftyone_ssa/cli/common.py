@@ -101,6 +101,76 @@ def add_run_arguments(
     )
 
 
+def names_in_file(path: str | os.PathLike) -> list[str]:
+    """The names in a UTF-8 text file, one per line; ``#`` starts a comment, blank lines are
+    skipped, a byte-order mark (as Windows editors write) is dropped.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    names = []
+    with open(path, encoding="utf-8-sig") as handle:
+        for line in handle.read().splitlines():
+            line = line.split("#", 1)[0].strip()
+            if line:
+                names.append(line)
+    return names
+
+
+def add_class_arguments(parser: argparse.ArgumentParser) -> None:
+    """The class list of an open-vocabulary semantic branch (CLIPSeg, SAM 3): one of three."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--classes",
+        nargs="+",
+        metavar="NAME",
+        help="class names for an open-vocabulary branch (CLIPSeg, SAM 3), separated by spaces "
+        "or commas: --classes cat dog or --classes 'traffic light,car'",
+    )
+    group.add_argument(
+        "--classes-file",
+        metavar="FILE",
+        help="a UTF-8 text file of class names, one per line (# starts a comment)",
+    )
+    group.add_argument(
+        "--classes-from-field",
+        metavar="FIELD",
+        help="the mask targets of a Segmentation field as SAM 3's classes (ids kept; id 0 is "
+        "the background)",
+    )
+
+
+def read_classes(args: argparse.Namespace, samples=None) -> list[str] | dict[int, str] | None:
+    """The class list given by ``--classes``, ``--classes-file`` or ``--classes-from-field``
+    (None when none is).
+
+    Raises:
+        ValueError: an unreadable or empty file, or a field without mask targets.
+    """
+    if args.classes:
+        names = [n.strip() for arg in args.classes for n in arg.split(",")]
+        return [n for n in names if n]
+    if args.classes_file:
+        try:
+            names = names_in_file(args.classes_file)
+        except OSError as err:
+            raise ValueError(f"cannot read --classes-file {args.classes_file}: {err}") from None
+        if not names:
+            raise ValueError(f"--classes-file {args.classes_file} holds no class name")
+        return names
+    if args.classes_from_field:
+        from fiftyone_ssa.labelling.sources import field_classes
+
+        classes = field_classes(samples, args.classes_from_field)
+        if not classes:
+            raise ValueError(
+                f"field {args.classes_from_field!r} has no mask targets: give the classes with "
+                "--classes or --classes-file"
+            )
+        return classes
+    return None
+
+
 def parse_mask_options(pairs: list[str] | None) -> dict:
     """``KEY=VALUE`` mask generator options, values as int or float."""
     options = {}

@@ -9,6 +9,7 @@ from fiftyone_ssa.cli.common import (
     add_run_arguments,
     add_target_arguments,
     load_samples,
+    names_in_file,
     parse_mask_options,
     run_on_ranks,
 )
@@ -79,6 +80,17 @@ def add_parser(subparsers) -> None:
         help="CLIPSeg model (default: clipseg-rd64-refined, clipseg-rd16 with --light)",
     )
     parser.add_argument(
+        "--decider",
+        choices=["clipseg", "sam3"],
+        default="clipseg",
+        help="what picks each mask's class among its proposals: CLIPSeg on the 1.6x crop (the "
+        "original's) or SAM 3, the proposal whose concept covers most of the mask "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--sam3-model", help="SAM 3 model for --decider sam3 (default: the sam3 preset)"
+    )
+    parser.add_argument(
         "--write-segmentation",
         action="store_true",
         help="also write <label-field>_seg painted from the labelled masks",
@@ -115,10 +127,7 @@ def read_vocabulary(values: list[str] | None) -> list[str]:
             what = "a directory" if path.is_dir() else "no such file"
             raise ValueError(f"--vocabulary {value!r}: {what}, expected a file of names")
         if path.is_file():
-            for line in path.read_text(encoding="utf-8-sig").splitlines():
-                line = line.split("#", 1)[0].strip()
-                if line:
-                    names.append(line)
+            names.extend(names_in_file(path))
         else:
             names.append(value)
     return names
@@ -137,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         "clip": args.clip_model,
         "clip_architecture": args.clip_architecture,
         "clipseg": args.clipseg_model,
+        "sam3": args.sam3_model,
     }
     samples = load_samples(args.dataset, args.view_tag, args.limit)
     return run_on_ranks(
@@ -160,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
             write_segmentation=args.write_segmentation,
             progress=True,
             models={k: v for k, v in models.items() if v is not None},
+            decider=args.decider,
             **parse_mask_options(args.mask_option),
         )
     )

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 
 from fiftyone_ssa.cli.common import (
+    add_class_arguments,
     add_run_arguments,
     add_target_arguments,
     load_samples,
     parse_mask_options,
+    read_classes,
     run_on_ranks,
 )
 
@@ -34,7 +36,7 @@ def add_parser(subparsers) -> None:
         help="sam-vit-b|l|h, a SAM checkpoint/directory or field:<name> (a Detections field "
         "with instance masks) (default: %(default)s)",
     )
-    parser.add_argument("--classes", nargs="+", help="class names for a CLIPSeg branch")
+    add_class_arguments(parser)
     parser.add_argument(
         "--no-branch-field", action="store_true", help="do not write <label-field>_branch"
     )
@@ -72,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             write_branch=not args.no_branch_field,
             top_k=args.top_k,
-            classes=args.classes,
+            classes=read_classes(args, samples),
             skip_failures=not args.fail_fast,
             progress=True,
             **parse_mask_options(args.mask_option),

@@ -43,6 +43,7 @@ from fiftyone_ssa.models.engine.models import (
     CAPTION_CROP_SCALE,
     CLIP_CROP_SCALE,
     CLIPSEG_CROP_SCALE,
+    DECIDERS,
     DEFAULT_ENGINE_MODELS,
     LIGHT_ENGINE_MODELS,
     EngineModels,
@@ -143,6 +144,7 @@ def apply_ssa_engine(
     models: EngineModels | dict | None = None,
     resume: bool = True,
     discard_reviews: bool = False,
+    decider: str = "clipseg",
     **mask_generator_options,
 ) -> SSARunSummary:
     """Runs SSA-engine over a collection: a class name and top-k proposals for every mask.
@@ -189,6 +191,11 @@ def apply_ssa_engine(
             (:func:`~fiftyone_ssa.labelling.apply_review.apply_review`) are kept as reviewed,
             also with ``overwrite=True``.
         discard_reviews: relabel reviewed samples too, losing their corrections.
+        decider: what picks each mask's ``label`` among its proposals: ``"clipseg"`` (the
+            original's: the proposal winning most of the mask's pixels in CLIPSeg's 1.6x crop)
+            or ``"sam3"`` (the proposal whose SAM 3 concept covers most of the mask, on the
+            whole image; weights from the ``sam3`` preset, or ``models={"sam3": ...}``).
+            Ignored when ``models`` are loaded ``EngineModels`` (theirs decides).
         **mask_generator_options: SAM settings overriding SSA-engine's (points_per_side=32,
             crop_n_layers=0, pred_iou_thresh=0.86, stability_score_thresh=0.92, ...).
 
@@ -196,6 +203,8 @@ def apply_ssa_engine(
         A summary of the run.
     """
     check_run_options(batch_size, top_k, num_workers, device)
+    if decider not in DECIDERS:
+        raise ValueError(f"Expected `decider` to be one of {list(DECIDERS)}, but got {decider!r}")
     if models is not None and not isinstance(models, (EngineModels, dict)):
         raise ValueError(
             f"Expected `models` to be EngineModels or a dict of model sources, but got "
@@ -215,6 +224,8 @@ def apply_ssa_engine(
         "models": models,
         "mask_options": mask_generator_settings(mask_branch, mask_generator_options),
     }
+    if decider != "clipseg":  # runs from before the choice existed keep their run key
+        config["decider"] = decider
     run_key = record.make_run_key(config)
     validate_engine_request(
         samples,
@@ -230,7 +241,13 @@ def apply_ssa_engine(
     options = {**engine_mask_generator_defaults(light), **config["mask_options"]}
     masks = mask_source(mask_branch, device, **options)
     if not isinstance(models, EngineModels):
-        options = {"light": light, "device": device, "spacy_model": spacy_model, **(models or {})}
+        options = {
+            "light": light,
+            "device": device,
+            "spacy_model": spacy_model,
+            "decider": decider,
+            **(models or {}),
+        }
         models = EngineModels.load(**options)
     mask_root = record.mask_directory(samples, output_dir)
     settings = {"top_k": top_k, "vocabulary": vocabulary, "vocabulary_mode": vocabulary_mode}

@@ -272,7 +272,7 @@ class FieldMasks(MaskSource):
 
 
 def class_map_source(
-    spec: Any, samples, device: Any = None, classes: list[str] | None = None
+    spec: Any, samples, device: Any = None, classes: list[str] | dict[int, str] | None = None
 ) -> ClassMapSource:
     """The class-map source of a semantic branch spec (see ``apply_ssa``'s
     ``semantic_branch``): a field reader for ``field:<name>``, else the model branch."""
@@ -280,7 +280,8 @@ def class_map_source(
     if field:
         if classes is not None:
             raise ValueError(
-                f"`classes` (--classes) is only for CLIPSeg branches; {spec!r} (read with its "
+                "`classes` (--classes) is only for open-vocabulary branches (CLIPSeg, SAM 3); "
+                f"{spec!r} (read with its "
                 "field's mask targets) has its own classes"
             )
         return FieldClassMaps(field, field_classes(samples, field))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,7 +121,7 @@ def apply_ssa(
     overwrite: bool = False,
     write_branch: bool = True,
     top_k: int = 3,
-    classes: list[str] | None = None,
+    classes: Sequence[str] | Mapping[int, str] | None = None,
     skip_failures: bool = True,
     output_dir: str | None = None,
     progress: bool | Callable | None = None,
@@ -163,7 +163,10 @@ def apply_ssa(
         write_branch: also write ``<label_field>_branch``; when False, samples relabelled
             over an earlier run lose the branch map that run wrote.
         top_k: class proposals per mask.
-        classes: class names for an open-vocabulary (CLIPSeg) semantic branch.
+        classes: class names for an open-vocabulary semantic branch (CLIPSeg: ids 0..N-1;
+            SAM 3: ids 1..N, 0 the background no concept covers), or for SAM 3 a mapping
+            id -> name such as a Segmentation field's ``dataset.mask_targets[field]`` (ids
+            kept; id 0, if there, names the background).
         skip_failures: record a failing sample in ``<label_field>_error`` and go on (labels
             an earlier run gave it stay, their ``run_key`` tells); False raises at the first
             failure.
@@ -186,13 +189,22 @@ def apply_ssa(
     check_run_options(batch_size, top_k, num_workers, device)
     if isinstance(classes, str):
         raise ValueError(f"Expected `classes` to be a list of class names, but got {classes!r}")
+    if classes is not None:
+        classes = (
+            {int(k): str(v) for k, v in classes.items()}
+            if isinstance(classes, Mapping)
+            else list(classes)
+        )
     mask_generator_options = mask_generator_settings(mask_branch, mask_generator_options)
     config = {
         "kind": "ssa",
         "label_field": label_field,
         "semantic_branch": semantic_branch,
         "mask_branch": mask_branch,
-        "classes": classes,
+        # Database documents need string keys.
+        "classes": {str(k): v for k, v in classes.items()}
+        if isinstance(classes, dict)
+        else classes,
         "top_k": top_k,
         "write_branch": write_branch,
         "mask_options": mask_generator_options,
@@ -209,9 +221,7 @@ def apply_ssa(
         skip_existing,
     )
     device = distributed.run_device(device)
-    semantic = class_map_source(
-        semantic_branch, samples, device, None if classes is None else list(classes)
-    )
+    semantic = class_map_source(semantic_branch, samples, device, classes)
     masks = mask_source(mask_branch, device, **mask_generator_options)
     # Where voting runs: the device asked for, else the models' (a field has none).
     work_device = torch.device(device or semantic.device or masks.device or "cpu")

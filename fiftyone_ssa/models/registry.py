@@ -31,6 +31,7 @@ from fiftyone_ssa.models.semantic.branches import (
     SemanticBranch,
     TransformersSemanticBranch,
 )
+from fiftyone_ssa.models.semantic.sam3_concepts import Sam3ConceptSemanticBranch
 from fiftyone_ssa.models.semantic.universal import EomtSemanticBranch, Mask2FormerSemanticBranch
 
 KINDS = ("semantic", "mask")
@@ -120,6 +121,13 @@ _BRANCH_BY_MODEL_TYPE: dict[str, type[SemanticBranch]] = {
     "eomt": EomtSemanticBranch,
 }
 
+# Open-vocabulary branches, by model_type: their classes are the user's ``classes``.
+_OPEN_VOCABULARY: dict[str, type[SemanticBranch]] = {
+    "clipseg": CLIPSegSemanticBranch,
+    "sam3": Sam3ConceptSemanticBranch,
+    "sam3_video": Sam3ConceptSemanticBranch,  # facebook/sam3's config: the detector inside
+}
+
 
 def _semantic_from_dir(path: Path, **kwargs) -> SemanticBranch:
     config_path = path / "config.json"
@@ -131,8 +139,8 @@ def _semantic_from_dir(path: Path, **kwargs) -> SemanticBranch:
         model_type = json.loads(config_path.read_text()).get("model_type", "")
     except json.JSONDecodeError as err:
         raise ValueError(f"corrupt config {config_path}: {err}") from None
-    if model_type == "clipseg":
-        return CLIPSegSemanticBranch(path, kwargs.pop("classes", None), **kwargs)
+    if model_type in _OPEN_VOCABULARY:
+        return _OPEN_VOCABULARY[model_type](path, kwargs.pop("classes", None), **kwargs)
     _refuse_classes(kwargs, f"{path.name} ({model_type or 'a transformers model'})")
     branch_cls = _BRANCH_BY_MODEL_TYPE.get(model_type, TransformersSemanticBranch)
     return branch_cls(path, **kwargs)
@@ -142,7 +150,8 @@ def _refuse_classes(kwargs: dict, branch: str) -> None:
     """ValueError when ``classes`` is given for a branch whose classes are its own."""
     if kwargs.pop("classes", None) is not None:
         raise ValueError(
-            f"`classes` (--classes) is only for CLIPSeg branches; {branch} has its own classes"
+            "`classes` (--classes) is only for open-vocabulary branches (CLIPSeg, SAM 3); "
+            f"{branch} has its own classes"
         )
 
 
@@ -160,8 +169,8 @@ def create_branch(name: Any, kind: str = "semantic", **kwargs) -> SemanticBranch
     Args:
         name: see the module docstring.
         kind: ``"semantic"`` or ``"mask"``.
-        **kwargs: branch options (``device``; ``classes`` for CLIPSeg; mask generator settings
-            for SAM).
+        **kwargs: branch options (``device``; ``classes`` for CLIPSeg and SAM 3; mask generator
+            settings for SAM).
 
     Returns:
         The branch, its model loaded.

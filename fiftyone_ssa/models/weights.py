@@ -42,6 +42,10 @@ class Preset:
         description: one line for ``models list``.
         filename: the checkpoint file name for ``sam``.
         architecture: SAM encoder architecture or open_clip model name.
+        gated: the hub repository is gated: its licence must be accepted on the hub, and the
+            download made logged in (``hf auth login``), before the files can be fetched.
+        files_of: another preset whose directory holds this one's files (one repository, two
+            models: ``sam3-tracker`` reads ``sam3``'s ``facebook/sam3``), fetched once.
     """
 
     name: str
@@ -51,6 +55,8 @@ class Preset:
     description: str
     filename: str = ""
     architecture: str = ""
+    gated: bool = False
+    files_of: str = ""
 
 
 def _sam(name: str, arch: str, filename: str, size: str) -> Preset:
@@ -130,6 +136,15 @@ PRESETS: dict[str, Preset] = {
         _sam("sam-vit-l", "vit_l", "sam_vit_l_0b3195.pth", "ViT-L, 308M parameters"),
         _sam("sam-vit-h", "vit_h", "sam_vit_h_4b8939.pth", "ViT-H, 636M parameters"),
         *[_hf(name, repo, "mask", what) for name, (repo, what) in _TRANSFORMERS_SAM.items()],
+        Preset(
+            "sam3-tracker",
+            "hf",
+            "facebook/sam3",
+            "mask",
+            "SAM 3's tracker (SAM 2-like prompts; the sam3 preset's files, gated)",
+            gated=True,
+            files_of="sam3",
+        ),
         *[
             _hf(f"segformer-{b}-ade20k", repo, "semantic", f"Segformer-{b.upper()} ADE20K")
             for b, repo in _SEGFORMER_ADE.items()
@@ -174,6 +189,14 @@ PRESETS: dict[str, Preset] = {
             "CLIPSeg rd64 (open vocabulary)",
         ),
         _hf("clipseg-rd16", "CIDAS/clipseg-rd16", "semantic", "CLIPSeg rd16 (open vocabulary)"),
+        Preset(
+            "sam3",
+            "hf",
+            "facebook/sam3",
+            "semantic",
+            "SAM 3, your classes as text concepts (gated: accept its licence on the hub)",
+            gated=True,
+        ),
         _hf(
             "blip-large",
             "Salesforce/blip-image-captioning-large",
@@ -247,7 +270,7 @@ def looks_like_hf_id(name: str) -> bool:
 def local_dir(name: str) -> Path:
     """The directory a preset or Hugging Face id is stored in (it may not exist)."""
     if name in PRESETS:
-        return get_models_dir() / name
+        return get_models_dir() / (PRESETS[name].files_of or name)
     if looks_like_hf_id(name):
         return get_models_dir() / "hf" / name.replace("/", "--")
     raise ValueError(f"Expected a preset name or a Hugging Face id, but got {name!r}")
@@ -261,6 +284,8 @@ _TOKENIZER_FILES = {
     "oneformer": (("tokenizer.json",), ("vocab.json", "merges.txt")),
     "clipseg": (("tokenizer.json",), ("vocab.json", "merges.txt")),
     "blip": (("tokenizer.json",), ("vocab.txt",)),
+    "sam3": (("tokenizer.json",), ("vocab.json", "merges.txt")),
+    "sam3_video": (("tokenizer.json",), ("vocab.json", "merges.txt")),
 }
 
 
@@ -288,10 +313,11 @@ def class_info_file(directory: Path) -> str | None:
 def missing_files(directory: Path) -> list[str]:
     """The files a Hugging Face model directory lacks for an offline load (empty if complete).
 
-    Needed: ``config.json`` (readable), the weights, ``preprocessor_config.json``, the class-info
-    file it names (OneFormer), and the tokenizer files of the model's family (OneFormer and
-    CLIPSeg: CLIP's ``vocab.json`` + ``merges.txt``; BLIP: ``vocab.txt``; or a
-    ``tokenizer.json``).
+    Needed: ``config.json`` (readable), the weights, ``preprocessor_config.json`` (or a
+    ``processor_config.json`` holding the image processor's settings, as transformers 5 saves
+    processors and ``facebook/sam3`` ships), the class-info file it names (OneFormer), and the
+    tokenizer files of the model's family (OneFormer, CLIPSeg and SAM 3: CLIP's ``vocab.json``
+    + ``merges.txt``; BLIP: ``vocab.txt``; or a ``tokenizer.json``).
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -304,7 +330,8 @@ def missing_files(directory: Path) -> list[str]:
     if not any(any(directory.glob(p)) for p in _WEIGHT_PATTERNS):
         missing.append("model.safetensors or pytorch_model.bin")
     if not (directory / "preprocessor_config.json").is_file():
-        missing.append("preprocessor_config.json")
+        if "image_processor" not in (_read_json(directory / "processor_config.json") or {}):
+            missing.append("preprocessor_config.json")
     elif (info := class_info_file(directory)) and not (directory / info).is_file():
         missing.append(info)
     groups = _TOKENIZER_FILES.get(str(config.get("model_type", "")), ())
@@ -429,6 +456,16 @@ def _download_hf_repo(repo: str, directory: Path) -> None:
             hf_hub_download(source, info, local_dir=directory)
 
 
+def _gated_hint(preset: Preset | None) -> str:
+    """What a gated repository needs before a download, as a sentence (else empty)."""
+    if preset is None or not preset.gated:
+        return ""
+    return (
+        f"{preset.source} is gated: accept its licence at https://huggingface.co/{preset.source} "
+        "and log in (`hf auth login` or $HF_TOKEN) first, or "
+    )
+
+
 def download(name: str, progress: bool = True) -> Path:
     """Fetches the weights of a preset or Hugging Face id into the models directory.
 
@@ -461,8 +498,8 @@ def download(name: str, progress: bool = True) -> Path:
             shutil.rmtree(directory, ignore_errors=True)
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise RuntimeError(
-            f"could not download {name!r} into {directory}: {reason}. Copy the files there by "
-            "hand on an offline machine"
+            f"could not download {name!r} into {directory}: {reason}. {_gated_hint(preset)}"
+            "Copy the files there by hand on an offline machine"
         ) from None
     missing = missing_preset_files(name)
     if missing:

@@ -40,8 +40,13 @@ def list_model_configs() -> list[str]:
 def random_model_presets() -> list[str]:
     """Every preset :func:`save_random_model` can build (configs, SAM sizes, CLIP models)."""
     kinds = ("sam", "open_clip")
-    extra = [name for name, preset in weights.PRESETS.items() if preset.kind in kinds]
-    return sorted({*list_model_configs(), *extra})
+    kept = list_model_configs()
+    extra = [
+        name
+        for name, preset in weights.PRESETS.items()
+        if preset.kind in kinds or preset.files_of in kept  # another preset's files
+    ]
+    return sorted({*kept, *extra})
 
 
 def load_model_config(name: str) -> dict[str, Any]:
@@ -155,8 +160,8 @@ def resolve_model_config(name: str, overrides: dict | None = None) -> dict[str, 
         if preset.source.endswith(".openai"):
             model["quick_gelu"] = True  # OpenAI's weights were trained with QuickGELU
         config = {"preset": name, "family": "open_clip", "model": model, "processor": {}}
-    else:
-        config = load_model_config(name)
+    else:  # a preset reading another's files (sam3-tracker: sam3's) is built as that one
+        config = load_model_config(preset.files_of if preset and preset.files_of else name)
     return _merge(config, overrides or {})
 
 
@@ -238,6 +243,7 @@ _SAM_FAMILY = {
     "sam2": ("Sam2VideoConfig", "Sam2VideoModel"),
     "edgetam": ("EdgeTamConfig", "EdgeTamModel"),
     "samhq": ("SamHQConfig", "SamHQModel"),
+    "sam3": ("Sam3VideoConfig", "Sam3VideoModel"),  # facebook/sam3: detector + tracker
 }
 
 
@@ -279,6 +285,15 @@ def _save_processor(config: dict, directory: Path) -> None:
         from transformers import SamImageProcessor
 
         SamImageProcessor(**settings).save_pretrained(directory)
+    elif family == "sam3":
+        from transformers import Sam3ImageProcessor, Sam3Processor
+
+        Sam3Processor(
+            image_processor=Sam3ImageProcessor(**settings["image_processor"]),
+            tokenizer=write_clip_tokenizer(directory),
+            target_size=settings["target_size"],
+            point_pad_value=settings["point_pad_value"],
+        ).save_pretrained(directory)
     elif family == "blip":
         from transformers import BlipImageProcessor, BlipProcessor
 

@@ -216,12 +216,15 @@ def _custom_semantic_problem(name: str) -> str | None:
 
 
 def takes_classes(semantic_branch: str) -> bool:
-    """Whether the branch is an open-vocabulary (CLIPSeg) one, whose classes the user names."""
-    return "clipseg" in semantic_branch.lower()
+    """Whether the branch is an open-vocabulary one (CLIPSeg, SAM 3), whose classes the user
+    names."""
+    name = semantic_branch.lower()
+    return "clipseg" in name or "sam3" in name
 
 
 def _classes_input(inputs: types.Object, ctx, name: str) -> bool:
-    """Class names for an open-vocabulary (CLIPSeg) branch; False while they are missing."""
+    """Class names for an open-vocabulary branch (CLIPSeg, SAM 3); False while they are
+    missing."""
     if not takes_classes(name):
         return True
     inputs.list(
@@ -229,10 +232,11 @@ def _classes_input(inputs: types.Object, ctx, name: str) -> bool:
         types.String(),
         required=True,
         label="Classes",
-        description="the class names CLIPSeg segments",
+        description="the class names the model segments (SAM 3: each a text concept; pixels "
+        "no concept covers are 'background', id 0)",
         view=types.AutocompleteView(multiple=True, allow_user_input=True, choices=[]),
     )
     if not ctx.params.get("classes"):
-        block(inputs, "classes_error", "CLIPSeg needs at least one class name")
+        block(inputs, "classes_error", "This model needs at least one class name")
         return False
     return True

@@ -36,7 +36,17 @@ MODEL_ROLES = {
     "captioner": "BLIP captioner",
     "clip": "CLIP",
     "clipseg": "CLIPSeg",
+    "sam3": "SAM 3",
 }
+# What picks each mask's class among its proposals; each uses one of the roles above.
+DECIDERS = {"clipseg": "CLIPSeg on the mask's crop (the original)", "sam3": "SAM 3 concepts"}
+
+
+def roles_in_use(decider: str) -> list[str]:
+    """The model roles a run with ``decider`` loads."""
+    return [role for role in MODEL_ROLES if role not in DECIDERS or role == decider]
+
+
 # The library's default (fiftyone_ssa.fields imports nothing heavy), read at plugin import.
 DEFAULT_SPACY_MODEL = import_library("fiftyone_ssa.fields").DEFAULT_SPACY_MODEL
 
@@ -106,12 +116,13 @@ class RunSSAEngine(SSAOperator):
         skip_existing: bool = False,
         points_per_side: int | None = None,
         delegate: bool = False,
+        decider: str = "clipseg",
     ):
         """Runs SSA-engine on ``sample_collection`` through the operator.
 
         Args:
             models: model overrides by role (``ade``, ``coco``, ``captioner``, ``clip``,
-                ``clipseg``): presets, Hugging Face ids or paths.
+                ``clipseg``, ``sam3``): presets, Hugging Face ids or paths.
             other: see ``fiftyone_ssa.labelling.engine.apply_ssa_engine``.
         """
         unknown = sorted(set(models or {}) - set(MODEL_ROLES))
@@ -133,6 +144,7 @@ class RunSSAEngine(SSAOperator):
             "batch_size": batch_size,
             "points_per_side": points_per_side,
             "if_exists": if_exists_choice(overwrite, skip_existing),
+            "decider": decider,
         }
         return self._call(sample_collection, params, delegate)
 
@@ -198,9 +210,12 @@ class RunSSAEngine(SSAOperator):
         weights = import_library("fiftyone_ssa.models.weights")
         light = ctx.params.get("light", False)
         defaults = weights.LIGHT_ENGINE_MODELS if light else weights.DEFAULT_ENGINE_MODELS
+        defaults = {**defaults, "sam3": "sam3"}
+        radio(inputs, "decider", DECIDERS, label="Class decided by", default="clipseg")
+        decider = ctx.params.get("decider") or "clipseg"
         missing = []
-        for role, description in MODEL_ROLES.items():
-            name = f"{role}_model"
+        for role in roles_in_use(decider):
+            description, name = MODEL_ROLES[role], f"{role}_model"
             inputs.str(
                 name,
                 required=False,
@@ -242,8 +257,11 @@ class RunSSAEngine(SSAOperator):
         options = {}
         if params.get("points_per_side") and not mask_branch.startswith("field:"):
             options["points_per_side"] = int(params["points_per_side"])
+        decider = params.get("decider") or "clipseg"
         models = {
-            role: params[f"{role}_model"] for role in MODEL_ROLES if params.get(f"{role}_model")
+            role: params[f"{role}_model"]
+            for role in roles_in_use(decider)
+            if params.get(f"{role}_model")
         }
         summary = engine.apply_ssa_engine(
             target_samples(ctx),
@@ -258,6 +276,7 @@ class RunSSAEngine(SSAOperator):
             device=None if device == "auto" else device,
             batch_size=int(params.get("batch_size", 1)),
             models=models or None,
+            decider=decider,
             progress=False,
             progress_callback=ProgressReporter(ctx),
             **if_exists_flags(ctx),

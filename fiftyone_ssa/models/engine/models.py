@@ -29,6 +29,7 @@ from fiftyone_ssa.models.engine.captioner import BlipCaptioner
 from fiftyone_ssa.models.engine.clip_filter import ClipFilter
 from fiftyone_ssa.models.engine.clipseg_decider import ClipSegDecider
 from fiftyone_ssa.models.engine.nouns import NounExtractor
+from fiftyone_ssa.models.engine.sam3_decider import Sam3Decider
 from fiftyone_ssa.models.registry import create_branch
 from fiftyone_ssa.models.semantic.branches import (
     SemanticBranch,
@@ -40,6 +41,10 @@ from fiftyone_ssa.models.weights import DEFAULT_ENGINE_MODELS, LIGHT_ENGINE_MODE
 CLIP_CROP_SCALE = 1.2
 CAPTION_CROP_SCALE = 1.6
 CLIPSEG_CROP_SCALE = 1.6
+
+# The models that can pick each mask's class among its proposals, and their default presets.
+DECIDERS = {"clipseg": "CLIPSeg on the 1.6x crop", "sam3": "SAM 3 concepts on the whole image"}
+DEFAULT_SAM3_MODEL = "sam3"
 
 
 def engine_mask_generator_defaults(light: bool = False) -> dict:
@@ -72,7 +77,8 @@ class EngineModels:
         captioner: BLIP.
         nouns: the spaCy noun-phrase extractor.
         clip: the CLIP candidate filter.
-        clipseg: the CLIPSeg decider.
+        decider: picks each mask's class among its proposals: CLIPSeg (the original's), or
+            SAM 3 (``decider="sam3"``).
     """
 
     ade: SemanticBranch
@@ -80,7 +86,12 @@ class EngineModels:
     captioner: BlipCaptioner
     nouns: NounExtractor
     clip: ClipFilter
-    clipseg: ClipSegDecider
+    decider: ClipSegDecider | Sam3Decider
+
+    @property
+    def clipseg(self) -> ClipSegDecider | Sam3Decider:
+        """The decider (its name from when CLIPSeg was the only one)."""
+        return self.decider
 
     @property
     def device(self) -> torch.device:
@@ -101,6 +112,8 @@ class EngineModels:
         clip_architecture: str | None = None,
         half: bool = True,
         crop_batch_size: int = 64,
+        decider: str = "clipseg",
+        sam3: Any = None,
     ) -> EngineModels:
         """Loads every model; each is a preset, Hugging Face id, local path or loaded instance.
 
@@ -117,23 +130,36 @@ class EngineModels:
             clip_architecture: open_clip model name of a CLIP checkpoint file.
             half: half precision on CUDA.
             crop_batch_size: crops per BLIP / CLIPSeg call (CLIP takes 4x as many).
+            decider: ``"clipseg"`` or ``"sam3"`` (see :data:`DECIDERS`).
+            sam3: SAM 3 directory or preset for ``decider="sam3"`` (default: ``sam3``).
 
         Raises:
             FileNotFoundError: a model whose weights are not in the models directory.
             ImportError: spaCy or its pipeline is missing.
             ValueError: a path that is not a model of the expected kind.
         """
-        defaults = LIGHT_ENGINE_MODELS if light else DEFAULT_ENGINE_MODELS
+        if decider not in DECIDERS:
+            raise ValueError(
+                f"Expected `decider` to be one of {list(DECIDERS)}, but got {decider!r}"
+            )
+        defaults = {
+            **(LIGHT_ENGINE_MODELS if light else DEFAULT_ENGINE_MODELS),
+            "sam3": DEFAULT_SAM3_MODEL,
+        }
         chosen = {
             "ade": ade,
             "coco": coco,
             "captioner": captioner,
             "clip": clip,
-            "clipseg": clipseg,
+            "clipseg": clipseg if decider == "clipseg" else sam3,
         }
-        chosen = {role: defaults[role] if v is None else v for role, v in chosen.items()}
+        decider_role = "clipseg" if decider == "clipseg" else "sam3"
+        chosen = {
+            role: defaults[decider_role if role == "clipseg" else role] if v is None else v
+            for role, v in chosen.items()
+        }
         weights.check_present(chosen.values())  # fail before loading gigabytes
-        ade, coco, captioner, clip, clipseg = chosen.values()
+        ade, coco, captioner, clip, chosen_decider = chosen.values()
         device = torch.device(device) if device else default_device()
         # The cheap, most often missing one first: fail before loading gigabytes.
         nouns = (
@@ -163,15 +189,20 @@ class EngineModels:
                 half=half,
                 batch_size=4 * crop_batch_size,
             )
-        clipseg = clipseg if clipseg is not None else defaults["clipseg"]
-        if not isinstance(clipseg, ClipSegDecider):
-            clipseg = ClipSegDecider(
-                _model_dir(clipseg, "semantic"),
+        if isinstance(chosen_decider, (ClipSegDecider, Sam3Decider)):
+            pass
+        elif decider == "sam3":
+            chosen_decider = Sam3Decider(
+                _model_dir(chosen_decider, "semantic"), device=device, half=half
+            )
+        else:
+            chosen_decider = ClipSegDecider(
+                _model_dir(chosen_decider, "semantic"),
                 device=device,
                 half=half,
                 batch_size=crop_batch_size,
             )
-        return cls(branch(ade, "ade"), branch(coco, "coco"), captioner, nouns, clip, clipseg)
+        return cls(branch(ade, "ade"), branch(coco, "coco"), captioner, nouns, clip, chosen_decider)
 
 
 @dataclass
@@ -285,7 +316,7 @@ def label_masks(
     ranked, ranked_scores = models.clip.top_k(tensors, clip_boxes, candidates, max(top_k, 2))
     proposals = [names[:top_k] for names in ranked]
     scores = [probs[:top_k] for probs in ranked_scores]
-    decisions = models.clipseg.decide(tensors, large_boxes, masks_on_device, proposals)
+    decisions = models.decider.decide(tensors, large_boxes, masks_on_device, proposals)
     chosen = [d.name for d in decisions]
     clip_probability, clip_margin = clip_margins(chosen, ranked, ranked_scores)
     clip_agrees = [bool(names) and name == names[0] for name, names in zip(chosen, ranked)]

@@ -1,4 +1,5 @@
-"""Automatic mask generation for the transformers SAM family: SAM 2 / 2.1, EdgeTAM, SAM-HQ.
+"""Automatic mask generation for the transformers SAM family: SAM 2 / 2.1, EdgeTAM, SAM-HQ and
+SAM 3's tracker.
 
 :class:`TransformersSamGenerator` is :class:`~fiftyone_ssa.models.masks.fast_generator.
 FastMaskGenerator` (segment-anything's algorithm with the original SSA's settings: point grid,
@@ -6,11 +7,12 @@ predicted-IoU and stability filters, crop layers, box NMS within and between cro
 removal) with the model-dependent steps taken from transformers:
 
 - each crop goes through the model's own image processor (SAM 2 / EdgeTAM: stretched to 1024 x
-  1024; SAM-HQ: longest side 1024, padded) and ``get_image_embeddings`` once;
+  1024; SAM 3: stretched to 1008 x 1008; SAM-HQ: longest side 1024, padded) and
+  ``get_image_embeddings`` once;
 - the grid's points go in batches through the model's prompt encoder and mask decoder, in the
   coordinates the model's processor gives points (``Sam2Processor``: per axis to the square
-  frame; ``SamProcessor``: the longest-side resize). SAM 2 / EdgeTAM decoders run as
-  :class:`~fiftyone_ssa.models.masks.prompt_decoder.PromptBatchDecoder` (the image side of
+  frame; ``SamProcessor``: the longest-side resize). SAM 2 / EdgeTAM / SAM 3 tracker decoders
+  run as :class:`~fiftyone_ssa.models.masks.prompt_decoder.PromptBatchDecoder` (the image side of
   the two-way transformer once per crop, upsampling only for prompts with a mask that passes
   the IoU filter); SAM-HQ's, which adds an HQ token and the ViT's early features, runs as
   ``model(image_embeddings=..., input_points=..., multimask_output=True)``;
@@ -48,6 +50,11 @@ MODEL_CLASSES = {
     "edgetam": "EdgeTamModel",
     "edgetam_video": "EdgeTamModel",
     "sam_hq": "SamHQModel",
+    # SAM 3's tracker (its interactive, SAM 2-like image path): facebook/sam3's config is a
+    # sam3_video one holding detector and tracker; transformers renames the weights it reads.
+    "sam3_video": "Sam3TrackerModel",
+    "sam3_tracker": "Sam3TrackerModel",
+    "sam3_tracker_video": "Sam3TrackerModel",
 }
 
 
@@ -55,10 +62,10 @@ class TransformersSamGenerator(FastMaskGenerator):
     """segment-anything's automatic mask generator for a transformers SAM-family model.
 
     Args:
-        model: a ``Sam2Model``, ``EdgeTamModel`` or ``SamHQModel``; its device is where
-            everything runs.
-        image_processor: the model's image processor (``Sam2ImageProcessor`` or
-            ``SamImageProcessor``), loaded from the same directory.
+        model: a ``Sam2Model``, ``EdgeTamModel``, ``Sam3TrackerModel`` or ``SamHQModel``; its
+            device is where everything runs.
+        image_processor: the model's image processor (``Sam2ImageProcessor``,
+            ``Sam3ImageProcessor`` or ``SamImageProcessor``), loaded from the same directory.
         **settings: :class:`FastMaskGenerator`'s settings (``points_per_side``,
             ``pred_iou_thresh``, ``crop_n_layers``, ...); ``mask_threshold`` defaults to 0.0,
             as the models' post-processing.

@@ -218,6 +218,10 @@ class CLIPSegSemanticBranch(_PretrainedBranch):
     ):
         from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
 
+        if isinstance(classes, (str, dict)):
+            raise ValueError(
+                f"Expected `classes` to be a list of class names for CLIPSeg, but got {classes!r}"
+            )
         names = [str(c).strip() for c in (classes or [])]
         if not names or not all(names):
             raise ValueError(
