@@ -8,6 +8,7 @@ from pathlib import Path
 from fiftyone_ssa.cli.common import (
     add_run_arguments,
     add_target_arguments,
+    backend_options,
     load_samples,
     parse_mask_options,
     run_on_ranks,
@@ -158,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
             skip_failures=not args.fail_fast,
             write_segmentation=args.write_segmentation,
             progress=True,
+            **backend_options(args),
             models={k: v for k, v in models.items() if v is not None},
             **parse_mask_options(args.mask_option),
         )

@@ -7,6 +7,7 @@ import argparse
 from fiftyone_ssa.cli.common import (
     add_run_arguments,
     add_target_arguments,
+    backend_options,
     load_samples,
     parse_mask_options,
     run_on_ranks,
@@ -74,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
             classes=args.classes,
             skip_failures=not args.fail_fast,
             progress=True,
+            **backend_options(args),
             **parse_mask_options(args.mask_option),
         )
     )
