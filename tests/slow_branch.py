@@ -46,12 +46,23 @@ class SlowColourBranch:
 
 
 def _create(path: str) -> bool:
-    """Writes this process's PID to ``path`` unless the file exists (atomically)."""
+    """Writes this process's PID and a newline to ``path`` unless the file exists."""
     try:
-        fd = os.open(path + ".tmp", os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         return False
-    os.write(fd, str(os.getpid()).encode())
+    os.write(fd, f"{os.getpid()}\n".encode())
     os.close(fd)
-    os.rename(path + ".tmp", path)
     return True
+
+
+def read_pid(path: str, timeout: float = 300) -> int:
+    """The PID a process wrote with :func:`_create` (waits for the whole line)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if os.path.exists(path):
+            text = open(path).read()
+            if text.endswith("\n"):
+                return int(text)
+        time.sleep(0.05)
+    raise TimeoutError(f"no PID in {path} after {timeout} s")

@@ -15,7 +15,7 @@ import pytest
 
 from fiftyone_ssa import apply_ssa
 from tests.fixtures.datasets import build_scene_dataset
-from tests.slow_branch import SlowColourBranch, mark_image
+from tests.slow_branch import SlowColourBranch, mark_image, read_pid
 from tests.test_torchrun import OUTPUTS, _labels_by_path, _other_fields
 
 pytestmark = pytest.mark.timeout(600)
@@ -96,10 +96,7 @@ def test_killed_actor_is_replaced_and_its_blocks_redone_without_double_writes(
     killed = {}
 
     def kill_the_victim():
-        deadline = time.monotonic() + 300
-        while not os.path.exists(marker) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        pid = int(open(marker).read())
+        pid = read_pid(marker)
         # The block's first two samples are in the database before the actor is killed.
         while not {ids[block], ids[block + 1]} <= _written(ds).keys():
             time.sleep(0.05)
