@@ -351,9 +351,9 @@ def execute_ray_run(
         results = _run_blocks(
             ray, actors, blocks, config, others_remain, len(ids), progress, progress_callback
         )
-        states = []
-        for block_summary, state in results:
-            summary = summary.merge([block_summary])
+        summary = summary.merge([block_summary for block_summary, _ in results])
+        states: list = []  # the distinct ones: an actor's state grows block by block
+        for _, state in results:
             if state not in states:
                 states.append(state)
         _call_any(ray, actors, "finish", states, others_remain, True)
