@@ -205,11 +205,11 @@ def test_engine_on_two_actors_equals_one_process(
             "clipseg": str(dirs["clipseg"]),
         },
     }
-    ds = scene_dataset(n=4)
+    ds = scene_dataset(n=2)
     single = ds.clone()
     apply_ssa_engine(single, **request)
     summary = apply_ssa_engine(ds, **request, backend="ray", ray_workers=2, ray_block_size=1)
-    assert (summary.num_labelled, len(summary.failures)) == (4, 0)
+    assert (summary.num_labelled, len(summary.failures)) == (2, 0)
     ds.reload()
     assert _engine_labels(ds) == _engine_labels(single)
     assert ds.mask_targets["eng_seg"] == single.mask_targets["eng_seg"]

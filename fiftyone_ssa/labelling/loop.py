@@ -56,7 +56,8 @@ class LabellingJob:
         raise NotImplementedError
 
     def prepare(self, dataset: fo.Dataset, others_remain: bool) -> None:
-        """Dataset-level settings known before labelling (rank 0 only, before any write).
+        """Dataset-level settings known before labelling, before any write (one process: rank
+        0, or one Ray actor).
 
         Args:
             dataset: the dataset.
