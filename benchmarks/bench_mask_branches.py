@@ -61,7 +61,14 @@ class _ModelDecoderGenerator(TransformersSamGenerator):
         return model
 
 
-def bench_model(name: str, image: np.ndarray, settings: dict, repeats: int, root: Path) -> dict:
+def bench_model(
+    name: str,
+    image: np.ndarray,
+    settings: dict,
+    repeats: int,
+    root: Path,
+    reference: bool = True,
+) -> dict:
     """s/image of ours and the reference for one preset.
 
     Args:
@@ -70,6 +77,7 @@ def bench_model(name: str, image: np.ndarray, settings: dict, repeats: int, root
         settings: mask generator settings (segment-anything's names).
         repeats: timed rounds after one warm-up.
         root: scratch directory for the saved model.
+        reference: also time the reference generator and the model's own decoder.
 
     Returns:
         ``{"model", "ours_s", "model_decoder_s", "reference_s", "ours_masks",
@@ -106,11 +114,13 @@ def bench_model(name: str, image: np.ndarray, settings: dict, repeats: int, root
         run_ref = lambda: generator(pil, **kwargs)  # noqa: E731
         count_ref = lambda out: len(out["masks"])  # noqa: E731
     ours_s, ours = _timed(lambda: branch.generate(image), repeats)
-    model_decoder_s = None
-    if type(branch.model).__name__ in SAM2_DECODER_MODELS:
+    model_decoder_s = ref_s = ref_masks = None
+    if reference and type(branch.model).__name__ in SAM2_DECODER_MODELS:
         plain = _ModelDecoderGenerator(branch.model, branch.image_processor, **branch.options)
         model_decoder_s, _ = _timed(lambda: plain.generate(image), repeats)
-    ref_s, ref = _timed(run_ref, repeats)
+    if reference:
+        ref_s, ref = _timed(run_ref, repeats)
+        ref_masks = count_ref(ref)
     return {
         "model": name,
         "parameters": sum(p.numel() for p in branch.model.parameters()),
@@ -118,7 +128,7 @@ def bench_model(name: str, image: np.ndarray, settings: dict, repeats: int, root
         "model_decoder_s": model_decoder_s,
         "reference_s": ref_s,
         "ours_masks": len(ours),
-        "reference_masks": count_ref(ref),
+        "reference_masks": ref_masks,
     }
 
 
@@ -134,6 +144,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--crop-n-layers", type=int, default=0)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="time only ours (choosing a preset), not the reference or the model's decoder",
+    )
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args(argv)
     if args.threads:
@@ -151,12 +166,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp, torch.inference_mode():
         for name in args.models.split(","):
-            row = bench_model(name, image, settings, args.repeats, Path(tmp))
+            row = bench_model(name, image, settings, args.repeats, Path(tmp), not args.no_reference)
             rows.append(row)
             print(
                 f"{name}: ours {row['ours_s']:.2f} s/image ({row['ours_masks']} masks), "
                 f"model's decoder {_seconds(row['model_decoder_s'])}, "
-                f"reference {row['reference_s']:.2f} s/image ({row['reference_masks']} masks)",
+                f"reference {_seconds(row['reference_s'])} s/image "
+                f"({row['reference_masks']} masks)",
                 flush=True,
             )
     lines = [
@@ -176,7 +192,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         )
         lines.append(
             f"| {row['model']} | {row['parameters'] / 1e6:.1f}M | {row['ours_s']:.2f} | "
-            f"{_seconds(row['model_decoder_s'])} | {row['reference_s']:.2f} | {reference} | "
+            f"{_seconds(row['model_decoder_s'])} | {_seconds(row['reference_s'])} | {reference} | "
             f"{row['ours_masks']} / "
             f"{row['reference_masks']} |"
         )

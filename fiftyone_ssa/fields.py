@@ -22,6 +22,8 @@ DEFAULT_ENGINE_FIELD = "ssa_engine"
 DEFAULT_BATCH_SIZE = 1
 DEFAULT_NUM_WORKERS = 2
 DEFAULT_TOP_K = 3
+# Samples per block the Ray backend hands to an actor.
+DEFAULT_RAY_BLOCK_SIZE = 8
 DEFAULT_EVAL_KEY = "miou"
 DEFAULT_IGNORE_INDEX = 255
 

@@ -54,10 +54,11 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     log "installing torch ($TORCH_SPEC)"
     # shellcheck disable=SC2086
     "${PIP[@]}" $TORCH_SPEC
-    begin "installing fiftyone-ssa and its dev dependencies (pip install -e .[dev])" \
+    begin "installing fiftyone-ssa and its dev dependencies (pip install -e .[dev,ray])" \
         "pip must reach PyPI (or your index); its error above names the package"
-    log "installing fiftyone-ssa and its dev dependencies"
-    "${PIP[@]}" -e ".[dev]"
+    # The Ray backend is an optional extra for users; its tests (tests/test_ray.py) need it.
+    log "installing fiftyone-ssa and its dev dependencies (with the ray extra)"
+    "${PIP[@]}" -e ".[dev,ray]"
     echo "$want" > "$stamp"
 fi
 

@@ -8,6 +8,8 @@ import os
 import tempfile
 from collections.abc import Callable
 
+from fiftyone_ssa.fields import DEFAULT_RAY_BLOCK_SIZE
+
 
 def load_samples(dataset_name: str, view_tag: list[str] | None = None, limit: int | None = None):
     """The dataset (or its tagged subset) named on the command line."""
@@ -99,6 +101,52 @@ def add_run_arguments(
         action="store_true",
         help="stop at the first failing sample instead of recording it",
     )
+    ray = parser.add_argument_group(
+        "Ray", 'label on a Ray cluster (needs pip install "fiftyone-ssa[ray]")'
+    )
+    ray.add_argument(
+        "--backend",
+        choices=["local", "ray"],
+        default="local",
+        help="local: this process (or this torchrun rank); ray: Ray actors labelling blocks "
+        "of samples handed out as they become free (default: %(default)s)",
+    )
+    ray.add_argument(
+        "--ray-address",
+        metavar="auto|HOST:PORT",
+        help="the Ray cluster: auto (the one `ray start` made on this machine) or HOST:PORT "
+        "(default: Ray started on this machine for this run)",
+    )
+    ray.add_argument(
+        "--ray-workers",
+        type=int,
+        metavar="N",
+        help="Ray actors (default: one per --gpus-per-worker GPUs; one per CPU without GPUs)",
+    )
+    ray.add_argument(
+        "--gpus-per-worker",
+        type=float,
+        metavar="N",
+        help="GPUs per Ray actor, fractions allowed (default: 1 with GPUs, else 0)",
+    )
+    ray.add_argument(
+        "--ray-block-size",
+        type=int,
+        default=DEFAULT_RAY_BLOCK_SIZE,
+        metavar="N",
+        help="samples per block handed to a Ray actor (default: %(default)s)",
+    )
+
+
+def backend_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments of ``apply_ssa``/``apply_ssa_engine`` for the backend options."""
+    return {
+        "backend": args.backend,
+        "ray_address": args.ray_address,
+        "ray_workers": args.ray_workers,
+        "gpus_per_worker": args.gpus_per_worker,
+        "ray_block_size": args.ray_block_size,
+    }
 
 
 def names_in_file(path: str | os.PathLike) -> list[str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from fiftyone_ssa.cli.common import (
     add_run_arguments,
     add_target_arguments,
+    backend_options,
     load_samples,
     names_in_file,
     parse_mask_options,
@@ -169,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
             skip_failures=not args.fail_fast,
             write_segmentation=args.write_segmentation,
             progress=True,
+            **backend_options(args),
             models={k: v for k, v in models.items() if v is not None},
             decider=args.decider,
             **parse_mask_options(args.mask_option),

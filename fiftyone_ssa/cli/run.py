@@ -8,6 +8,7 @@ from fiftyone_ssa.cli.common import (
     add_class_arguments,
     add_run_arguments,
     add_target_arguments,
+    backend_options,
     load_samples,
     parse_mask_options,
     read_classes,
@@ -77,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
             classes=read_classes(args, samples),
             skip_failures=not args.fail_fast,
             progress=True,
+            **backend_options(args),
             **parse_mask_options(args.mask_option),
         )
     )

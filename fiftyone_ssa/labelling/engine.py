@@ -7,6 +7,7 @@ FiftyOne view (masks from an existing field or SAM) and writes the label fields.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -29,7 +30,9 @@ from fiftyone_ssa.fields import (
     segmentation_field,
 )
 from fiftyone_ssa.labelling import distributed, record
-from fiftyone_ssa.labelling.loop import LabellingJob, check_run_options, execute_labelling_run
+from fiftyone_ssa.labelling.backends import run_labelling
+from fiftyone_ssa.labelling.loop import LabellingJob, check_run_options
+from fiftyone_ssa.labelling.ray_backend import DEFAULT_BLOCK_SIZE, check_backend_options
 from fiftyone_ssa.labelling.record import SSARunSummary
 from fiftyone_ssa.labelling.sources import (
     MaskSource,
@@ -86,6 +89,7 @@ def validate_engine_request(
     run_key: str,
     overwrite: bool,
     skip_existing: bool,
+    many_workers: bool = False,
 ) -> None:
     """Checks the request before any model loads; one-line ValueErrors.
 
@@ -98,6 +102,7 @@ def validate_engine_request(
         run_key: the run's key.
         overwrite: see :func:`apply_ssa_engine`.
         skip_existing: see :func:`apply_ssa_engine`.
+        many_workers: the run is shared by processes (Ray); torchrun ranks are found here.
     """
     record.check_target(samples, label_field)
     mask_field = field_name(mask_branch)
@@ -109,15 +114,12 @@ def validate_engine_request(
             f"output field {mask_field!r} is also the mask branch's input; choose "
             "another label_field"
         )
-    if (
-        write_segmentation
-        and vocabulary_mode != "restrict"
-        and distributed.current_ranks().is_distributed
-    ):
+    many_workers = many_workers or distributed.current_ranks().is_distributed
+    if write_segmentation and vocabulary_mode != "restrict" and many_workers:
         raise ValueError(
-            "write_segmentation under torchrun needs a fixed class list: pass "
+            "write_segmentation under torchrun or Ray needs a fixed class list: pass "
             "vocabulary_mode='restrict' and a vocabulary (--restrict-vocabulary), so "
-            "every rank gives each class the same id"
+            "every worker gives each class the same id"
         )
     record.check_outputs_free(samples, label_field, outputs, run_key, overwrite, skip_existing)
 
@@ -145,6 +147,11 @@ def apply_ssa_engine(
     resume: bool = True,
     discard_reviews: bool = False,
     decider: str = "clipseg",
+    backend: str = "local",
+    ray_address: str | None = None,
+    ray_workers: int | None = None,
+    gpus_per_worker: float | None = None,
+    ray_block_size: int = DEFAULT_BLOCK_SIZE,
     **mask_generator_options,
 ) -> SSARunSummary:
     """Runs SSA-engine over a collection: a class name and top-k proposals for every mask.
@@ -196,13 +203,21 @@ def apply_ssa_engine(
             or ``"sam3"`` (the proposal whose SAM 3 concept covers most of the mask, on the
             whole image; weights from the ``sam3`` preset, or ``models={"sam3": ...}``).
             Ignored when ``models`` are loaded ``EngineModels`` (theirs decides).
+        backend: ``"local"`` (this process; one rank of a torchrun launch) or ``"ray"``
+            (Ray actors, each loading the models once; see :func:`~.ssa.apply_ssa`).
+        ray_address: Ray only: None (Ray on this machine), ``"auto"`` or ``"HOST:PORT"``.
+        ray_workers: Ray only: number of actors (default: one per ``gpus_per_worker`` GPUs).
+        gpus_per_worker: Ray only: GPUs per actor (default: 1 on a cluster with GPUs, else 0).
+        ray_block_size: Ray only: samples per block handed to an actor.
         **mask_generator_options: SAM settings overriding SSA-engine's (points_per_side=32,
             crop_n_layers=0, pred_iou_thresh=0.86, stability_score_thresh=0.92, ...).
 
     Returns:
         A summary of the run.
     """
-    check_run_options(batch_size, top_k, num_workers, device)
+    ray = backend == "ray"
+    check_backend_options(backend, ray_address, ray_workers, gpus_per_worker, ray_block_size)
+    check_run_options(batch_size, top_k, num_workers, None if ray else device)
     if decider not in DECIDERS:
         raise ValueError(f"Expected `decider` to be one of {list(DECIDERS)}, but got {decider!r}")
     if models is not None and not isinstance(models, (EngineModels, dict)):
@@ -236,27 +251,34 @@ def apply_ssa_engine(
         run_key,
         overwrite,
         skip_existing,
+        many_workers=ray,
     )
-    device = distributed.run_device(device)
-    options = {**engine_mask_generator_defaults(light), **config["mask_options"]}
-    masks = mask_source(mask_branch, device, **options)
-    if not isinstance(models, EngineModels):
-        options = {
-            "light": light,
-            "device": device,
-            "spacy_model": spacy_model,
-            "decider": decider,
-            **(models or {}),
-        }
-        models = EngineModels.load(**options)
-    mask_root = record.mask_directory(samples, output_dir)
-    settings = {"top_k": top_k, "vocabulary": vocabulary, "vocabulary_mode": vocabulary_mode}
-    job = EngineJob(label_field, masks, models, settings, write_segmentation, mask_root)
-    return execute_labelling_run(
+    build_job = functools.partial(
+        build_engine_job,
+        label_field=label_field,
+        mask_branch=mask_branch,
+        mask_options={**engine_mask_generator_defaults(light), **config["mask_options"]},
+        models=models,
+        model_options={"light": light, "spacy_model": spacy_model, "decider": decider},
+        settings={"top_k": top_k, "vocabulary": vocabulary, "vocabulary_mode": vocabulary_mode},
+        write_segmentation=write_segmentation,
+        mask_root=record.mask_directory(samples, output_dir),
+    )
+    ray_options = {
+        "ray_address": ray_address,
+        "ray_workers": ray_workers,
+        "gpus_per_worker": gpus_per_worker,
+        "block_size": ray_block_size,
+        "review_field": label_field,
+    }
+    return run_labelling(
         samples,
-        job,
+        build_job,
         run_key,
         config,
+        device=device,
+        backend=backend,
+        ray_options=ray_options,
         batch_size=batch_size,
         num_workers=num_workers,
         skip_existing=skip_existing,
@@ -266,6 +288,26 @@ def apply_ssa_engine(
         progress_callback=progress_callback,
         discard_reviews=discard_reviews,
     )
+
+
+def build_engine_job(
+    samples,
+    device: Any,
+    label_field: str,
+    mask_branch: Any,
+    mask_options: dict,
+    models: EngineModels | dict | None,
+    model_options: dict,
+    settings: dict,
+    write_segmentation: bool,
+    mask_root: str,
+) -> EngineJob:
+    """The :class:`EngineJob` of a validated request, its models loaded on ``device`` (once
+    per process: the run's own, or each Ray actor)."""
+    masks = mask_source(mask_branch, device, **mask_options)
+    if not isinstance(models, EngineModels):
+        models = EngineModels.load(**{**model_options, "device": device, **(models or {})})
+    return EngineJob(label_field, masks, models, settings, write_segmentation, mask_root)
 
 
 # The attributes of every detection SSA-engine writes, besides ``label`` and ``confidence``.
@@ -332,11 +374,9 @@ class EngineJob(LabellingJob):
                 targets.id_of(name)
             targets.save()
 
-    def start(self, dataset: fo.Dataset) -> None:
+    def start(self, dataset: fo.Dataset, many_workers: bool = False) -> None:
         if self.write_segmentation:
-            self.targets = SegmentationTargets(
-                dataset, self.seg_field, frozen=distributed.current_ranks().is_distributed
-            )
+            self.targets = SegmentationTargets(dataset, self.seg_field, frozen=many_workers)
 
     def label_batch(self, batch, images, skip_failures):
         return _label_batch(batch, images, self.masks, self.models, self.settings, skip_failures)

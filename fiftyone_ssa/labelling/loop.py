@@ -13,7 +13,10 @@ A :class:`LabellingJob` says what a kind of run (SSA, SSA-engine) reads, compute
 4. the ranks meet; rank 0 finishes the dataset-level settings (mask targets, then the App's
    per-class colours of the output fields, see :mod:`.colors`) and merges the summaries.
 
-Without torchrun there is one rank and steps 2-4 involve no communication.
+Without torchrun there is one rank and steps 2-4 involve no communication. With
+``backend="ray"`` (:mod:`.ray_backend`) a driver lists the pending samples and Ray actors run
+the same steps: one of them steps 2 and 4, every one step 3 on blocks of samples handed out as
+actors become free (:func:`label_samples`, the same per-sample code).
 """
 
 from __future__ import annotations
@@ -56,7 +59,8 @@ class LabellingJob:
         raise NotImplementedError
 
     def prepare(self, dataset: fo.Dataset, others_remain: bool) -> None:
-        """Dataset-level settings known before labelling (rank 0 only, before any write).
+        """Dataset-level settings known before labelling, before any write (one process: rank
+        0, or one Ray actor).
 
         Args:
             dataset: the dataset.
@@ -68,8 +72,14 @@ class LabellingJob:
             ValueError: when this run's settings cannot coexist with those labels.
         """
 
-    def start(self, dataset: fo.Dataset) -> None:
-        """Per-rank set-up once the dataset's settings are final (every rank)."""
+    def start(self, dataset: fo.Dataset, many_workers: bool = False) -> None:
+        """Per-worker set-up once the dataset's settings are final (every rank or Ray actor).
+
+        Args:
+            dataset: the dataset.
+            many_workers: other processes label other samples of this run at the same time
+                (torchrun ranks, Ray actors): dataset-level settings cannot grow while labelling.
+        """
 
     def unwritten_outputs(self) -> dict[str, type]:
         """The optional output fields this run does not write -> their label type.
@@ -99,8 +109,18 @@ class LabellingJob:
         """What rank 0's :meth:`finish` needs from every rank (picklable)."""
         return None
 
-    def finish(self, dataset: fo.Dataset, states: list[Any]) -> None:
-        """Dataset-level settings after labelling (rank 0 only), from every rank's state."""
+    def finish(self, dataset: fo.Dataset, states: list[Any], others_remain: bool) -> None:
+        """Dataset-level settings after labelling (one process), from every worker's state.
+
+        May run in a process other than the one that ran :meth:`prepare` (a Ray actor), on a
+        job that labelled samples or none: it depends only on its arguments and on what the
+        job knew when it was built.
+
+        Args:
+            dataset: the dataset.
+            states: :meth:`shared_state` of every worker (Ray: the distinct ones).
+            others_remain: as given to :meth:`prepare`.
+        """
 
 
 def check_run_options(batch_size: int, top_k: int, num_workers: int, device: Any = None) -> None:
@@ -161,28 +181,20 @@ def execute_labelling_run(
     distributed.barrier()  # every rank has validated the request before rank 0 changes anything
 
     plan = None
-    wrote_fields = False
+    wrote_fields = others_remain = False
     review_field = None if discard_reviews else job.review_field
     if ranks.is_main:
         try:
-            pending = record.pending_samples(
+            pending, kept = record.pending_and_kept(
                 samples, label_field, run_key, skip_existing, resume, review_field
             )
             pending_ids = pending.values("_id")
-            kept = 0
-            if review_field is not None:
-                unkept = record.pending_samples(
-                    samples, label_field, run_key, skip_existing, resume
-                )
-                kept = unkept.count() - len(pending_ids)
             wrote_fields = bool(pending_ids)
             others_remain = record.foreign_labels(
                 dataset, label_field, run_key, excluding=pending_ids
             )
             if pending_ids:  # a run with nothing to label changes no dataset-level setting
-                record.declare_output_fields(dataset, job.output_schema())
-                job.prepare(dataset, others_remain)
-                record.record_run(dataset, label_field, run_key, config)
+                prepare_dataset(dataset, job, run_key, config, others_remain)
             ranges = None
             if ranks.is_distributed:
                 ranges = distributed.split_evenly(sorted(pending_ids), ranks.world_size)
@@ -195,7 +207,7 @@ def execute_labelling_run(
     ranges, skipped, kept = plan
     if ranks.is_distributed:
         dataset.reload()
-    job.start(dataset)
+    job.start(dataset, many_workers=ranks.is_distributed)
 
     # Built again after the reload: the other ranks' schema now has the output fields.
     mine = record.pending_samples(
@@ -211,7 +223,7 @@ def execute_labelling_run(
     summary = SSARunSummary(
         label_field, skipped_existing=skipped, run_key=run_key, kept_reviewed=kept
     )
-    _label_samples(
+    label_samples(
         dataset,
         mine,
         job,
@@ -228,16 +240,50 @@ def execute_labelling_run(
     # Ranks exchange counts and failures only: one entry per sample would not scale to millions.
     summaries = distributed.gather_to_all(summary.compact() if ranks.is_distributed else summary)
     if ranks.is_main:
-        job.finish(dataset, states)
-        if wrote_fields:
-            colors.set_output_colors(dataset, _label_types(job.output_schema()))
+        finish_dataset(dataset, job, states, others_remain, wrote_fields)
     distributed.barrier()  # dataset-level settings are final when any rank returns
     if ranks.is_distributed:
         dataset.reload()
     return summaries[0].merge(summaries[1:]) if ranks.is_main else summary
 
 
-def _label_samples(
+def prepare_dataset(
+    dataset: fo.Dataset, job: LabellingJob, run_key: str, config: dict, others_remain: bool
+) -> None:
+    """Step 2's dataset-level part, before any sample is written (one process of the run):
+    declares the output fields, lets the job set what it knows (mask targets), records the run.
+
+    Args:
+        dataset: the dataset.
+        job: the run's job.
+        run_key: the run's key.
+        config: the configuration behind the key.
+        others_remain: labels of other runs stay in the output fields after this run.
+
+    Raises:
+        ValueError: the job's settings cannot coexist with those labels (nothing written).
+    """
+    record.declare_output_fields(dataset, job.output_schema())
+    job.prepare(dataset, others_remain)
+    record.record_run(dataset, job.label_field, run_key, config)
+
+
+def finish_dataset(
+    dataset: fo.Dataset,
+    job: LabellingJob,
+    states: list[Any],
+    others_remain: bool,
+    wrote_fields: bool,
+) -> None:
+    """Step 4's dataset-level part (one process of the run): the job's settings from every
+    worker's :meth:`LabellingJob.shared_state`, then the App's colours of the output fields
+    (when the run declared them)."""
+    job.finish(dataset, states, others_remain)
+    if wrote_fields:
+        colors.set_output_colors(dataset, _label_types(job.output_schema()))
+
+
+def label_samples(
     dataset,
     view,
     job: LabellingJob,
@@ -249,7 +295,21 @@ def _label_samples(
     progress,
     progress_callback,
 ) -> None:
-    """Labels every sample of ``view``, appending to ``summary``."""
+    """Labels every sample of ``view``, appending to ``summary`` (the per-sample loop every
+    backend runs: a rank's shard, a Ray actor's block).
+
+    Args:
+        dataset: the dataset (its schema declares the output fields).
+        view: the samples to label.
+        job: the run's job, started.
+        run_key: the run's key.
+        summary: where each sample's outcome is appended.
+        batch_size: samples per ``job.label_batch`` call.
+        num_workers: image decoding threads.
+        skip_failures: record failures and go on.
+        progress: FiftyOne's progress argument.
+        progress_callback: called with (done, total) after each sample.
+    """
     total = len(view)
     select = view.select_fields(job.input_fields)
     read = safe_reader(job.needs_image)

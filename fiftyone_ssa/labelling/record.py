@@ -331,6 +331,23 @@ def pending_samples(
     return samples.exclude(done_ids) if done_ids else samples
 
 
+def pending_and_kept(
+    samples,
+    label_field: str,
+    run_key: str,
+    skip_existing: bool,
+    resume: bool,
+    review_field: str | None,
+) -> tuple[Any, int]:
+    """:func:`pending_samples`, and how many of the samples it leaves out only because their
+    review was applied (``review_field``; None: reviews are discarded, none is kept)."""
+    pending = pending_samples(samples, label_field, run_key, skip_existing, resume, review_field)
+    if review_field is None:
+        return pending, 0
+    unreviewed = pending_samples(samples, label_field, run_key, skip_existing, resume)
+    return pending, unreviewed.count() - pending.count()
+
+
 def reviewed_samples(dataset: fo.Dataset, review_field: str) -> list:
     """The ids of the samples (every group slice) whose review of ``review_field`` was applied."""
     if review_field not in dataset.get_field_schema():

@@ -7,6 +7,7 @@ into FiftyOne labels for the run loop to write.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -20,8 +21,10 @@ from fiftyone_ssa import fields
 from fiftyone_ssa.core.mask_set import MaskSet
 from fiftyone_ssa.core.ssa import ImageLabels, label_one_image
 from fiftyone_ssa.fields import DEFAULT_MASK_BRANCH, DEFAULT_SEMANTIC_BRANCH, check_label_field
-from fiftyone_ssa.labelling import distributed, record
-from fiftyone_ssa.labelling.loop import LabellingJob, check_run_options, execute_labelling_run
+from fiftyone_ssa.labelling import record
+from fiftyone_ssa.labelling.backends import run_labelling
+from fiftyone_ssa.labelling.loop import LabellingJob, check_run_options
+from fiftyone_ssa.labelling.ray_backend import DEFAULT_BLOCK_SIZE, check_backend_options
 from fiftyone_ssa.labelling.record import SampleSummary, SSARunSummary
 from fiftyone_ssa.labelling.sources import (
     ClassMapSource,
@@ -128,6 +131,11 @@ def apply_ssa(
     progress_callback: Callable[[int, int], None] | None = None,
     resume: bool = True,
     discard_reviews: bool = False,
+    backend: str = "local",
+    ray_address: str | None = None,
+    ray_workers: int | None = None,
+    gpus_per_worker: float | None = None,
+    ray_block_size: int = DEFAULT_BLOCK_SIZE,
     **mask_generator_options,
 ) -> SSARunSummary:
     """Runs SSA close-set over a collection and writes its label fields.
@@ -145,7 +153,9 @@ def apply_ssa(
     written in one update, so an interrupted run leaves samples fully labelled or untouched,
     and ``<label_field>.run_key`` records the run that wrote it: re-running the same call
     labels only what is missing. Under ``torchrun`` each rank labels a disjoint shard on its
-    own GPU (see ``fiftyone_ssa.labelling.distributed``) and rank 0 returns the merged summary.
+    own GPU (see ``fiftyone_ssa.labelling.distributed``) and rank 0 returns the merged summary;
+    with ``backend="ray"`` Ray actors label small blocks handed out as they become free (see
+    ``fiftyone_ssa.labelling.ray_backend``).
 
     Args:
         samples: a FiftyOne dataset or view.
@@ -180,13 +190,28 @@ def apply_ssa(
             (:func:`~fiftyone_ssa.labelling.apply_review.apply_review`) are kept as reviewed,
             also with ``overwrite=True``.
         discard_reviews: relabel reviewed samples too, losing their corrections.
+        backend: ``"local"`` (this process; one rank of a torchrun launch) or ``"ray"``
+            (Ray actors, models loaded once per actor; needs ``pip install
+            "fiftyone-ssa[ray]"``). Branch specs, the callables included, must be picklable
+            for Ray.
+        ray_address: Ray only: None starts Ray on this machine (unless this process is
+            already connected), ``"auto"`` joins the cluster of ``ray start``, ``"HOST:PORT"``
+            another one.
+        ray_workers: Ray only: number of actors (default: one per ``gpus_per_worker`` GPUs of
+            the cluster; one per CPU on a cluster without GPUs).
+        gpus_per_worker: Ray only: GPUs per actor, fractions allowed (default: 1 on a
+            cluster with GPUs, else 0).
+        ray_block_size: Ray only: samples per block handed to an actor.
         **mask_generator_options: SAM automatic mask generation settings overriding SSA's
             defaults (points_per_side=64, pred_iou_thresh=0.86, ...).
 
     Returns:
         A summary of the run.
     """
-    check_run_options(batch_size, top_k, num_workers, device)
+    ray = backend == "ray"
+    check_backend_options(backend, ray_address, ray_workers, gpus_per_worker, ray_block_size)
+    # Under Ray the device is checked on the actors (their machines may have GPUs this lacks).
+    check_run_options(batch_size, top_k, num_workers, None if ray else device)
     if isinstance(classes, str):
         raise ValueError(f"Expected `classes` to be a list of class names, but got {classes!r}")
     if classes is not None:
@@ -220,18 +245,32 @@ def apply_ssa(
         overwrite,
         skip_existing,
     )
-    device = distributed.run_device(device)
-    semantic = class_map_source(semantic_branch, samples, device, classes)
-    masks = mask_source(mask_branch, device, **mask_generator_options)
-    # Where voting runs: the device asked for, else the models' (a field has none).
-    work_device = torch.device(device or semantic.device or masks.device or "cpu")
-    mask_root = record.mask_directory(samples, output_dir)
-    job = SSAJob(label_field, semantic, masks, work_device, top_k, write_branch, mask_root)
-    return execute_labelling_run(
+    build_job = functools.partial(
+        build_ssa_job,
+        label_field=label_field,
+        semantic_branch=semantic_branch,
+        mask_branch=mask_branch,
+        classes=classes,
+        top_k=top_k,
+        write_branch=write_branch,
+        mask_root=record.mask_directory(samples, output_dir),
+        mask_generator_options=mask_generator_options,
+    )
+    ray_options = {
+        "ray_address": ray_address,
+        "ray_workers": ray_workers,
+        "gpus_per_worker": gpus_per_worker,
+        "block_size": ray_block_size,
+        "review_field": fields.masks_field(label_field),
+    }
+    return run_labelling(
         samples,
-        job,
+        build_job,
         run_key,
         config,
+        device=device,
+        backend=backend,
+        ray_options=ray_options,
         batch_size=batch_size,
         num_workers=num_workers,
         skip_existing=skip_existing,
@@ -241,6 +280,27 @@ def apply_ssa(
         progress_callback=progress_callback,
         discard_reviews=discard_reviews,
     )
+
+
+def build_ssa_job(
+    samples,
+    device: Any,
+    label_field: str,
+    semantic_branch: Any,
+    mask_branch: Any,
+    classes: list[str] | dict[int, str] | None,
+    top_k: int,
+    write_branch: bool,
+    mask_root: str,
+    mask_generator_options: dict,
+) -> SSAJob:
+    """The :class:`SSAJob` of a validated request, its branches loaded on ``device`` (once per
+    process: the run's own, or each Ray actor)."""
+    semantic = class_map_source(semantic_branch, samples, device, classes)
+    masks = mask_source(mask_branch, device, **mask_generator_options)
+    # Where voting runs: the device asked for, else the models' (a field has none).
+    work_device = torch.device(device or semantic.device or masks.device or "cpu")
+    return SSAJob(label_field, semantic, masks, work_device, top_k, write_branch, mask_root)
 
 
 class SSAJob(LabellingJob):
@@ -277,8 +337,8 @@ class SSAJob(LabellingJob):
         self.input_fields = [source.field for source in (semantic, masks) if source.field]
         self.needs_image = semantic.needs_image or masks.needs_image
         self.seen_classes: dict[int, str] = {}
-        self.others_remain = False
-        self.classes_known = False
+        # A callable branch learns its classes while it runs: finish() sets them then.
+        self.classes_known = bool(semantic.classes)
 
     def _segmentation_fields(self) -> list[str]:
         types = output_types(self.label_field, self.write_branch)
@@ -304,11 +364,9 @@ class SSAJob(LabellingJob):
         return unwritten
 
     def prepare(self, dataset: fo.Dataset, others_remain: bool) -> None:
-        self.others_remain = others_remain
-        # A callable branch learns its classes while it runs: finish() sets them then.
-        self.classes_known = bool(self.semantic.classes)
         if self.classes_known:
-            self._set_mask_targets(dataset, dict(self.semantic.classes), check=True)
+            targets = dict(self.semantic.classes)
+            self._set_mask_targets(dataset, targets, others_remain, check=True)
 
     def label_batch(self, batch, images, skip_failures):
         return _label_batch(
@@ -373,30 +431,37 @@ class SSAJob(LabellingJob):
     def shared_state(self) -> dict[int, str]:
         return self.seen_classes
 
-    def finish(self, dataset: fo.Dataset, states: list[dict[int, str]]) -> None:
+    def finish(
+        self, dataset: fo.Dataset, states: list[dict[int, str]], others_remain: bool
+    ) -> None:
         if self.classes_known:
             return
         seen: dict[int, str] = {}
         for state in states:
             seen.update(state)
         if seen:
-            self._set_mask_targets(dataset, seen)
+            self._set_mask_targets(dataset, seen, others_remain)
 
     def _set_mask_targets(
-        self, dataset: fo.Dataset, targets: dict[int, str], check: bool = False
+        self,
+        dataset: fo.Dataset,
+        targets: dict[int, str],
+        others_remain: bool,
+        check: bool = False,
     ) -> None:
         """Sets the painted fields' mask targets, kept valid for other runs' remaining labels.
 
         Args:
             dataset: the dataset.
             targets: class id -> name of this run.
+            others_remain: labels of other runs stay in these fields.
             check: raise ValueError (before anything is written) when other runs' labels
                 remain and read some id as another class; else this run's names win.
         """
         for name in self._segmentation_fields():
             existing = dataset.mask_targets.get(name) or {}
             merged = targets
-            if self.others_remain:
+            if others_remain:
                 clash = sorted(
                     i for i in targets.keys() & existing.keys() if targets[i] != existing[i]
                 )
