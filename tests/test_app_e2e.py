@@ -11,7 +11,11 @@ opens datasets whose samples carry a Segmentation with mask targets and instance
   ``ssa_masks`` by a predicted class narrowing the grid to the samples FiftyOne's own query
   finds;
 - the Evaluate mIoU form opens with its ground truth chosen and one message at a time, and runs;
-- the Model Evaluation panel lists mIoU and per-class IoU of an ``evaluate_miou`` run.
+- the Model Evaluation panel lists mIoU and per-class IoU of an ``evaluate_miou`` run;
+- the review loop: the review queue (``review-ssa_masks``) opened from the saved views, its most
+  doubtful mask relabelled in the modal's annotation mode (the App's own JSON patch to the
+  server), ``apply_review`` run from the Operator Browser, and the mask's pixels of ``ssa``
+  holding the new class, in the database and in the new class's colour on the grid.
 
 Screenshots go to ``test-artifacts/app_e2e/`` (``<test name>-NN-<step>.png``). Skipped only when
 Chromium or Playwright is not installed (``scripts/setup.sh`` installs both).
@@ -22,6 +26,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import time
 from pathlib import Path
 
 import fiftyone as fo
@@ -396,6 +401,17 @@ def _class_drawn_at(thumbnail, pixel: tuple[int, int], shape: tuple[int, int], d
     return min(drawn, key=lambda c: np.linalg.norm(drawn[c] - rgb))
 
 
+def _wait_for_class_drawn(page, thumbnail, pixel, shape, dataset, class_id: int) -> int:
+    """Polls :func:`_class_drawn_at` until it is ``class_id`` (the thumbnail may still be
+    drawing) or the UI timeout passes; returns the last class seen."""
+    deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
+    while True:
+        seen = _class_drawn_at(thumbnail, pixel, shape, dataset)
+        if seen == class_id or time.monotonic() > deadline:
+            return seen
+        page.wait_for_timeout(250)
+
+
 def test_relabel_a_mask_of_the_review_queue_and_apply_the_review(app, app_dataset):
     apply_ssa(app_dataset, semantic_branch="field:coarse", mask_branch="field:instances")
     queue = review_queue(app_dataset, n=REVIEW_SIZE)
@@ -419,8 +435,11 @@ def test_relabel_a_mask_of_the_review_queue_and_apply_the_review(app, app_datase
     labels = ["gt", "coarse", "instances", "ssa", "ssa_masks", "ssa_branch"]
     thumbnails = page.locator('[data-cy="fo-grid"] [data-cy="looker"]')
     _show_only(page, "ssa", labels)
+    seen = _wait_for_class_drawn(
+        page, thumbnails.nth(index), centre, (h, w), app_dataset, class_ids[old]
+    )
     shot("ssa_before")
-    assert _class_drawn_at(thumbnails.nth(index), centre, (h, w), app_dataset) == class_ids[old]
+    assert seen == class_ids[old]
 
     # the review queue, from the saved views
     page.locator('[data-cy="saved-views-selection"]').click()
@@ -434,7 +453,9 @@ def test_relabel_a_mask_of_the_review_queue_and_apply_the_review(app, app_datase
     thumbnails.first.click()
     page.locator('[data-cy="modal"]').wait_for()
     page.locator('[data-cy="annotate"]').click()
-    page.get_by_text('Add "ssa_masks" to schema').click()  # the first edit of the field
+    # the field is annotated for the first time: the App asks to add it to the label schema
+    page.get_by_text("Field not in label schema").wait_for()
+    page.get_by_text('Add "ssa_masks" to schema').click()
     page.get_by_text(det.id, exact=True).wait_for()  # the mask's own form
     # the classes of the field, as radio buttons (a drop-down list for more classes)
     label = page.locator('[data-cy="root_label_container"]')
@@ -455,7 +476,7 @@ def test_relabel_a_mask_of_the_review_queue_and_apply_the_review(app, app_datase
     assert relabelled.label == new
     np.testing.assert_array_equal(sample.ssa.mask, before)  # not applied yet
     page.locator('[data-cy="explore"]').click()  # annotation mode ends
-    page.mouse.click(10, 450)  # outside the modal: it closes
+    page.mouse.click(10, 450)  # outside the modal (left of it): it closes
     page.locator('[data-cy="modal"]').wait_for(state="hidden")
 
     # apply_review from the Operator Browser, on the queue (the current view)
@@ -483,5 +504,8 @@ def test_relabel_a_mask_of_the_review_queue_and_apply_the_review(app, app_datase
     page.locator('[data-cy="saved-views-btn-selection-clear"]').click()
     _wait_for_count(page, NUM_SAMPLES)
     _show_only(page, "ssa", labels)
+    seen = _wait_for_class_drawn(
+        page, thumbnails.nth(index), centre, (h, w), app_dataset, class_ids[new]
+    )
     shot("ssa_after")
-    assert _class_drawn_at(thumbnails.nth(index), centre, (h, w), app_dataset) == class_ids[new]
+    assert seen == class_ids[new]
