@@ -11,7 +11,11 @@ opens datasets whose samples carry a Segmentation with mask targets and instance
   ``ssa_masks`` by a predicted class narrowing the grid to the samples FiftyOne's own query
   finds;
 - the Evaluate mIoU form opens with its ground truth chosen and one message at a time, and runs;
-- the Model Evaluation panel lists mIoU and per-class IoU of an ``evaluate_miou`` run.
+- the Model Evaluation panel lists mIoU and per-class IoU of an ``evaluate_miou`` run;
+- the review loop: the review queue (``review-ssa_masks``) opened from the saved views, its most
+  doubtful mask relabelled in the modal's annotation mode (the App's own JSON patch to the
+  server), ``apply_review`` run from the Operator Browser, and the mask's pixels of ``ssa``
+  holding the new class, in the database and in the new class's colour on the grid.
 
 Screenshots go to ``test-artifacts/app_e2e/`` (``<test name>-NN-<step>.png``). Skipped only when
 Chromium or Playwright is not installed (``scripts/setup.sh`` installs both).
@@ -22,6 +26,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import time
 from pathlib import Path
 
 import fiftyone as fo
@@ -30,7 +35,8 @@ import pytest
 from fiftyone import ViewField as F
 from PIL import Image
 
-from fiftyone_ssa import evaluate_miou
+from fiftyone_ssa import apply_ssa, evaluate_miou, review_queue
+from fiftyone_ssa.labels import detection_full_mask
 from tests.e2e.app_server import app_server
 from tests.e2e.browser import browser_unavailable, chromium_page
 from tests.scenes import SCENE_CLASSES, coarsen
@@ -48,6 +54,7 @@ WITH_PERSON = {0, 2, 3}  # the samples that show a person
 PERSON = 4  # SCENE_CLASSES id
 GREY = 128  # the images are flat: on the grid, every colour comes from the labels drawn
 UI_TIMEOUT_MS = 30_000
+REVIEW_SIZE = 5  # masks in the review queue
 SAMPLE_COUNT = re.compile(r"^\s*(\d+)\s+samples?\s*$")
 
 
@@ -368,3 +375,137 @@ def test_model_evaluation_panel_lists_miou_and_per_class_iou(app, app_dataset):
     for name, iou in results.per_class_iou.items():
         if not np.isnan(iou):
             assert shown(f"IoU {name}") == pytest.approx(iou, abs=0.01)
+
+
+def _mask_centre(mask: np.ndarray) -> tuple[int, int]:
+    """The pixel of ``mask`` farthest from its border (row, column)."""
+    from scipy.ndimage import distance_transform_edt
+
+    depth = distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(depth)), mask.shape)
+    return int(y), int(x)
+
+
+def _class_drawn_at(thumbnail, pixel: tuple[int, int], shape: tuple[int, int], dataset) -> int:
+    """The class id of ``ssa`` whose colour (the dataset's scheme, at its opacity over the grey
+    image) is nearest to what the thumbnail shows at image ``pixel``; 0 (never drawn): grey."""
+    shown = np.asarray(Image.open(io.BytesIO(thumbnail.screenshot())).convert("RGB"))
+    (y, x), (h, w) = pixel, shape
+    rgb = shown[int((y + 0.5) * shown.shape[0] / h), int((x + 0.5) * shown.shape[1] / w)]
+    scheme = dataset.app_config.color_scheme
+    colors = next(f["maskTargetsColors"] for f in scheme.fields if f["path"] == "ssa")
+    drawn = {0: np.full(3, GREY, float)}
+    for entry in colors:
+        color = np.array([int(entry["color"][i : i + 2], 16) for i in (1, 3, 5)], float)
+        drawn[entry["intTarget"]] = scheme.opacity * color + (1 - scheme.opacity) * GREY
+    return min(drawn, key=lambda c: np.linalg.norm(drawn[c] - rgb))
+
+
+def _wait_for_class_drawn(page, thumbnail, pixel, shape, dataset, class_id: int) -> int:
+    """Polls :func:`_class_drawn_at` until it is ``class_id`` (the thumbnail may still be
+    drawing) or the UI timeout passes; returns the last class seen."""
+    deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
+    while True:
+        seen = _class_drawn_at(thumbnail, pixel, shape, dataset)
+        if seen == class_id or time.monotonic() > deadline:
+            return seen
+        page.wait_for_timeout(250)
+
+
+def test_relabel_a_mask_of_the_review_queue_and_apply_the_review(app, app_dataset):
+    apply_ssa(app_dataset, semantic_branch="field:coarse", mask_branch="field:instances")
+    queue = review_queue(app_dataset, n=REVIEW_SIZE)
+    patch = queue.first()  # the most doubtful mask: the queue's first patch
+    det, sample = patch.ssa_masks, app_dataset[patch.sample_id]
+    h, w = sample.ssa.mask.shape
+    mask = detection_full_mask(det, w, h)
+    class_ids = {name: i for i, name in app_dataset.mask_targets["ssa"].items()}
+    old = det.label
+    new = next(
+        c
+        for c in sorted(app_dataset.distinct("ssa_masks.detections.label"))
+        if c not in (old, "background")
+    )
+    before = sample.ssa.mask.copy()
+    assert (before[mask] == class_ids[old]).all()  # the regions never overlap here
+    index = app_dataset.values("id").index(sample.id)
+    centre = _mask_centre(mask)
+
+    page, shot = app(app_dataset)
+    labels = ["gt", "coarse", "instances", "ssa", "ssa_masks", "ssa_branch"]
+    thumbnails = page.locator('[data-cy="fo-grid"] [data-cy="looker"]')
+    _show_only(page, "ssa", labels)
+    seen = _wait_for_class_drawn(
+        page, thumbnails.nth(index), centre, (h, w), app_dataset, class_ids[old]
+    )
+    shot("ssa_before")
+    assert seen == class_ids[old]
+
+    # the review queue, from the saved views
+    page.locator('[data-cy="saved-views-selection"]').click()
+    page.get_by_text(queue.name, exact=True).click()
+    page.locator('[data-cy="entry-counts"]').get_by_text(
+        re.compile(rf"^\s*{len(queue)}\s+patches\s*$")
+    ).wait_for()
+    shot("review_queue")
+
+    # the first patch in the modal, relabelled in its annotation mode
+    thumbnails.first.click()
+    page.locator('[data-cy="modal"]').wait_for()
+    page.locator('[data-cy="annotate"]').click()
+    # the field is annotated for the first time: the App asks to add it to the label schema
+    page.get_by_text("Field not in label schema").wait_for()
+    page.get_by_text('Add "ssa_masks" to schema').click()
+    page.get_by_text(det.id, exact=True).wait_for()  # the mask's own form
+    # the classes of the field, as radio buttons (a drop-down list for more classes)
+    label = page.locator('[data-cy="root_label_container"]')
+    _expect(label.get_by_role("radio", name=old, exact=True)).to_be_checked()
+    shot("annotate")
+    with page.expect_response(
+        lambda r: r.request.method == "PATCH" and det.id in r.url
+    ) as response:
+        label.get_by_role("radio", name=new, exact=True).check()
+    assert response.value.ok, response.value.text()
+    _expect(page.locator('[data-cy="annotation-save-state"]')).to_have_attribute(
+        "data-settled", "true"
+    )
+    _expect(label.get_by_role("radio", name=new, exact=True)).to_be_checked()
+    shot("relabelled")
+    sample.reload()
+    relabelled = next(d for d in sample.ssa_masks.detections if d.id == det.id)
+    assert relabelled.label == new
+    np.testing.assert_array_equal(sample.ssa.mask, before)  # not applied yet
+    page.locator('[data-cy="explore"]').click()  # annotation mode ends
+    page.mouse.click(10, 450)  # outside the modal (left of it): it closes
+    page.locator('[data-cy="modal"]').wait_for(state="hidden")
+
+    # apply_review from the Operator Browser, on the queue (the current view)
+    execute = _open_operator(page, "Apply review")
+    shot("apply_review_form")
+    _expect(execute).to_be_enabled()
+    execute.click()
+    page.get_by_text("Review applied").wait_for(timeout=60_000)
+    relabelled_row = page.get_by_text("Masks relabelled").locator("xpath=..")
+    assert relabelled_row.inner_text().strip().endswith("1"), relabelled_row.inner_text()
+    shot("review_applied")
+    page.get_by_role("button", name="Close").click()
+
+    # the Segmentation: the mask's pixels have the new class, nothing else changed
+    app_dataset.reload()  # the App's process added a field (ssa_before_review)
+    sample = app_dataset[sample.id]
+    after = sample.ssa.mask
+    assert (after[mask] == class_ids[new]).all()
+    np.testing.assert_array_equal(after[~mask], before[~mask])
+    np.testing.assert_array_equal(sample.ssa_before_review.mask, before)
+    marked = next(d for d in sample.ssa_masks.detections if d.id == det.id)
+    assert (marked.reviewed, marked.label_before_review) == (True, old)
+
+    # and in the App: back on the samples, the map shows the new class's colour there
+    page.locator('[data-cy="saved-views-btn-selection-clear"]').click()
+    _wait_for_count(page, NUM_SAMPLES)
+    _show_only(page, "ssa", labels)
+    seen = _wait_for_class_drawn(
+        page, thumbnails.nth(index), centre, (h, w), app_dataset, class_ids[new]
+    )
+    shot("ssa_after")
+    assert seen == class_ids[new]
