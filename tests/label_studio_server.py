@@ -55,7 +55,15 @@ def label_studio_server(data_dir: Path, timeout: float = 180.0) -> Iterator[tupl
     data_dir.mkdir(parents=True, exist_ok=True)
     with open(data_dir / "server.log", "wb") as log:
         process = subprocess.Popen(
-            [str(EXECUTABLE), "start", "--no-browser", "--internal-host", ADDRESS, "--port", str(port)],
+            [
+                str(EXECUTABLE),
+                "start",
+                "--no-browser",
+                "--internal-host",
+                ADDRESS,
+                "--port",
+                str(port),
+            ],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
