@@ -16,8 +16,11 @@ import requests
 
 from fiftyone_ssa import apply_ssa, review_queue
 from fiftyone_ssa.labelling.annotation_tool import load_review, review_classes, send_for_review
+from fiftyone_ssa.labels import detection_full_mask
 from tests.label_studio_server import label_studio_server, missing_reason
 from tests.test_apply_review import BRANCHES, NAME_TO_ID, raw_detections, reference_repaint
+
+brush = pytest.importorskip("label_studio_sdk.converter.brush", reason="no label-studio-sdk")
 
 pytestmark = [
     pytest.mark.slow,
@@ -74,6 +77,17 @@ def test_a_relabel_and_a_deletion_round_trip(scene_dataset, label_studio):
     new_label = next(c for c in classes if c not in (old_label, "background"))
     edited = [dict(regions[0], value=dict(regions[0]["value"], brushlabels=[new_label]))]
     edited += regions[2:]
+    # ... and draws a new region (a brush stroke: Label Studio's RLE of an RGBA image)
+    h, w = regions[0]["original_height"], regions[0]["original_width"]
+    stroke = np.zeros((h, w), dtype=np.uint8)
+    stroke[h // 4 : h // 2, w // 4 : w // 2] = 255
+    edited.append(
+        dict(
+            regions[0],
+            id="drawn0001",
+            value={"format": "rle", "rle": brush.mask2rle(stroke), "brushlabels": ["sign"]},
+        )
+    )
     answer = api(
         "POST", f"/api/tasks/{task_id}/annotations", json={"result": edited, "lead_time": 3.0}
     )
@@ -82,7 +96,7 @@ def test_a_relabel_and_a_deletion_round_trip(scene_dataset, label_studio):
     summary = load_review(ds, "fix", url=url, api_key=token)
 
     assert (summary.samples_reviewed, summary.relabelled, summary.deleted) == (1, 1, 1)
-    assert (summary.added, summary.reshaped) == (0, 0)
+    assert (summary.added, summary.reshaped) == (1, 0)
     sample_id = sample_of[task_id]
     for sample in ds:
         after = raw_detections(ds, sample.id)
@@ -94,10 +108,16 @@ def test_a_relabel_and_a_deletion_round_trip(scene_dataset, label_studio):
         assert deleted not in dets
         assert (dets[relabelled].label, dets[relabelled].reviewed) == (new_label, True)
         assert dets[relabelled].label_before_review == old_label
+        drawn = [d for d in dets.values() if d.id not in before[sample.id]]
+        assert [(d.label, d.reviewed, d.label_before_review) for d in drawn] == [
+            ("sign", True, None)
+        ]
+        w, h = sample.ssa.mask.shape[::-1]
+        np.testing.assert_array_equal(detection_full_mask(drawn[0], w, h), stroke > 0)
         doc, was = after[relabelled], before[sample.id][relabelled]
         assert doc["mask"] == was["mask"] and doc["bounding_box"] == was["bounding_box"]
         for det_id, doc in after.items():
-            if det_id != relabelled:
+            if det_id not in (relabelled, drawn[0].id):
                 assert doc == before[sample.id][det_id]  # unchanged masks: byte-identical
         expected = reference_repaint(
             sample.ssa_branch.mask, sample.ssa_masks.detections, NAME_TO_ID
