@@ -58,6 +58,10 @@ def test_a_relabel_and_a_deletion_round_trip(scene_dataset, label_studio):
     before = {s.id: raw_detections(ds, s.id) for s in ds}
     run_maps = {s.id: s.ssa.mask.copy() for s in ds}
 
+    with pytest.raises(ValueError, match="refused the API key"):
+        send_for_review(queue, "fix", url=url, api_key="0" * 40)
+    assert ds.list_annotation_runs() == []
+
     results = send_for_review(queue, "fix", url=url, api_key=token)
 
     # Label Studio holds one task per sample of the queue, one region per queued mask
@@ -93,7 +97,9 @@ def test_a_relabel_and_a_deletion_round_trip(scene_dataset, label_studio):
     )
     assert answer.status_code == 201, answer.text
 
-    summary = load_review(ds, "fix", url=url, api_key=token)
+    with pytest.raises(ValueError, match="refused the API key"):
+        load_review(ds, "fix", api_key="0" * 40)  # the run's URL
+    summary = load_review(ds, "fix", api_key=token)
 
     assert (summary.samples_reviewed, summary.relabelled, summary.deleted) == (1, 1, 1)
     assert (summary.added, summary.reshaped) == (1, 0)

@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import fiftyone as fo
+import requests
 
 from fiftyone_ssa.fields import DEFAULT_REVIEW_FIELD, check_label_field, source_samples
 from fiftyone_ssa.labelling.apply_review import ReviewSummary, apply_review
@@ -41,6 +42,35 @@ def _check_anno_key(anno_key) -> None:
         raise ValueError(
             f"Expected `anno_key` to be a valid Python identifier, but got {anno_key!r}"
         )
+
+
+def _check_access(backend: str, url: str | None, api_key: str | None) -> None:
+    """Raises ValueError (one line, the server's reason) when the server refuses the key.
+
+    FiftyOne's backend reports a refused key as a bare "401 Unauthorized" on its first
+    listing; Label Studio says why (e.g. legacy tokens turned off in the organization).
+    """
+    defaults = fo.annotation_config.backends.get(backend, {})
+    url, api_key = url or defaults.get("url"), api_key or defaults.get("api_key")
+    if not url or not api_key:
+        return  # FiftyOne asks for what is missing
+    try:
+        answer = requests.get(
+            url.rstrip("/") + "/api/current-user/whoami",
+            headers={"Authorization": f"Token {api_key}"},
+            timeout=30,
+        )
+    except requests.RequestException as err:
+        raise ValueError(f"cannot reach Label Studio at {url}: {err}") from None
+    if answer.status_code in (401, 403):
+        try:
+            reason = answer.json().get("detail") or answer.reason
+        except ValueError:
+            reason = answer.reason
+        hint = ""
+        if "legacy" in str(reason).lower():
+            hint = " (run scripts/label_studio_legacy_tokens.py, or Organization -> API Tokens Settings)"
+        raise ValueError(f"Label Studio at {url} refused the API key: {reason}{hint}")
 
 
 def _masks_to_send(samples, label_field: str):
@@ -112,7 +142,8 @@ def send_for_review(
         FiftyOne's annotation results (``results.project_id``, ``results.uploaded_tasks``).
 
     Raises:
-        ValueError: bad arguments, no masks to send, or an ``anno_key`` already used.
+        ValueError: bad arguments, no masks to send, an ``anno_key`` already used, or the
+            server refuses the API key (its reason).
     """
     if backend not in _BACKENDS:
         raise ValueError(f"Expected `backend` to be one of {', '.join(_BACKENDS)}, got {backend!r}")
@@ -125,6 +156,7 @@ def send_for_review(
     view = _masks_to_send(samples, label_field)
     if view.count(f"{label_field}.detections") == 0:
         raise ValueError(f"no masks of {label_field!r} to send")
+    _check_access(backend, url, api_key)
     options = {"url": url, "api_key": api_key, "project_name": project_name}
     return view.annotate(
         anno_key,
@@ -167,11 +199,14 @@ def load_review(
         :func:`apply_review`'s :class:`~fiftyone_ssa.labelling.apply_review.ReviewSummary`.
 
     Raises:
-        ValueError: no annotation run ``anno_key`` on the dataset.
+        ValueError: no annotation run ``anno_key`` on the dataset, or the server refuses the
+            API key (its reason).
     """
     _check_anno_key(anno_key)
     if anno_key not in dataset.list_annotation_runs():
         raise ValueError(f"the dataset has no annotation run {anno_key!r}")
+    run = dataset.get_annotation_info(anno_key).config
+    _check_access(run.name, url or run.url, api_key)
     options = {k: v for k, v in {"url": url, "api_key": api_key}.items() if v is not None}
     sample_ids = dataset.load_annotation_view(anno_key).values("id")
     dataset.load_annotations(
