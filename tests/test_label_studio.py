@@ -133,6 +133,40 @@ def test_a_relabel_and_a_deletion_round_trip(scene_dataset, label_studio):
         np.testing.assert_array_equal(sample.ssa_before_review.mask, run_maps[sample.id])
 
 
+def test_the_cli_sends_a_queue_and_loads_a_deletion(scene_dataset, label_studio, monkeypatch):
+    import fiftyone as fo
+
+    from fiftyone_ssa.cli import main
+
+    url, token = label_studio
+    api = _api(url, token)
+    # the key as FiftyOne reads it from FIFTYONE_LABELSTUDIO_API_KEY when it is imported
+    monkeypatch.setitem(fo.annotation_config.backends["labelstudio"], "api_key", token)
+    ds = scene_dataset(n=2, noise=0.05, factor=8)
+    apply_ssa(ds, **BRANCHES)
+    queue = review_queue(ds, n=3)
+
+    def run(*command):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["review", *command])
+        return exit_info.value.code
+
+    assert run("send", ds.name, "check", "--queue", queue.name, "--url", url) == 0
+    results = ds.load_annotation_results("check")
+    assert sum(len(v) for v in results.id_map["ssa_masks"].values()) == 3
+    task_id, sample_id = next(iter(results.uploaded_tasks.items()))
+    regions = api("GET", f"/api/tasks/{task_id}").json()["predictions"][0]["result"]
+    answer = api("POST", f"/api/tasks/{task_id}/annotations", json={"result": regions[1:]})
+    assert answer.status_code == 201, answer.text
+
+    assert run("load", ds.name, "check") == 0
+
+    dets = ds[sample_id].ssa_masks
+    assert regions[0]["id"] not in {d.id for d in dets.detections}
+    assert regions[0]["id"] in dets.run_labels and dets.reviewed_at is not None
+    assert len(ds.exists("ssa_masks.reviewed_at")) == 1
+
+
 def test_wrong_use(scene_dataset):
     ds = scene_dataset(n=1)
     apply_ssa(ds, **BRANCHES)
