@@ -10,6 +10,8 @@ not installed (``scripts/setup_label_studio.sh``) or its server does not start.
 
 from __future__ import annotations
 
+import subprocess
+
 import numpy as np
 import pytest
 import requests
@@ -20,22 +22,17 @@ from fiftyone_ssa.labels import detection_full_mask
 from tests.label_studio_server import label_studio_server, missing_reason
 from tests.test_apply_review import BRANCHES, NAME_TO_ID, raw_detections, reference_repaint
 
-brush = pytest.importorskip("label_studio_sdk.converter.brush", reason="no label-studio-sdk")
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(missing_reason() is not None, reason=missing_reason() or ""),
-]
-
 
 @pytest.fixture(scope="module")
 def label_studio(tmp_path_factory):
     """(URL, API key) of a Label Studio server started for these tests."""
+    if missing_reason() is not None:
+        pytest.skip(missing_reason())
     data_dir = tmp_path_factory.mktemp("label-studio")
     try:
         server = label_studio_server(data_dir)
         url, token = server.__enter__()
-    except (RuntimeError, OSError) as err:
+    except (RuntimeError, OSError, subprocess.SubprocessError) as err:
         log = (data_dir / "server.log").read_text(errors="replace")[-2000:]
         pytest.skip(f"the Label Studio server did not start: {err}\n{log}")
     yield url, token
@@ -48,6 +45,7 @@ def _api(url: str, token: str):
     return lambda method, path, **kw: session.request(method, url + path, timeout=30, **kw)
 
 
+@pytest.mark.slow
 def test_a_relabel_and_a_deletion_round_trip(scene_dataset, label_studio):
     url, token = label_studio
     api = _api(url, token)
@@ -81,6 +79,8 @@ def test_a_relabel_and_a_deletion_round_trip(scene_dataset, label_studio):
     new_label = next(c for c in classes if c not in (old_label, "background"))
     edited = [dict(regions[0], value=dict(regions[0]["value"], brushlabels=[new_label]))]
     edited += regions[2:]
+    from label_studio_sdk.converter import brush
+
     # ... and draws a new region (a brush stroke: Label Studio's RLE of an RGBA image)
     h, w = regions[0]["original_height"], regions[0]["original_width"]
     stroke = np.zeros((h, w), dtype=np.uint8)
@@ -133,6 +133,7 @@ def test_a_relabel_and_a_deletion_round_trip(scene_dataset, label_studio):
         np.testing.assert_array_equal(sample.ssa_before_review.mask, run_maps[sample.id])
 
 
+@pytest.mark.slow
 def test_the_cli_sends_a_queue_and_loads_a_deletion(scene_dataset, label_studio, monkeypatch):
     import fiftyone as fo
 
@@ -176,3 +177,22 @@ def test_wrong_use(scene_dataset):
         send_for_review(ds, "k", backend="cvat")
     with pytest.raises(ValueError, match="no annotation run"):
         load_review(ds, "k")
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--queue", "nope"], "no saved view 'nope'"),
+        (["--queue", "nope", "--limit", "1"], "give no --view-tag or --limit"),
+    ],
+)
+def test_the_cli_refuses_a_wrong_queue(scene_dataset, capsys, extra, message):
+    from fiftyone_ssa.cli import main
+
+    ds = scene_dataset(n=1)
+    apply_ssa(ds, **BRANCHES)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["review", "send", ds.name, "k", *extra])
+    assert exit_info.value.code == 1
+    assert message in capsys.readouterr().err
+    assert ds.list_annotation_runs() == []
