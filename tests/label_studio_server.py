@@ -10,6 +10,7 @@ import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 from tests.e2e.app_server import ADDRESS, _stop, _wait_until_serving, free_port
 
@@ -27,13 +28,34 @@ def missing_reason() -> str | None:
     try:
         import label_studio_sdk  # noqa: F401
     except ImportError:
-        return "label-studio-sdk is not installed (pip install -e '.[review]')"
+        return (
+            "label-studio-sdk is not installed in this environment (scripts/setup_label_studio.sh)"
+        )
     return None
 
 
+class LabelStudio(NamedTuple):
+    """A running server: its URL, the admin's legacy API key, and the environment its
+    commands need (``LABEL_STUDIO_BASE_DATA_DIR``...)."""
+
+    url: str
+    api_key: str
+    env: dict
+
+    def enable_legacy_tokens(self) -> None:
+        """Runs ``scripts/label_studio_legacy_tokens.py`` on the server's data directory."""
+        subprocess.run(
+            [str(PYTHON), str(ENABLE_LEGACY_TOKENS)],
+            env=self.env,
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+
+
 @contextmanager
-def label_studio_server(data_dir: Path, timeout: float = 180.0) -> Iterator[tuple[str, str]]:
-    """Runs ``label-studio start`` on a free loopback port; yields (URL, API key).
+def label_studio_server(data_dir: Path, timeout: float = 180.0) -> Iterator[LabelStudio]:
+    """Runs ``label-studio start`` on a free loopback port, with legacy API tokens on.
 
     Raises:
         RuntimeError: the server did not start (its log is in ``data_dir/server.log``).
@@ -71,13 +93,8 @@ def label_studio_server(data_dir: Path, timeout: float = 180.0) -> Iterator[tupl
         )
         try:
             _wait_until_serving(url + "/health", process, timeout)
-            subprocess.run(
-                [str(PYTHON), str(ENABLE_LEGACY_TOKENS)],
-                env=env,
-                check=True,
-                capture_output=True,
-                timeout=120,
-            )
-            yield url, token
+            server = LabelStudio(url, token, env)
+            server.enable_legacy_tokens()
+            yield server
         finally:
             _stop(process)

@@ -25,17 +25,17 @@ from tests.test_apply_review import BRANCHES, NAME_TO_ID, raw_detections, refere
 
 @pytest.fixture(scope="module")
 def label_studio(tmp_path_factory):
-    """(URL, API key) of a Label Studio server started for these tests."""
+    """A Label Studio server started for these tests (``LabelStudio``)."""
     if missing_reason() is not None:
         pytest.skip(missing_reason())
     data_dir = tmp_path_factory.mktemp("label-studio")
     try:
         server = label_studio_server(data_dir)
-        url, token = server.__enter__()
+        running = server.__enter__()
     except (RuntimeError, OSError, subprocess.SubprocessError) as err:
         log = (data_dir / "server.log").read_text(errors="replace")[-2000:]
         pytest.skip(f"the Label Studio server did not start: {err}\n{log}")
-    yield url, token
+    yield running
     server.__exit__(None, None, None)
 
 
@@ -47,7 +47,7 @@ def _api(url: str, token: str):
 
 @pytest.mark.slow
 def test_a_relabel_and_a_deletion_round_trip(scene_dataset, label_studio):
-    url, token = label_studio
+    url, token, _ = label_studio
     api = _api(url, token)
     ds = scene_dataset(n=3, noise=0.05, factor=8)
     apply_ssa(ds, **BRANCHES)
@@ -139,7 +139,7 @@ def test_the_cli_sends_a_queue_and_loads_a_deletion(scene_dataset, label_studio,
 
     from fiftyone_ssa.cli import main
 
-    url, token = label_studio
+    url, token, _ = label_studio
     api = _api(url, token)
     # the key as FiftyOne reads it from FIFTYONE_LABELSTUDIO_API_KEY when it is imported
     monkeypatch.setitem(fo.annotation_config.backends["labelstudio"], "api_key", token)
@@ -166,6 +166,24 @@ def test_the_cli_sends_a_queue_and_loads_a_deletion(scene_dataset, label_studio,
     assert regions[0]["id"] not in {d.id for d in dets.detections}
     assert regions[0]["id"] in dets.run_labels and dets.reviewed_at is not None
     assert len(ds.exists("ssa_masks.reviewed_at")) == 1
+
+
+@pytest.mark.slow
+def test_a_server_with_legacy_tokens_off_is_named(scene_dataset, label_studio):
+    url, token, _ = label_studio
+    ds = scene_dataset(n=1)
+    apply_ssa(ds, **BRANCHES)
+    off = {"api_tokens_enabled": True, "legacy_api_tokens_enabled": False}
+    answer = _api(url, token)("POST", "/api/jwt/settings", json=off)
+    assert answer.status_code in (200, 201), answer.text
+    try:
+        with pytest.raises(
+            ValueError, match="legacy token .* disabled .*label_studio_legacy_tokens"
+        ):
+            send_for_review(ds, "k", url=url, api_key=token)
+    finally:
+        label_studio.enable_legacy_tokens()
+    assert ds.list_annotation_runs() == []
 
 
 def test_wrong_use(scene_dataset):
