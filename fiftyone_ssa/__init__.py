@@ -22,6 +22,8 @@ _EXPORTS = {
     "create_branch": "fiftyone_ssa.models.registry",
     "register_branch": "fiftyone_ssa.models.registry",
     "review_queue": "fiftyone_ssa.labelling.review_queue",
+    "send_for_review": "fiftyone_ssa.labelling.annotation_tool",
+    "load_review": "fiftyone_ssa.labelling.annotation_tool",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,7 +1,8 @@
 """``fiftyone-ssa review ACTION``: reviewing SSA's labels.
 
 ``queue``: save the view of the masks most likely wrong (highest ``review_score``); ``apply``:
-fold a person's corrections of a run's masks back in; ``report``: what the review changed.
+fold a person's corrections of a run's masks back in; ``report``: what the review changed;
+``send`` / ``load``: review the masks in Label Studio (FiftyOne's annotation API).
 Each action is one ``_add_<action>_parser(actions)`` registering its parser and its ``run``.
 """
 
@@ -21,12 +22,17 @@ _FIELD_HELP = (
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "review",
-        help="review labels: the queue of doubtful masks, applying corrections, the report",
+        help=(
+            "review labels: the queue of doubtful masks, applying corrections, the report, "
+            "Label Studio"
+        ),
     )
     actions = parser.add_subparsers(dest="review_command", metavar="ACTION")
     _add_queue_parser(actions)
     _add_apply_parser(actions)
     _add_report_parser(actions)
+    _add_send_parser(actions)
+    _add_load_parser(actions)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
 
@@ -115,6 +121,95 @@ def _add_report_parser(actions: argparse._SubParsersAction) -> None:
         help="ADE20K raw annotations: ground truth 0 ignored, other values minus one",
     )
     report.set_defaults(func=run_report)
+
+
+_SERVER_HELP = (
+    "the Label Studio server's URL (default: FiftyOne's annotation config, "
+    "FIFTYONE_LABELSTUDIO_URL); its API key is read from FIFTYONE_LABELSTUDIO_API_KEY"
+)
+
+
+def _add_send_parser(actions: argparse._SubParsersAction) -> None:
+    send = actions.add_parser(
+        "send",
+        help="send masks to Label Studio for a person to relabel or delete",
+        description=(
+            "Sends the masks of a saved review queue (--queue) or of the dataset's samples to "
+            "a Label Studio server with FiftyOne's annotation API (annotate, backend "
+            "labelstudio): one task per sample, one brush region per mask, the masks' labels "
+            "and class proposals as the choices. Load the person's edits with `review load`."
+        ),
+    )
+    add_target_arguments(send)
+    send.add_argument("anno_key", help="the annotation run's key (a Python identifier)")
+    send.add_argument("--label-field", default=DEFAULT_REVIEW_FIELD, help=_FIELD_HELP)
+    send.add_argument(
+        "--queue", default=None, metavar="VIEW", help="a saved review queue (e.g. review-ssa_masks)"
+    )
+    send.add_argument("--url", default=None, help=_SERVER_HELP)
+    send.add_argument(
+        "--class",
+        dest="classes",
+        action="append",
+        default=[],
+        metavar="CLASS",
+        help="another class to offer (repeat for several)",
+    )
+    send.set_defaults(func=run_send)
+
+
+def _add_load_parser(actions: argparse._SubParsersAction) -> None:
+    load = actions.add_parser(
+        "load",
+        help="load the edits made in Label Studio and apply them",
+        description=(
+            "Loads what a person submitted in Label Studio for an annotation run of `review "
+            "send` (relabelled and deleted masks; regions drawn there are added masks) and "
+            "applies it as `review apply` does."
+        ),
+    )
+    load.add_argument("dataset", help="name of a FiftyOne dataset")
+    load.add_argument("anno_key", help="the key given to `review send`")
+    load.add_argument("--label-field", default=DEFAULT_REVIEW_FIELD, help=_FIELD_HELP)
+    load.add_argument("--url", default=None, help="the server's URL (default: the run's)")
+    load.add_argument(
+        "--cleanup", action="store_true", help="delete the project on the server afterwards"
+    )
+    load.set_defaults(func=run_load)
+
+
+def run_send(args: argparse.Namespace) -> int:
+    from fiftyone_ssa.cli.common import load_samples
+    from fiftyone_ssa.labelling.annotation_tool import send_for_review
+
+    samples = load_samples(args.dataset, args.view_tag, args.limit)
+    if args.queue is not None:
+        if args.view_tag or args.limit is not None:
+            raise ValueError("--queue sends the queue's masks: give no --view-tag or --limit")
+        dataset = samples._root_dataset
+        if not dataset.has_saved_view(args.queue):
+            raise ValueError(f"dataset {dataset.name!r} has no saved view {args.queue!r}")
+        samples = dataset.load_saved_view(args.queue)
+    results = send_for_review(
+        samples, args.anno_key, args.label_field, classes=args.classes, url=args.url
+    )
+    print(
+        f"sent {len(results.uploaded_tasks)} samples to Label Studio project "
+        f"{results.project_id} as annotation run {args.anno_key!r}"
+    )
+    return 0
+
+
+def run_load(args: argparse.Namespace) -> int:
+    from fiftyone_ssa.cli.common import load_samples
+    from fiftyone_ssa.labelling.annotation_tool import load_review
+
+    dataset = load_samples(args.dataset)
+    summary = load_review(
+        dataset, args.anno_key, args.label_field, url=args.url, cleanup=args.cleanup, progress=True
+    )
+    print(summary)
+    return 1 if summary.failures and not summary.samples_updated else 0
 
 
 def run_queue(args: argparse.Namespace) -> int:
