@@ -111,4 +111,15 @@ if [ ! -x /usr/bin/chromium ] && [ ! -e "$chromium_stamp" ]; then
         echo "no root apt-get $(date -u +%FT%TZ)" > "$chromium_stamp"
     fi
 fi
+# Label Studio for the review round trip (tests/test_label_studio.py): its server in its own
+# .venv-label-studio, the client FiftyOne's backend needs in $VENV. Optional: without it those
+# tests are skipped. A failed attempt is stamped so that re-runs do not retry.
+begin "setting up Label Studio (optional)"
+label_studio_stamp="$VENV/.ssa-label-studio-stamp"
+if [ ! -e "$label_studio_stamp" ]; then
+    if ! PYTHON="$PYTHON" SSA_VENV="$VENV" bash scripts/setup_label_studio.sh; then
+        log "skipped: Label Studio could not be installed, so its tests will be skipped (rm $label_studio_stamp to retry)"
+        echo "setup_label_studio.sh failed $(date -u +%FT%TZ)" > "$label_studio_stamp"
+    fi
+fi
 log "environment ready: $VENV ($(du -sh "$VENV" 2>/dev/null | cut -f1))"
