@@ -9,22 +9,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from fiftyone_ssa.labelling.ssa import DEFAULT_MASK_BRANCH, DEFAULT_SEMANTIC_BRANCH, apply_ssa
+from fiftyone_ssa.fields import (
+    DEFAULT_MASK_BRANCH,
+    DEFAULT_SEMANTIC_BRANCH,
+    LIGHT_MASK_BRANCH,
+    LIGHT_MASK_OPTIONS,
+    LIGHT_SEMANTIC_BRANCH,
+)
+from fiftyone_ssa.labelling.ssa import apply_ssa
 from fiftyone_ssa.models import weights
 from fiftyone_ssa.models.registry import create_branch
 
 # scikit-image ships these photos with the package (no download).
 DEMO_IMAGES = ("astronaut", "coffee", "chelsea", "rocket", "cat", "immunohistochemistry")
-
-# Without a GPU: a smaller SAM and fewer points, so the demo finishes in minutes.
-CPU_PRESET = {
-    "semantic_branch": "segformer-b0-ade20k",
-    "mask_branch": "sam-vit-b",
-    "mask_options": {
-        "points_per_side": 16,
-        "crop_n_layers": 0,
-    },
-}
 
 
 def write_demo_images(directory: str) -> list[str]:
@@ -74,11 +71,11 @@ def run_demo(
     if not gpu:
         light = []  # what the light CPU preset fills in (the branches not given)
         if mask_branch is None:
-            mask_branch = CPU_PRESET["mask_branch"]
-            options = {**CPU_PRESET["mask_options"], **options}
-            light.append("SAM ViT-B, 16 points per side")
+            mask_branch = LIGHT_MASK_BRANCH
+            options = {**LIGHT_MASK_OPTIONS, **options}
+            light.append("EdgeTAM, 16 points per side")
         if not semantic_branch:
-            semantic_branch = CPU_PRESET["semantic_branch"]
+            semantic_branch = LIGHT_SEMANTIC_BRANCH
             light.append("Segformer-B0")
         if light:
             print(

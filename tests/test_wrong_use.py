@@ -489,8 +489,8 @@ def test_demo_without_weights_names_every_missing_model(tmp_path, capsys):
         code,
         err,
         "demo",
-        "'segformer-b0-ade20k', 'sam-vit-b'",
-        "models download segformer-b0-ade20k sam-vit-b",
+        "'segformer-b0-ade20k', 'edgetam'",
+        "models download segformer-b0-ade20k edgetam",
     )
     assert not fo.dataset_exists(name)
 

@@ -14,6 +14,13 @@ from fiftyone_ssa.cli.common import (
     read_classes,
     run_on_ranks,
 )
+from fiftyone_ssa.fields import (
+    DEFAULT_MASK_BRANCH,
+    DEFAULT_SEMANTIC_BRANCH,
+    LIGHT_MASK_BRANCH,
+    LIGHT_MASK_OPTIONS,
+    LIGHT_SEMANTIC_BRANCH,
+)
 
 
 def add_parser(subparsers) -> None:
@@ -26,16 +33,23 @@ def add_parser(subparsers) -> None:
     )
     add_target_arguments(parser)
     parser.add_argument(
+        "--light",
+        action="store_true",
+        help=f"the light CPU preset for the branches not given: {LIGHT_SEMANTIC_BRANCH} and "
+        f"{LIGHT_MASK_BRANCH} at {LIGHT_MASK_OPTIONS['points_per_side']} points per side, "
+        "no crop layers (--mask-option still overrides)",
+    )
+    parser.add_argument(
         "--semantic-branch",
-        default="segformer-b5-ade20k",
         help="preset, Hugging Face id, local directory or field:<name> (an existing "
-        "Segmentation field) (default: %(default)s)",
+        f"Segmentation field) (default: {DEFAULT_SEMANTIC_BRANCH}, "
+        f"{LIGHT_SEMANTIC_BRANCH} with --light)",
     )
     parser.add_argument(
         "--mask-branch",
-        default="sam-vit-h",
-        help="sam-vit-b|l|h, a SAM checkpoint/directory or field:<name> (a Detections field "
-        "with instance masks) (default: %(default)s)",
+        help="a mask preset (fiftyone-ssa models list), a SAM checkpoint/directory or "
+        "field:<name> (a Detections field with instance masks) "
+        f"(default: {DEFAULT_MASK_BRANCH}, {LIGHT_MASK_BRANCH} with --light)",
     )
     add_class_arguments(parser)
     parser.add_argument(
@@ -60,12 +74,19 @@ def run(args: argparse.Namespace) -> int:
     from fiftyone_ssa.labelling.ssa import apply_ssa
 
     samples = load_samples(args.dataset, args.view_tag, args.limit)
+    semantic_branch = args.semantic_branch or (
+        LIGHT_SEMANTIC_BRANCH if args.light else DEFAULT_SEMANTIC_BRANCH
+    )
+    mask_branch = args.mask_branch or (LIGHT_MASK_BRANCH if args.light else DEFAULT_MASK_BRANCH)
+    mask_options = parse_mask_options(args.mask_option)
+    if args.light and not args.mask_branch:
+        mask_options = {**LIGHT_MASK_OPTIONS, **mask_options}
     return run_on_ranks(
         lambda: apply_ssa(
             samples,
             label_field=args.label_field,
-            semantic_branch=args.semantic_branch,
-            mask_branch=args.mask_branch,
+            semantic_branch=semantic_branch,
+            mask_branch=mask_branch,
             device=args.device,
             batch_size=args.batch_size,
             num_workers=args.num_workers,
@@ -79,6 +100,6 @@ def run(args: argparse.Namespace) -> int:
             skip_failures=not args.fail_fast,
             progress=True,
             **backend_options(args),
-            **parse_mask_options(args.mask_option),
+            **mask_options,
         )
     )
