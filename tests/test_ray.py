@@ -14,8 +14,8 @@ import time
 import pytest
 
 from fiftyone_ssa import apply_review, apply_ssa
-from tests.fixtures.datasets import build_scene_dataset
 from tests.slow_branch import SlowColourBranch, mark_image, read_pid
+from tests.test_plugin import FIELD_BRANCHES, execute_delegated, plugins_dir  # noqa: F401
 from tests.test_torchrun import OUTPUTS, _labels_by_path, _other_fields
 
 pytestmark = pytest.mark.timeout(600)
@@ -28,16 +28,6 @@ def ray_runtime():
     ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
     yield ray
     ray.shutdown()
-
-
-@pytest.fixture
-def persistent_scenes(make_dataset, tmp_path):
-    def _build(n, seed=0):
-        ds = build_scene_dataset(make_dataset(), tmp_path, n=n, seed=seed)
-        ds.persistent = True
-        return ds
-
-    return _build
 
 
 def _written(ds) -> dict:
@@ -241,3 +231,26 @@ def test_reviewed_samples_are_kept_unless_reviews_are_discarded(ray_runtime, sce
     summary = apply_ssa(ds, **branches, resume=False, discard_reviews=True, **ray_options)
     assert (summary.num_labelled, summary.kept_reviewed) == (4, 0)
     assert len(ds.exists("ssa_masks.reviewed_at")) == 0
+
+
+@pytest.mark.usefixtures("plugins_dir")
+def test_a_delegated_plugin_run_on_ray_records_its_progress(
+    ray_runtime, scene_dataset, monkeypatch
+):
+    from fiftyone_ssa.labelling import backends
+
+    ds = scene_dataset(n=4)
+    ray_runs = []  # a spy: the real Ray driver runs, the call is seen
+
+    def spy(*args, **kwargs):
+        ray_runs.append(kwargs)
+        return real(*args, **kwargs)
+
+    real = backends.execute_ray_run
+    monkeypatch.setattr(backends, "execute_ray_run", spy)
+    params = {**FIELD_BRANCHES, "label_field": "queued", "backend": "ray"}
+    doc = execute_delegated("run_ssa", ds, params=params)
+    assert len(ray_runs) == 1 and ray_runs[0]["ray_address"] is None
+    ds.reload()
+    assert doc.result.result["num_labelled"] == 4 and ds.count("queued") == 4
+    assert doc.status.progress == pytest.approx(1.0) and doc.status.label == "4/4 samples"

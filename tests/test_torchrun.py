@@ -16,7 +16,6 @@ import psutil
 import pytest
 
 from fiftyone_ssa import apply_ssa
-from tests.fixtures.datasets import build_scene_dataset
 
 BRANCHES = ["--semantic-branch", "field:coarse", "--mask-branch", "field:instances"]
 OUTPUTS = ("ssa", "ssa_masks", "ssa_branch", "ssa_error")
@@ -52,18 +51,6 @@ def _counts(summary_text: str) -> tuple[int, int, int]:
     )
     assert len(found) == 1, summary_text
     return tuple(int(x) for x in found[0])
-
-
-@pytest.fixture
-def persistent_scenes(make_dataset, tmp_path):
-    """A persistent scene dataset (other processes load it by name)."""
-
-    def _build(n, seed=0):
-        ds = build_scene_dataset(make_dataset(), tmp_path, n=n, seed=seed)
-        ds.persistent = True
-        return ds
-
-    return _build
 
 
 def _labels_by_path(ds) -> dict:

@@ -174,6 +174,35 @@ def device_input(inputs: types.Object, ctx) -> str | None:
     return None if device == "auto" else device
 
 
+def backend_input(inputs: types.Object, ctx) -> None:
+    """Where the run goes: this process, or Ray actors (then the cluster's address)."""
+    radio(
+        inputs,
+        "backend",
+        {
+            "local": "Here (the App's server, or the delegated operations worker)",
+            "ray": "Ray actors (models loaded once per actor; needs fiftyone-ssa[ray])",
+        },
+        label="Where to run",
+        default="local",
+    )
+    if ctx.params.get("backend") == "ray":
+        inputs.str(
+            "ray_address",
+            required=False,
+            label="Ray cluster",
+            description="empty: Ray starts on this machine; auto: the cluster of `ray start`; "
+            "or HOST:PORT",
+        )
+
+
+def backend_params(ctx) -> dict:
+    """``apply_ssa`` / ``apply_ssa_engine`` keyword arguments of :func:`backend_input`."""
+    if ctx.params.get("backend", "local") != "ray":
+        return {}
+    return {"backend": "ray", "ray_address": ctx.params.get("ray_address") or None}
+
+
 def batch_size_input(inputs: types.Object, default: int = 1) -> None:
     inputs.int(
         "batch_size",

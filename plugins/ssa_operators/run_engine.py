@@ -11,6 +11,8 @@ import fiftyone.operators.types as types
 from .branches import branch_params, mask_branch_inputs
 from .forms import (
     SSAOperator,
+    backend_input,
+    backend_params,
     batch_size_input,
     block,
     device_input,
@@ -201,6 +203,7 @@ class RunSSAEngine(SSAOperator):
             )
             output_field_inputs(inputs, ctx, outputs, fields_read(mask_branch), "ssa_engine")
             device_input(inputs, ctx)
+            backend_input(inputs, ctx)
             batch_size_input(inputs)
             whole_number_check(inputs, ctx)
         return types.Property(inputs, view=types.View(label="Run SSA-engine"))
@@ -280,6 +283,7 @@ class RunSSAEngine(SSAOperator):
             progress=False,
             progress_callback=ProgressReporter(ctx),
             **if_exists_flags(ctx),
+            **backend_params(ctx),
             **options,
         )
         self._finish(ctx, colors=True)

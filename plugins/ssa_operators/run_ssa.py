@@ -17,6 +17,8 @@ from .branches import (
 )
 from .forms import (
     SSAOperator,
+    backend_input,
+    backend_params,
     batch_size_input,
     detections_fields_with_masks,
     device_input,
@@ -124,6 +126,7 @@ class RunSSA(SSAOperator):
             )
             inputs.int("top_k", default=3, min=1, label="Class proposals per mask")
             device_input(inputs, ctx)
+            backend_input(inputs, ctx)
             batch_size_input(inputs)
             whole_number_check(inputs, ctx)
         return types.Property(inputs, view=types.View(label="Run Semantic Segment Anything"))
@@ -151,6 +154,7 @@ class RunSSA(SSAOperator):
             progress=False,
             progress_callback=ProgressReporter(ctx),
             **if_exists_flags(ctx),
+            **backend_params(ctx),
             **options,
         )
         self._finish(ctx, colors=True)
