@@ -15,7 +15,7 @@ from typing import Any
 DEFAULT_SEMANTIC_BRANCH = "segformer-b5-ade20k"
 DEFAULT_MASK_BRANCH = "sam-vit-h"
 DEFAULT_SPACY_MODEL = "en_core_web_sm"
-# SSA on a CPU: a 480x720 photo in about 12 s on 2 cores (benchmarks/RESULTS.md, "Mask
+# SSA on a CPU: a 480x720 photo in about 11 s on 2 cores (benchmarks/RESULTS.md, "Mask
 # branches"); used by the demo without a GPU and by ``fiftyone-ssa run --light``.
 LIGHT_SEMANTIC_BRANCH = "segformer-b0-ade20k"
 LIGHT_MASK_BRANCH = "edgetam"
