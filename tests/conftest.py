@@ -54,3 +54,12 @@ def _private_database():
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _restore_models_dir():
+    """The CLI's ``--models-dir`` sets a process-wide override; undo it after each test."""
+    yield
+    from fiftyone_ssa.models import weights
+
+    weights.set_models_dir(None)

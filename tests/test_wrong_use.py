@@ -80,15 +80,6 @@ def models_dir(tmp_path, tiny_sam_dir, tiny_segformer_dir):
     return root
 
 
-@pytest.fixture(autouse=True)
-def _restore_models_dir():
-    """``--models-dir`` sets a process-wide override; undo it after each test."""
-    yield
-    from fiftyone_ssa.models import weights
-
-    weights.set_models_dir(None)
-
-
 def _state(dataset):
     dataset.reload()
     schema = sorted(dataset.get_field_schema(flat=True))
