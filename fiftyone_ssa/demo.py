@@ -10,11 +10,10 @@ import torch
 from PIL import Image
 
 from fiftyone_ssa.fields import (
-    DEFAULT_MASK_BRANCH,
-    DEFAULT_SEMANTIC_BRANCH,
     LIGHT_MASK_BRANCH,
     LIGHT_MASK_OPTIONS,
     LIGHT_SEMANTIC_BRANCH,
+    ssa_branches,
 )
 from fiftyone_ssa.labelling.ssa import apply_ssa
 from fiftyone_ssa.models import weights
@@ -66,24 +65,21 @@ def run_demo(
     Returns:
         The labelled dataset.
     """
-    gpu = torch.cuda.is_available() if device is None else str(device).startswith("cuda")
-    options = dict(mask_options or {})
-    if not gpu:
-        light = []  # what the light CPU preset fills in (the branches not given)
-        if mask_branch is None:
-            mask_branch = LIGHT_MASK_BRANCH
-            options = {**LIGHT_MASK_OPTIONS, **options}
-            light.append("EdgeTAM, 16 points per side")
-        if not semantic_branch:
-            semantic_branch = LIGHT_SEMANTIC_BRANCH
-            light.append("Segformer-B0")
-        if light:
-            print(
-                f"No GPU: using the light CPU preset ({', '.join(light)}) so the demo "
-                "finishes in minutes."
-            )
-    semantic_branch = semantic_branch or DEFAULT_SEMANTIC_BRANCH
-    mask_branch = mask_branch or DEFAULT_MASK_BRANCH
+    light = not (torch.cuda.is_available() if device is None else str(device).startswith("cuda"))
+    filled = []  # what the light CPU preset fills in (the branches not given)
+    if light and not mask_branch:
+        points = LIGHT_MASK_OPTIONS["points_per_side"]
+        filled.append(f"{LIGHT_MASK_BRANCH}, {points} points per side")
+    if light and not semantic_branch:
+        filled.append(LIGHT_SEMANTIC_BRANCH)
+    if filled:
+        print(
+            f"No GPU: using the light CPU preset ({', '.join(filled)}) so the demo "
+            "finishes in minutes."
+        )
+    semantic_branch, mask_branch, options = ssa_branches(
+        semantic_branch, mask_branch, mask_options, light
+    )
     if download:
         for preset in (semantic_branch, mask_branch):
             if preset in weights.PRESETS and not weights.is_present(preset):

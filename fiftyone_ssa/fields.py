@@ -32,6 +32,25 @@ DEFAULT_RAY_BLOCK_SIZE = 8
 DEFAULT_EVAL_KEY = "miou"
 DEFAULT_IGNORE_INDEX = 255
 
+
+def ssa_branches(
+    semantic_branch: str | None, mask_branch: str | None, mask_options: dict | None, light: bool
+) -> tuple[str, str, dict]:
+    """The branches of an SSA run and its mask settings: the branches given, else the light
+    CPU preset's (``light``) or the defaults. The light preset's mask settings go under
+    ``mask_options`` only when its mask branch is the one used.
+
+    Returns:
+        ``(semantic_branch, mask_branch, mask_options)``.
+    """
+    options = dict(mask_options or {})
+    if light and not mask_branch:
+        options = {**LIGHT_MASK_OPTIONS, **options}
+    semantic = semantic_branch or (LIGHT_SEMANTIC_BRANCH if light else DEFAULT_SEMANTIC_BRANCH)
+    mask = mask_branch or (LIGHT_MASK_BRANCH if light else DEFAULT_MASK_BRANCH)
+    return semantic, mask, options
+
+
 FIELD_NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 

@@ -20,6 +20,7 @@ from fiftyone_ssa.fields import (
     LIGHT_MASK_BRANCH,
     LIGHT_MASK_OPTIONS,
     LIGHT_SEMANTIC_BRANCH,
+    ssa_branches,
 )
 
 
@@ -74,13 +75,9 @@ def run(args: argparse.Namespace) -> int:
     from fiftyone_ssa.labelling.ssa import apply_ssa
 
     samples = load_samples(args.dataset, args.view_tag, args.limit)
-    semantic_branch = args.semantic_branch or (
-        LIGHT_SEMANTIC_BRANCH if args.light else DEFAULT_SEMANTIC_BRANCH
+    semantic_branch, mask_branch, mask_options = ssa_branches(
+        args.semantic_branch, args.mask_branch, parse_mask_options(args.mask_option), args.light
     )
-    mask_branch = args.mask_branch or (LIGHT_MASK_BRANCH if args.light else DEFAULT_MASK_BRANCH)
-    mask_options = parse_mask_options(args.mask_option)
-    if args.light and not args.mask_branch:
-        mask_options = {**LIGHT_MASK_OPTIONS, **mask_options}
     return run_on_ranks(
         lambda: apply_ssa(
             samples,
